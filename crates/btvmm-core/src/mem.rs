@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::{GuestPhys, GuestVirt};
+use crate::{GuestPhys, GuestVirt, PAGE_SIZE};
 
 /// Why a guest-virtual access could not be carried out. This is a guest
 /// event, not a VMM failure: the caller decides whether it is a hidden fault
@@ -52,6 +52,9 @@ pub trait GuestMemory {
 /// address with its own guest-physical address; anything else is unmapped.
 /// This is what a kernel image looks like before it runs (ELF segments with
 /// virtual and physical addresses), and a convenient memory for tests.
+///
+/// Like paged memory, regions cover whole pages: a region is widened to the
+/// pages its bytes touch, and the widening reads as zeros.
 #[derive(Clone, Debug, Default)]
 pub struct RegionMemory {
     regions: Vec<Region>,
@@ -74,7 +77,16 @@ impl RegionMemory {
     /// Adds `bytes` at `virt`, backed by guest-physical `phys`. Regions added
     /// later win where they overlap earlier ones.
     pub fn add(&mut self, virt: GuestVirt, phys: GuestPhys, bytes: Vec<u8>) {
-        self.regions.push(Region { virt, phys, bytes });
+        let lead = virt.0 % PAGE_SIZE;
+        let mut padded = vec![0u8; lead as usize];
+        padded.extend_from_slice(&bytes);
+        let trail = (PAGE_SIZE as usize - padded.len() % PAGE_SIZE as usize) % PAGE_SIZE as usize;
+        padded.resize(padded.len() + trail, 0);
+        self.regions.push(Region {
+            virt: GuestVirt(virt.0 - lead),
+            phys: GuestPhys(phys.0.wrapping_sub(lead)),
+            bytes: padded,
+        });
     }
 
     /// Identity-mapped region, as with guest paging off.
@@ -120,14 +132,24 @@ mod tests {
     #[test]
     fn reads_cross_regions_and_stop_at_holes() {
         let mut mem = RegionMemory::new();
-        mem.add_identity(0x1000, vec![1, 2, 3, 4]);
-        mem.add_identity(0x1004, vec![5, 6]);
-        assert_eq!(mem.read_u32(GuestVirt(0x1002)), Ok(0x0605_0403));
+        mem.add_identity(0x1ffe, vec![1, 2]);
+        mem.add_identity(0x2000, vec![3, 4]);
+        assert_eq!(mem.read_u32(GuestVirt(0x1ffe)), Ok(0x0403_0201));
         let mut buf = [0u8; 8];
         assert_eq!(
-            mem.read_virt(GuestVirt(0x1000), &mut buf),
-            Err(MemFault::NotMapped(GuestVirt(0x1006)))
+            mem.read_virt(GuestVirt(0x2ffc), &mut buf),
+            Err(MemFault::NotMapped(GuestVirt(0x3000)))
         );
+    }
+
+    #[test]
+    fn regions_cover_whole_pages() {
+        let mut mem = RegionMemory::new();
+        mem.add(GuestVirt(0x1010), GuestPhys(0x5010), vec![0xaa]);
+        assert_eq!(mem.read_u16(GuestVirt(0x100f)), Ok(0xaa00));
+        assert_eq!(mem.translate(GuestVirt(0x1fff)), Ok(GuestPhys(0x5fff)));
+        assert!(mem.translate(GuestVirt(0x2000)).is_err());
+        assert!(mem.translate(GuestVirt(0xfff)).is_err());
     }
 
     #[test]

@@ -5,6 +5,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cfg;
 pub mod classify;
+pub mod decode;
+pub mod plan;
+pub mod planner;
+pub mod target;
 
+pub use cfg::{Cfg, CfgNode, EdgeKind, NodeKind};
 pub use classify::{ClassifyConfig, Delivery, PoiKind, PointerKind, SensitiveKind, classify};
+pub use decode::{Block, BlockEnd, CacheStats, CodePage, Poi};
+pub use planner::{Plan, Planner, PlannerConfig, PlannerError, PlannerStats, Step};

@@ -1,0 +1,514 @@
+//! Decoding guest code into straight-line runs that end at a point of
+//! interest, and the cache that keeps them.
+//!
+//! A *block* here is the code from some start address up to and including
+//! the first point of interest (POI). Blocks are keyed by their start
+//! address, so two starts inside the same run of plain instructions give two
+//! blocks ending at the same POI; the CFG joins them at that POI.
+//!
+//! Guest code is read only through [`GuestMemory`], i.e. through the guest's
+//! own page tables: every block records the guest-virtual and guest-physical
+//! pages its bytes came from, so a write to a code page (reported by the
+//! shadow MMU by guest-physical page) or a change of a code mapping
+//! (reported by guest-virtual page) drops exactly the blocks that depend on
+//! it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+
+use btvmm_core::{GuestMemory, GuestPhys, GuestVirt, MemFault, PAGE_SIZE};
+
+use crate::classify::{ClassifyConfig, PoiKind, classify};
+
+/// Longest straight-line run decoded in one block. Longer runs end in
+/// [`BlockEnd::TooLong`] and continue in a block of their own: this bounds
+/// the work of one decode, not what the planner can follow.
+pub const MAX_BLOCK_INSTRUCTIONS: u32 = 4096;
+
+/// Longest x86 instruction.
+const MAX_INSTRUCTION_LEN: usize = 15;
+
+/// A decoded point of interest.
+#[derive(Clone, Copy, Debug)]
+pub struct Poi {
+    /// Guest-virtual (linear) address of the instruction.
+    pub at: GuestVirt,
+    /// What it is to the planner.
+    pub kind: PoiKind,
+    /// The decoded instruction, for computing targets and for emulation.
+    pub instr: Instruction,
+}
+
+impl Poi {
+    /// Length of the instruction in bytes (1 to 15).
+    #[must_use]
+    pub fn length(&self) -> u32 {
+        // An x86 instruction is at most 15 bytes long.
+        #[allow(clippy::cast_possible_truncation)]
+        let len = self.instr.len() as u32;
+        len
+    }
+
+    /// Address of the next instruction in memory (the fall-through).
+    #[must_use]
+    pub fn next(&self) -> GuestVirt {
+        self.at.offset(self.length())
+    }
+}
+
+/// How a block ends.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockEnd {
+    /// At a point of interest (included in the block).
+    Poi(Poi),
+    /// The instruction at this address cannot be fetched through the guest's
+    /// page tables (unmapped, or straddles into an unmapped page).
+    Unfetchable(GuestVirt),
+    /// [`MAX_BLOCK_INSTRUCTIONS`] plain instructions; the run goes on here.
+    TooLong(GuestVirt),
+}
+
+impl BlockEnd {
+    /// Address of the instruction the block ends at.
+    #[must_use]
+    pub fn at(&self) -> GuestVirt {
+        match self {
+            Self::Poi(poi) => poi.at,
+            Self::Unfetchable(at) | Self::TooLong(at) => *at,
+        }
+    }
+}
+
+/// One guest page a block's bytes came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CodePage {
+    /// Guest-virtual page number.
+    pub virt_page: u32,
+    /// Guest-physical page number it mapped to, or `None` when it was not
+    /// mapped (the block ends there).
+    pub phys_page: Option<u32>,
+}
+
+/// Straight-line guest code from `start` to its first point of interest.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// First instruction.
+    pub start: GuestVirt,
+    /// How it ends.
+    pub end: BlockEnd,
+    /// Instructions decoded, the ending POI included.
+    pub instructions: u32,
+    /// Guest pages read (or found unmapped) while decoding.
+    pub pages: Vec<CodePage>,
+}
+
+/// Decodes the block starting at `start`.
+///
+/// Never fails: code that cannot be read or decoded becomes the block's end
+/// ([`BlockEnd::Unfetchable`], [`PoiKind::Unrecognized`]).
+#[must_use]
+pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConfig) -> Block {
+    let mut pages = Vec::new();
+    let mut instructions = 0u32;
+    let mut cursor = start;
+    let mut instr = Instruction::default();
+    // One page of code plus room for an instruction that straddles into the
+    // next page.
+    let mut window = [0u8; PAGE_SIZE as usize + MAX_INSTRUCTION_LEN];
+
+    let end = 'chunks: loop {
+        let in_page = cursor.bytes_to_page_end() as usize;
+        match mem.translate(cursor) {
+            Ok(phys) => note_page(&mut pages, cursor, Some(phys)),
+            Err(_) => {
+                note_page(&mut pages, cursor, None);
+                break BlockEnd::Unfetchable(cursor);
+            }
+        }
+        if mem.read_virt(cursor, &mut window[..in_page]).is_err() {
+            break BlockEnd::Unfetchable(cursor);
+        }
+        #[allow(clippy::cast_possible_truncation)] // in_page <= PAGE_SIZE
+        let next_page = cursor.offset(in_page as u32);
+        let next_phys = mem.translate(next_page).ok();
+        let tail = match next_phys {
+            Some(_) => {
+                let tail = &mut window[in_page..in_page + MAX_INSTRUCTION_LEN];
+                // A short read just means the straddling instruction (if any)
+                // cannot be fetched; the decoder reports it as truncated.
+                let readable = mem.read_virt(next_page, tail).is_ok();
+                if readable { MAX_INSTRUCTION_LEN } else { 0 }
+            }
+            None => 0,
+        };
+
+        let mut decoder = Decoder::with_ip(
+            32,
+            &window[..in_page + tail],
+            u64::from(cursor.0),
+            DecoderOptions::NONE,
+        );
+        while decoder.position() < in_page {
+            if instructions >= MAX_BLOCK_INSTRUCTIONS {
+                break 'chunks BlockEnd::TooLong(instruction_at(&decoder, cursor));
+            }
+            let at = instruction_at(&decoder, cursor);
+            decoder.decode_out(&mut instr);
+            instructions += 1;
+            if decoder.last_error() == DecoderError::NoMoreBytes {
+                note_page(&mut pages, next_page, next_phys);
+                break 'chunks BlockEnd::Unfetchable(at);
+            }
+            if decoder.position() > in_page {
+                note_page(&mut pages, next_page, next_phys);
+            }
+            let kind = classify(&instr, config);
+            if kind.is_poi() {
+                break 'chunks BlockEnd::Poi(Poi { at, kind, instr });
+            }
+        }
+        #[allow(clippy::cast_possible_truncation)] // position <= PAGE_SIZE + 15
+        let consumed = decoder.position() as u32;
+        cursor = cursor.offset(consumed);
+    };
+    Block {
+        start,
+        end,
+        instructions,
+        pages,
+    }
+}
+
+fn instruction_at(decoder: &Decoder<'_>, chunk_start: GuestVirt) -> GuestVirt {
+    #[allow(clippy::cast_possible_truncation)] // position <= PAGE_SIZE + 15
+    chunk_start.offset(decoder.position() as u32)
+}
+
+fn note_page(pages: &mut Vec<CodePage>, virt: GuestVirt, phys: Option<GuestPhys>) {
+    let page = CodePage {
+        virt_page: virt.page(),
+        phys_page: phys.map(GuestPhys::page),
+    };
+    if !pages.contains(&page) {
+        pages.push(page);
+    }
+}
+
+/// Why the code at an address could not be decoded, for callers that need
+/// an error rather than a block end.
+#[must_use]
+pub fn fetch_fault(mem: &dyn GuestMemory, at: GuestVirt) -> MemFault {
+    match mem.translate(at) {
+        Err(fault) => fault,
+        // The first byte is mapped, so the instruction straddles into the
+        // next page, which is not.
+        Ok(_) => MemFault::NotMapped(GuestVirt((at.page() + 1).wrapping_mul(PAGE_SIZE))),
+    }
+}
+
+/// Counters of a [`DecodeCache`] (and of the plan cache built on the same
+/// machinery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to decode (or plan).
+    pub misses: u64,
+    /// Entries dropped because a page they depend on changed.
+    pub invalidated: u64,
+    /// Times the cache was emptied because it reached its bound.
+    pub overflows: u64,
+}
+
+/// A bounded map from guest code address to an entry that depends on a set
+/// of guest pages, with removal by guest-physical or guest-virtual page.
+///
+/// When it holds `capacity` entries, inserting another empties it first:
+/// the bound is strict, and in a guest kernel's steady state the working set
+/// of hot code fits far below it.
+#[derive(Debug)]
+pub(crate) struct PageKeyedCache<K, V> {
+    entries: HashMap<K, (Arc<V>, Vec<CodePage>)>,
+    by_phys_page: HashMap<u32, Vec<K>>,
+    by_virt_page: HashMap<u32, Vec<K>>,
+    capacity: usize,
+    pub(crate) stats: CacheStats,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V> PageKeyedCache<K, V> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            by_phys_page: HashMap::new(),
+            by_virt_page: HashMap::new(),
+            capacity,
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub(crate) fn get(&mut self, key: &K) -> Option<Arc<V>> {
+        let found = self.entries.get(key).map(|(value, _)| Arc::clone(value));
+        if found.is_some() {
+            self.stats.hits += 1;
+        } else {
+            self.stats.misses += 1;
+        }
+        found
+    }
+
+    pub(crate) fn insert(&mut self, key: K, value: Arc<V>, pages: &[CodePage]) {
+        self.remove(&key);
+        if self.entries.len() >= self.capacity {
+            self.clear();
+            self.stats.overflows += 1;
+        }
+        for page in pages {
+            self.by_virt_page
+                .entry(page.virt_page)
+                .or_default()
+                .push(key);
+            if let Some(phys_page) = page.phys_page {
+                self.by_phys_page.entry(phys_page).or_default().push(key);
+            }
+        }
+        self.entries.insert(key, (value, pages.to_vec()));
+    }
+
+    pub(crate) fn invalidate_phys_page(&mut self, phys_page: u32) {
+        let keys = self
+            .by_phys_page
+            .get(&phys_page)
+            .cloned()
+            .unwrap_or_default();
+        for key in keys {
+            if self.remove(&key) {
+                self.stats.invalidated += 1;
+            }
+        }
+    }
+
+    pub(crate) fn invalidate_virt_page(&mut self, virt_page: u32) {
+        let keys = self
+            .by_virt_page
+            .get(&virt_page)
+            .cloned()
+            .unwrap_or_default();
+        for key in keys {
+            if self.remove(&key) {
+                self.stats.invalidated += 1;
+            }
+        }
+    }
+
+    /// Removes one entry and its index references, so the indexes never
+    /// hold more references than the live entries have pages.
+    fn remove(&mut self, key: &K) -> bool {
+        let Some((_, pages)) = self.entries.remove(key) else {
+            return false;
+        };
+        for page in pages {
+            unlist(&mut self.by_virt_page, page.virt_page, key);
+            if let Some(phys_page) = page.phys_page {
+                unlist(&mut self.by_phys_page, phys_page, key);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.by_phys_page.clear();
+        self.by_virt_page.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn index_len(&self) -> usize {
+        self.by_phys_page.values().map(Vec::len).sum::<usize>()
+            + self.by_virt_page.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+fn unlist<K: Eq>(index: &mut HashMap<u32, Vec<K>>, page: u32, key: &K) {
+    if let Some(keys) = index.get_mut(&page) {
+        keys.retain(|listed| listed != key);
+        if keys.is_empty() {
+            index.remove(&page);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use btvmm_core::RegionMemory;
+
+    use super::*;
+    use crate::classify::SensitiveKind;
+
+    fn memory(at: u32, bytes: &[u8]) -> RegionMemory {
+        let mut mem = RegionMemory::new();
+        mem.add_identity(at, bytes.to_vec());
+        mem
+    }
+
+    #[test]
+    fn block_ends_at_first_poi() {
+        // mov eax, 1; add eax, ecx; pushfd; ret
+        let mem = memory(0x1000, &[0xb8, 1, 0, 0, 0, 0x01, 0xc8, 0x9c, 0xc3]);
+        let block = scan_block(&mem, GuestVirt(0x1000), &ClassifyConfig::default());
+        assert_eq!(block.instructions, 3);
+        let BlockEnd::Poi(poi) = block.end else {
+            panic!("expected a POI, got {:?}", block.end)
+        };
+        assert_eq!(poi.at, GuestVirt(0x1007));
+        assert!(matches!(
+            poi.kind,
+            PoiKind::Sensitive {
+                kind: SensitiveKind::FlagsRead,
+                ..
+            }
+        ));
+        assert_eq!(poi.next(), GuestVirt(0x1008));
+        assert_eq!(
+            block.pages,
+            vec![CodePage {
+                virt_page: 1,
+                phys_page: Some(1)
+            }]
+        );
+    }
+
+    #[test]
+    fn instruction_straddling_a_page_records_both_pages() {
+        // nops up to 0x1ffe, then "mov eax, imm32" across the boundary, then ret.
+        let mut bytes = vec![0x90; 0xffe];
+        bytes.extend_from_slice(&[0xb8, 1, 2, 3, 4, 0xc3]);
+        let mut mem = RegionMemory::new();
+        mem.add(
+            GuestVirt(0x1000),
+            GuestPhys(0x7000),
+            bytes[..0x1000].to_vec(),
+        );
+        mem.add(
+            GuestVirt(0x2000),
+            GuestPhys(0x3000),
+            bytes[0x1000..].to_vec(),
+        );
+        let block = scan_block(&mem, GuestVirt(0x1000), &ClassifyConfig::default());
+        assert_eq!(block.end.at(), GuestVirt(0x2003));
+        assert_eq!(
+            block.pages,
+            vec![
+                CodePage {
+                    virt_page: 1,
+                    phys_page: Some(7)
+                },
+                CodePage {
+                    virt_page: 2,
+                    phys_page: Some(3)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn code_running_into_unmapped_memory_is_unfetchable() {
+        let mem = memory(0x1ff0, &[0x90; 0x10]);
+        let block = scan_block(&mem, GuestVirt(0x1ff0), &ClassifyConfig::default());
+        assert!(matches!(
+            block.end,
+            BlockEnd::Unfetchable(GuestVirt(0x2000))
+        ));
+        assert!(block.pages.contains(&CodePage {
+            virt_page: 2,
+            phys_page: None
+        }));
+
+        // An instruction cut by the unmapped page: the instruction itself is
+        // unfetchable, not its second half.
+        let mem = memory(0x1ffd, &[0x90, 0xb8, 0x01]);
+        let block = scan_block(&mem, GuestVirt(0x1ffd), &ClassifyConfig::default());
+        assert!(matches!(
+            block.end,
+            BlockEnd::Unfetchable(GuestVirt(0x1ffe))
+        ));
+    }
+
+    #[test]
+    fn unmapped_start_is_unfetchable() {
+        let mem = RegionMemory::new();
+        let block = scan_block(&mem, GuestVirt(0x5000), &ClassifyConfig::default());
+        assert!(matches!(
+            block.end,
+            BlockEnd::Unfetchable(GuestVirt(0x5000))
+        ));
+        assert_eq!(block.instructions, 0);
+        assert_eq!(
+            fetch_fault(&mem, GuestVirt(0x5000)),
+            MemFault::NotMapped(GuestVirt(0x5000))
+        );
+    }
+
+    #[test]
+    fn long_runs_are_cut() {
+        let mem = memory(0x10000, &vec![0x90; 3 * PAGE_SIZE as usize]);
+        let block = scan_block(&mem, GuestVirt(0x10000), &ClassifyConfig::default());
+        let BlockEnd::TooLong(at) = block.end else {
+            panic!("expected TooLong, got {:?}", block.end)
+        };
+        assert_eq!(at, GuestVirt(0x10000 + MAX_BLOCK_INSTRUCTIONS));
+        assert_eq!(block.instructions, MAX_BLOCK_INSTRUCTIONS);
+    }
+
+    #[test]
+    fn cache_drops_entries_by_either_page_and_stays_bounded() {
+        let mut cache: PageKeyedCache<u32, u32> = PageKeyedCache::new(2);
+        let page = |virt_page, phys_page| CodePage {
+            virt_page,
+            phys_page: Some(phys_page),
+        };
+        cache.insert(1, Arc::new(10), &[page(1, 7)]);
+        cache.insert(2, Arc::new(20), &[page(2, 8), page(3, 9)]);
+        cache.invalidate_phys_page(9);
+        assert!(cache.get(&2).is_none());
+        assert_eq!(cache.get(&1).as_deref(), Some(&10));
+        cache.invalidate_virt_page(1);
+        assert!(cache.get(&1).is_none());
+        assert_eq!(cache.stats.invalidated, 2);
+
+        cache.insert(3, Arc::new(30), &[]);
+        cache.insert(4, Arc::new(40), &[]);
+        cache.insert(5, Arc::new(50), &[]);
+        assert!(cache.len() <= 2);
+        assert_eq!(cache.stats.overflows, 1);
+        assert_eq!(cache.get(&5).as_deref(), Some(&50));
+    }
+
+    #[test]
+    fn reinserting_invalidated_entries_does_not_grow_the_index() {
+        let mut cache: PageKeyedCache<u32, u32> = PageKeyedCache::new(16);
+        let pages = [
+            CodePage {
+                virt_page: 1,
+                phys_page: Some(7),
+            },
+            CodePage {
+                virt_page: 2,
+                phys_page: Some(8),
+            },
+        ];
+        for round in 0..100 {
+            cache.insert(1, Arc::new(round), &pages);
+            cache.invalidate_phys_page(8);
+        }
+        assert_eq!(cache.index_len(), 0);
+        cache.insert(1, Arc::new(0), &pages);
+        cache.insert(1, Arc::new(1), &pages);
+        assert_eq!(cache.index_len(), 4);
+    }
+}

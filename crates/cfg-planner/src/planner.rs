@@ -1,0 +1,346 @@
+//! The planner as the monitor uses it: cached blocks and plans, the step
+//! decision at every entry into the monitor, and invalidation when guest
+//! code or its mapping changes.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use btvmm_core::{CpuView, GuestMemory, GuestPhys, GuestVirt, MemFault, SegReg};
+
+use crate::cfg::{Cfg, NodeKind};
+use crate::classify::{ClassifyConfig, PoiKind};
+use crate::decode::{Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault, scan_block};
+use crate::plan::choose_breakpoints;
+use crate::target::{branch_taken, pointer_target};
+
+/// Most breakpoints any supported CPU has (x86: 4, Cortex-A9: 6).
+pub const MAX_BREAKPOINTS: usize = 8;
+
+/// Errors in setting up a planner. Guest behaviour is never an error: odd
+/// guest code becomes nodes of the CFG and [`Step`] decisions.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlannerError {
+    /// A breakpoint budget outside 1..=[`MAX_BREAKPOINTS`].
+    #[error("breakpoint count {0} is outside 1..={MAX_BREAKPOINTS}")]
+    BreakpointCount(usize),
+    /// An exploration limit of zero nodes.
+    #[error("the exploration limit must be at least one node")]
+    ExploreLimit,
+}
+
+/// How the planner works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannerConfig {
+    /// Hardware breakpoints available to plans.
+    pub breakpoints: usize,
+    /// Most POI nodes a plan explores before treating the rest as unknown.
+    pub explore_limit: usize,
+    /// Host facts for the classifier.
+    pub classify: ClassifyConfig,
+    /// Most blocks in the decode cache.
+    pub block_cache_capacity: usize,
+    /// Most plans in the plan cache.
+    pub plan_cache_capacity: usize,
+}
+
+impl Default for PlannerConfig {
+    /// x86 (4 breakpoints) with caches bounded as documented on [`Planner`].
+    fn default() -> Self {
+        Self {
+            breakpoints: 4,
+            explore_limit: 64,
+            classify: ClassifyConfig::default(),
+            block_cache_capacity: 1 << 16,
+            plan_cache_capacity: 1 << 14,
+        }
+    }
+}
+
+/// Where to put breakpoints for one resume point.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// Where the guest resumes.
+    pub start: GuestVirt,
+    /// Whether a breakpoint on `start` itself would fire (false when the
+    /// guest resumes at `start` with EFLAGS.RF set).
+    pub start_armable: bool,
+    /// Breakpoints the plan could use.
+    pub budget: usize,
+    /// Addresses to arm, or `None` when no safe plan exists within the
+    /// budget (the instruction at `start` must be handled first).
+    pub breakpoints: Option<Vec<GuestVirt>>,
+    /// POI nodes explored.
+    pub explored_pois: usize,
+    /// Nodes explored, pseudo-nodes included.
+    pub explored_nodes: usize,
+}
+
+/// What the monitor does next, decided at every entry into the monitor
+/// (planned breakpoint hit, fault, interrupt delivery, after an emulation).
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Resume native execution at the guest's EIP with EFLAGS.RF set and
+    /// exactly these breakpoints armed (at most the budget; maybe none).
+    Resume {
+        /// Guest-virtual addresses to arm.
+        breakpoints: Vec<GuestVirt>,
+    },
+    /// The instruction at EIP must not run natively: emulate it, then ask
+    /// again. Sensitive instructions, IRET and far transfers.
+    Emulate(Poi),
+    /// The bytes at EIP are not a valid instruction: the guest gets #UD.
+    Unrecognized(GuestVirt),
+    /// Guest memory needed to decide (the code at EIP, or the stack or
+    /// table a pointer branch reads) is not mapped by the guest: resolve the
+    /// fault (hidden) or deliver #PF, then ask again.
+    Fault(MemFault),
+}
+
+/// Counters of the planner's caches.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PlannerStats {
+    /// Decode cache.
+    pub blocks: CacheStats,
+    /// Plan cache.
+    pub plans: CacheStats,
+    /// Plans that needed the conditional branch at EIP to be evaluated
+    /// from the flags first.
+    pub evaluated_branches: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    start: GuestVirt,
+    start_armable: bool,
+    budget: u8,
+}
+
+/// Decode and plan caches plus the step decision.
+///
+/// Memory is bounded: at most `block_cache_capacity` blocks (default 65536)
+/// and `plan_cache_capacity` plans (default 16384); a full cache is emptied
+/// before the next insertion. Each cached block costs about 200 bytes with
+/// its index entries, each plan about 150 bytes plus 12 bytes per guest page
+/// its CFG read (a default plan explores at most 64 POIs, so at most a few
+/// dozen pages): about 13 MiB for the blocks and at most 2.5 MiB + 16384 x
+/// pages x 12 bytes for the plans; the planner's report measures the real
+/// figure on a kernel.
+#[derive(Debug)]
+pub struct Planner {
+    config: PlannerConfig,
+    blocks: PageKeyedCache<GuestVirt, Block>,
+    plans: PageKeyedCache<PlanKey, Plan>,
+    evaluated_branches: u64,
+}
+
+impl Planner {
+    /// A planner with empty caches.
+    pub fn new(config: PlannerConfig) -> Result<Self, PlannerError> {
+        if !(1..=MAX_BREAKPOINTS).contains(&config.breakpoints) {
+            return Err(PlannerError::BreakpointCount(config.breakpoints));
+        }
+        if config.explore_limit == 0 {
+            return Err(PlannerError::ExploreLimit);
+        }
+        Ok(Self {
+            blocks: PageKeyedCache::new(config.block_cache_capacity.max(1)),
+            plans: PageKeyedCache::new(config.plan_cache_capacity.max(1)),
+            config,
+            evaluated_branches: 0,
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &PlannerConfig {
+        &self.config
+    }
+
+    /// The block starting at `start`, decoded or from the cache.
+    pub fn block(&mut self, mem: &dyn GuestMemory, start: GuestVirt) -> Arc<Block> {
+        if let Some(block) = self.blocks.get(&start) {
+            return block;
+        }
+        let block = Arc::new(scan_block(mem, start, &self.config.classify));
+        self.blocks.insert(start, Arc::clone(&block), &block.pages);
+        block
+    }
+
+    /// The CFG explored from `start` (up to the configured node limit).
+    pub fn explore(&mut self, mem: &dyn GuestMemory, start: GuestVirt) -> Cfg {
+        let limit = self.config.explore_limit;
+        Cfg::explore(start, limit, |at| self.block(mem, at))
+    }
+
+    /// The plan for resuming at `start` with the configured budget.
+    pub fn plan(
+        &mut self,
+        mem: &dyn GuestMemory,
+        start: GuestVirt,
+        start_armable: bool,
+    ) -> Arc<Plan> {
+        self.plan_with_budget(mem, start, start_armable, self.config.breakpoints)
+    }
+
+    /// The plan for resuming at `start` with `budget` breakpoints (clamped to
+    /// 1..=[`MAX_BREAKPOINTS`]).
+    pub fn plan_with_budget(
+        &mut self,
+        mem: &dyn GuestMemory,
+        start: GuestVirt,
+        start_armable: bool,
+        budget: usize,
+    ) -> Arc<Plan> {
+        let budget = budget.clamp(1, MAX_BREAKPOINTS);
+        let key = PlanKey {
+            start,
+            start_armable,
+            // Clamped to MAX_BREAKPOINTS just above.
+            #[allow(clippy::cast_possible_truncation)]
+            budget: budget as u8,
+        };
+        if let Some(plan) = self.plans.get(&key) {
+            return plan;
+        }
+        let cfg = self.explore(mem, start);
+        let plan = Arc::new(plan_on(&cfg, start, start_armable, budget));
+        self.plans.insert(key, Arc::clone(&plan), &cfg.pages);
+        plan
+    }
+
+    /// Decides what to do with the guest stopped at its current EIP.
+    ///
+    /// Call it on every entry into the monitor in guest kernel mode: after
+    /// a planned breakpoint fires, after an emulated instruction, after an
+    /// exception or interrupt was delivered. Pointer branches and
+    /// conditional branches at EIP are resolved from `cpu` and `mem`, so the
+    /// guest never needs to be single-stepped.
+    pub fn step(&mut self, cpu: &dyn CpuView, mem: &dyn GuestMemory) -> Step {
+        let at = GuestVirt(cpu.segment_base(SegReg::Cs).wrapping_add(cpu.eip()));
+        let block = self.block(mem, at);
+        let poi = match block.end {
+            BlockEnd::Unfetchable(bad) if bad == at => {
+                return Step::Fault(fetch_fault(mem, at));
+            }
+            BlockEnd::Poi(poi) if poi.at == at => poi,
+            // Plain code first: the first POI can always be armed.
+            _ => return self.resume_planned(mem, at, false, None),
+        };
+        match poi.kind {
+            PoiKind::Sensitive { .. } => Step::Emulate(poi),
+            PoiKind::PointerBranch(kind) if kind.needs_emulation() => Step::Emulate(poi),
+            PoiKind::Unrecognized => Step::Unrecognized(at),
+            PoiKind::PointerBranch(_) => match pointer_target(&poi.instr, cpu, mem) {
+                Some(Ok(target)) => self.resume_planned(mem, target, true, None),
+                Some(Err(fault)) => Step::Fault(fault),
+                // Every near pointer kind has a target; anything else is
+                // emulated rather than guessed.
+                None => Step::Emulate(poi),
+            },
+            PoiKind::CondBranch { taken } => {
+                let successor = if branch_taken(&poi.instr, cpu) {
+                    taken
+                } else {
+                    poi.next()
+                };
+                self.resume_planned(mem, at, false, Some(successor))
+            }
+            PoiKind::DirectBranch { target, .. } => {
+                self.resume_planned(mem, at, false, Some(target))
+            }
+            PoiKind::Plain => self.resume_planned(mem, at, false, None),
+        }
+    }
+
+    /// Resume with the plan for `start`; when it has none (the branch at
+    /// EIP needs more breakpoints than there are), plan from the known
+    /// successor of that branch instead, which the branch reaches natively.
+    fn resume_planned(
+        &mut self,
+        mem: &dyn GuestMemory,
+        start: GuestVirt,
+        start_armable: bool,
+        successor: Option<GuestVirt>,
+    ) -> Step {
+        let plan = self.plan(mem, start, start_armable);
+        if let Some(breakpoints) = &plan.breakpoints {
+            return Step::Resume {
+                breakpoints: breakpoints.clone(),
+            };
+        }
+        let Some(successor) = successor else {
+            // Unreachable by construction (plain code before the first POI
+            // always admits the plan "arm the first POI"), but never resume
+            // without a safe plan.
+            return Step::Fault(fetch_fault(mem, start));
+        };
+        self.evaluated_branches += 1;
+        let plan = self.plan(mem, successor, true);
+        match &plan.breakpoints {
+            Some(breakpoints) => Step::Resume {
+                breakpoints: breakpoints.clone(),
+            },
+            None => Step::Fault(fetch_fault(mem, successor)),
+        }
+    }
+
+    /// A guest-physical page was written: drop the blocks and plans decoded
+    /// from it. The shadow MMU calls this for write-tracked code pages.
+    pub fn invalidate_phys_page(&mut self, page: GuestPhys) {
+        self.blocks.invalidate_phys_page(page.page());
+        self.plans.invalidate_phys_page(page.page());
+    }
+
+    /// The mapping of a guest-virtual page changed: drop what was decoded
+    /// through it.
+    pub fn invalidate_virt_page(&mut self, page: GuestVirt) {
+        self.blocks.invalidate_virt_page(page.page());
+        self.plans.invalidate_virt_page(page.page());
+    }
+
+    /// Everything may have changed (e.g. paging switched on).
+    pub fn invalidate_all(&mut self) {
+        self.blocks.clear();
+        self.plans.clear();
+    }
+
+    /// Cache counters.
+    #[must_use]
+    pub fn stats(&self) -> PlannerStats {
+        PlannerStats {
+            blocks: self.blocks.stats,
+            plans: self.plans.stats,
+            evaluated_branches: self.evaluated_branches,
+        }
+    }
+
+    /// Blocks and plans cached now.
+    #[must_use]
+    pub fn cached(&self) -> (usize, usize) {
+        (self.blocks.len(), self.plans.len())
+    }
+}
+
+/// The plan for an explored CFG.
+#[must_use]
+pub fn plan_on(cfg: &Cfg, start: GuestVirt, start_armable: bool, budget: usize) -> Plan {
+    let roles = cfg.roles();
+    // The entry pseudo-node stands for plain code ahead of the first POI;
+    // arming the POI is as good, so the entry is never armed.
+    let root_armable = start_armable && !matches!(cfg.graph[cfg.root].kind, NodeKind::Entry);
+    let breakpoints = choose_breakpoints(&roles, cfg.root, root_armable, budget).map(|nodes| {
+        let mut addresses: Vec<GuestVirt> = nodes.iter().map(|&node| cfg.graph[node].at).collect();
+        addresses.sort_unstable();
+        addresses
+    });
+    Plan {
+        start,
+        start_armable,
+        budget,
+        breakpoints,
+        explored_pois: cfg.poi_count(),
+        explored_nodes: cfg.graph.node_count(),
+    }
+}
