@@ -30,6 +30,9 @@ pub const MAX_BLOCK_INSTRUCTIONS: u32 = 4096;
 /// Longest x86 instruction.
 const MAX_INSTRUCTION_LEN: usize = 15;
 
+/// Bytes of code read at a time while decoding a block.
+const CHUNK: usize = 256;
+
 /// A decoded point of interest.
 #[derive(Clone, Copy, Debug)]
 pub struct Poi {
@@ -114,9 +117,11 @@ pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConf
     let mut instructions = 0u32;
     let mut cursor = start;
     let mut instr = Instruction::default();
-    // One page of code plus room for an instruction that straddles into the
-    // next page.
-    let mut window = [0u8; PAGE_SIZE as usize + MAX_INSTRUCTION_LEN];
+    // Blocks are short (a handful of instructions), so code is read in small
+    // chunks, each with room for an instruction that starts in the chunk and
+    // runs past its end. A chunk that reaches the end of its page is up to
+    // CHUNK + 15 bytes long and gets 15 more from the next page.
+    let mut window = [0u8; CHUNK + 2 * MAX_INSTRUCTION_LEN];
 
     let end = 'chunks: loop {
         let in_page = cursor.bytes_to_page_end() as usize;
@@ -127,30 +132,38 @@ pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConf
                 break BlockEnd::Unfetchable(cursor);
             }
         }
-        if mem.read_virt(cursor, &mut window[..in_page]).is_err() {
+        // Instructions starting in [0, chunk) are decoded from this window.
+        let (chunk, readable) = if in_page > CHUNK + MAX_INSTRUCTION_LEN {
+            (CHUNK, CHUNK + MAX_INSTRUCTION_LEN)
+        } else {
+            (in_page, in_page)
+        };
+        if mem.read_virt(cursor, &mut window[..readable]).is_err() {
             break BlockEnd::Unfetchable(cursor);
         }
+        // When the chunk runs to the end of the page, the tail comes from the
+        // next page, if the guest maps it.
         #[allow(clippy::cast_possible_truncation)] // in_page <= PAGE_SIZE
         let next_page = cursor.offset(in_page as u32);
-        let next_phys = mem.translate(next_page).ok();
-        let tail = match next_phys {
-            Some(_) => {
-                let tail = &mut window[in_page..in_page + MAX_INSTRUCTION_LEN];
-                // A short read just means the straddling instruction (if any)
-                // cannot be fetched; the decoder reports it as truncated.
-                let readable = mem.read_virt(next_page, tail).is_ok();
-                if readable { MAX_INSTRUCTION_LEN } else { 0 }
+        let mut next_phys = None;
+        let mut len = readable;
+        if chunk == in_page {
+            next_phys = mem.translate(next_page).ok();
+            let tail = &mut window[readable..readable + MAX_INSTRUCTION_LEN];
+            // A failed read just means a straddling instruction (if any)
+            // cannot be fetched; the decoder reports it as truncated.
+            if next_phys.is_some() && mem.read_virt(next_page, tail).is_ok() {
+                len += MAX_INSTRUCTION_LEN;
             }
-            None => 0,
-        };
+        }
 
         let mut decoder = Decoder::with_ip(
             32,
-            &window[..in_page + tail],
+            &window[..len],
             u64::from(cursor.0),
             DecoderOptions::NONE,
         );
-        while decoder.position() < in_page {
+        while decoder.position() < chunk {
             if instructions >= MAX_BLOCK_INSTRUCTIONS {
                 break 'chunks BlockEnd::TooLong(instruction_at(&decoder, cursor));
             }
@@ -169,7 +182,7 @@ pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConf
                 break 'chunks BlockEnd::Poi(Poi { at, kind, instr });
             }
         }
-        #[allow(clippy::cast_possible_truncation)] // position <= PAGE_SIZE + 15
+        #[allow(clippy::cast_possible_truncation)] // position <= CHUNK + 15
         let consumed = decoder.position() as u32;
         cursor = cursor.offset(consumed);
     };
@@ -463,6 +476,73 @@ mod tests {
         };
         assert_eq!(at, GuestVirt(0x10000 + MAX_BLOCK_INSTRUCTIONS));
         assert_eq!(block.instructions, MAX_BLOCK_INSTRUCTIONS);
+    }
+
+    /// Pseudo-random code, mostly plain one- and multi-byte instructions so
+    /// that blocks get long (xorshift; proptest supplies the seed).
+    fn code_soup(mut seed: u64, len: usize) -> Vec<u8> {
+        seed |= 1;
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let [choice, byte, ..] = seed.to_le_bytes();
+                match choice % 9 {
+                    0..=3 => 0x90, // nop
+                    4 | 5 => 0x05, // add eax, imm32
+                    6 | 7 => 0x8d, // lea
+                    _ => byte,
+                }
+            })
+            .collect()
+    }
+
+    /// The reference: decode linearly over the whole mapped buffer.
+    fn reference_end(bytes: &[u8], base: u32, start: u32, mapped: usize) -> (u32, u32) {
+        let offset = (start - base) as usize;
+        let mut decoder = Decoder::with_ip(
+            32,
+            &bytes[offset..mapped],
+            u64::from(start),
+            DecoderOptions::NONE,
+        );
+        let mut count = 0;
+        while decoder.can_decode() {
+            let at = start + u32::try_from(decoder.position()).expect("small");
+            let instr = decoder.decode();
+            count += 1;
+            if decoder.last_error() == DecoderError::NoMoreBytes {
+                return (at, count);
+            }
+            if classify(&instr, &ClassifyConfig::default()).is_poi() {
+                return (at, count);
+            }
+        }
+        (base + u32::try_from(mapped).expect("small"), count)
+    }
+
+    proptest::proptest! {
+        /// Chunked decoding finds the same block end as a linear decode of
+        /// the whole buffer, across chunk and page boundaries.
+        #[test]
+        fn chunked_decoding_matches_linear_decoding(
+            seed in proptest::prelude::any::<u64>(),
+            start_offset in 0usize..0x1ff0,
+            second_page_mapped in proptest::prelude::any::<bool>(),
+        ) {
+            let soup = code_soup(seed, 0x2000);
+            let base = 0x4000u32;
+            let mapped = if second_page_mapped { 0x2000 } else { 0x1000 };
+            let start_offset = start_offset % mapped;
+            let mut mem = RegionMemory::new();
+            mem.add_identity(base, soup[..mapped].to_vec());
+            let start = base + u32::try_from(start_offset).expect("small");
+            let block = scan_block(&mem, GuestVirt(start), &ClassifyConfig::default());
+            let (end, count) = reference_end(&soup, base, start, mapped);
+            proptest::prop_assert_eq!(block.end.at(), GuestVirt(end));
+            proptest::prop_assert_eq!(block.instructions, count);
+        }
     }
 
     #[test]

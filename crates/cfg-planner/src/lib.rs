@@ -15,4 +15,8 @@ pub mod target;
 pub use cfg::{Cfg, CfgNode, EdgeKind, NodeKind};
 pub use classify::{ClassifyConfig, Delivery, PoiKind, PointerKind, SensitiveKind, classify};
 pub use decode::{Block, BlockEnd, CacheStats, CodePage, Poi};
-pub use planner::{Plan, Planner, PlannerConfig, PlannerError, PlannerStats, Step};
+/// The graph library of [`Cfg`], for callers that walk it.
+pub use petgraph;
+pub use planner::{
+    Plan, PlanCacheSummary, Planner, PlannerConfig, PlannerError, PlannerStats, Step,
+};

@@ -110,6 +110,17 @@ pub struct PlannerStats {
     pub evaluated_branches: u64,
 }
 
+/// Sizes and counters of the planner's caches.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PlanCacheSummary {
+    /// Blocks cached.
+    pub blocks: usize,
+    /// Plans cached.
+    pub plans: usize,
+    /// Counters.
+    pub stats: PlannerStats,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PlanKey {
     start: GuestVirt,
@@ -320,6 +331,16 @@ impl Planner {
     #[must_use]
     pub fn cached(&self) -> (usize, usize) {
         (self.blocks.len(), self.plans.len())
+    }
+
+    /// Cache sizes and counters, for reports.
+    #[must_use]
+    pub fn cache_summary(&self) -> PlanCacheSummary {
+        PlanCacheSummary {
+            blocks: self.blocks.len(),
+            plans: self.plans.len(),
+            stats: self.stats(),
+        }
     }
 }
 

@@ -1,0 +1,221 @@
+//! The 32-bit x86 kernel ELF: executable sections, loadable segments as
+//! guest memory, the entry point and symbols.
+
+use std::collections::HashMap;
+
+use object::elf::{PT_LOAD, SHF_EXECINSTR};
+use object::read::elf::{ElfFile32, FileHeader, ProgramHeader, SectionHeader};
+use object::{Endianness, Object, ObjectSymbol, SymbolKind};
+use serde::Serialize;
+
+use btvmm_core::{GuestPhys, GuestVirt, RegionMemory};
+
+use crate::LoaderError;
+
+/// An executable section.
+#[derive(Clone, Debug, Serialize)]
+pub struct CodeSection {
+    /// Section name (`.text`, `.init.text`, ...).
+    pub name: String,
+    /// Guest-virtual address it is linked at.
+    pub virt: GuestVirt,
+    /// Its bytes.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+}
+
+/// A parsed kernel ELF.
+#[derive(Debug)]
+pub struct KernelElf {
+    /// The executable sections, in file order.
+    pub sections: Vec<CodeSection>,
+    /// The loadable segments at their virtual addresses, backed by their
+    /// physical addresses, as the kernel's own page tables will map them.
+    pub memory: RegionMemory,
+    /// The entry point as a guest-virtual address (the ELF header gives a
+    /// physical one for the i386 kernel, which starts with paging off).
+    pub entry: GuestVirt,
+    /// Function symbols by name, when the ELF has a symbol table.
+    pub symbols: HashMap<String, GuestVirt>,
+}
+
+impl KernelElf {
+    /// Parses an ELF32 i386 image.
+    pub fn parse(data: &[u8]) -> Result<Self, LoaderError> {
+        let file = ElfFile32::<Endianness>::parse(data)
+            .map_err(|error| LoaderError::Elf(error.to_string()))?;
+        if file.architecture() != object::Architecture::I386 {
+            return Err(LoaderError::Elf(format!(
+                "the kernel is built for {:?}, not 32-bit x86",
+                file.architecture()
+            )));
+        }
+        let endian = file.endian();
+        let header = file.elf_header();
+
+        let mut memory = RegionMemory::new();
+        let mut segments = Vec::new();
+        for segment in header
+            .program_headers(endian, data)
+            .map_err(|error| LoaderError::Elf(error.to_string()))?
+        {
+            if segment.p_type(endian) != PT_LOAD {
+                continue;
+            }
+            let virt = segment.p_vaddr(endian);
+            let phys = segment.p_paddr(endian);
+            let mem_size = segment.p_memsz(endian);
+            let file_bytes = segment
+                .data(endian, data)
+                .map_err(|_| LoaderError::Elf("a segment lies outside the file".into()))?;
+            if u64::from(virt) + u64::from(mem_size) > 1 << 32
+                || file_bytes.len() > mem_size as usize
+            {
+                return Err(LoaderError::Elf(format!(
+                    "segment at {virt:#x} does not fit a 32-bit address space"
+                )));
+            }
+            let mut bytes = file_bytes.to_vec();
+            bytes.resize(mem_size as usize, 0);
+            memory.add(GuestVirt(virt), GuestPhys(phys), bytes);
+            segments.push((virt, phys, mem_size));
+        }
+
+        let mut sections = Vec::new();
+        for section in header
+            .section_headers(endian, data)
+            .map_err(|error| LoaderError::Elf(error.to_string()))?
+        {
+            if !section.sh_flags(endian).contains(SHF_EXECINSTR) || section.sh_size(endian) == 0 {
+                continue;
+            }
+            let bytes = section
+                .data(endian, data)
+                .map_err(|_| LoaderError::Elf("a section lies outside the file".into()))?;
+            let name = file
+                .elf_section_table()
+                .section_name(endian, section)
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .unwrap_or_else(|_| "?".into());
+            sections.push(CodeSection {
+                name,
+                virt: GuestVirt(section.sh_addr(endian)),
+                bytes: bytes.to_vec(),
+            });
+        }
+        if sections.is_empty() {
+            return Err(LoaderError::Elf("no executable sections".into()));
+        }
+
+        // The i386 kernel's e_entry is physical (it starts with paging
+        // off); other ELFs give a virtual one.
+        let entry_field = header.e_entry(endian);
+        let is_virtual = segments
+            .iter()
+            .any(|&(virt, _, size)| entry_field.wrapping_sub(virt) < size);
+        let entry = segments
+            .iter()
+            .find(|&&(_, phys, size)| !is_virtual && entry_field.wrapping_sub(phys) < size)
+            .map_or(GuestVirt(entry_field), |&(virt, phys, _)| {
+                GuestVirt(virt.wrapping_add(entry_field - phys))
+            });
+
+        let mut kernel = Self {
+            sections,
+            memory,
+            entry,
+            symbols: HashMap::new(),
+        };
+        // Code symbols: anything defined inside an executable section
+        // (assembly labels often carry no STT_FUNC type).
+        for symbol in file.symbols() {
+            if symbol.is_undefined()
+                || !matches!(
+                    symbol.kind(),
+                    SymbolKind::Text | SymbolKind::Label | SymbolKind::Unknown
+                )
+            {
+                continue;
+            }
+            let (Ok(name), Ok(address)) = (symbol.name(), u32::try_from(symbol.address())) else {
+                continue;
+            };
+            if !name.is_empty() && kernel.section_at(GuestVirt(address)).is_some() {
+                kernel
+                    .symbols
+                    .entry(name.to_owned())
+                    .or_insert(GuestVirt(address));
+            }
+        }
+        Ok(kernel)
+    }
+
+    /// The executable section holding `at`, if any.
+    #[must_use]
+    pub fn section_at(&self, at: GuestVirt) -> Option<&CodeSection> {
+        self.sections
+            .iter()
+            .find(|section| (at.0.wrapping_sub(section.virt.0) as usize) < section.bytes.len())
+    }
+}
+
+/// Reads code symbols from a `System.map` (`address type name` per line).
+pub fn parse_system_map(text: &str) -> Result<HashMap<String, GuestVirt>, LoaderError> {
+    let mut symbols = HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(address), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if !matches!(kind, "T" | "t" | "W" | "w") {
+            continue;
+        }
+        if let Ok(address) = u32::from_str_radix(address, 16) {
+            symbols.entry(name.to_owned()).or_insert(GuestVirt(address));
+        }
+    }
+    if symbols.is_empty() {
+        return Err(LoaderError::NoSymbols(
+            "the System.map lists no code symbols (Debian ships the real one in the linux-image-*-dbg package)"
+                .into(),
+        ));
+    }
+    Ok(symbols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_map_keeps_code_symbols_only() {
+        let map = "c1000000 T startup_32\nc1000100 t helper\nc2000000 D some_data\nbogus\n";
+        let symbols = parse_system_map(map).expect("symbols");
+        assert_eq!(symbols.get("startup_32"), Some(&GuestVirt(0xc100_0000)));
+        assert_eq!(symbols.get("helper"), Some(&GuestVirt(0xc100_0100)));
+        assert!(!symbols.contains_key("some_data"));
+    }
+
+    #[test]
+    fn debian_stub_system_map_is_refused() {
+        let stub =
+            "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n";
+        assert!(matches!(
+            parse_system_map(stub),
+            Err(LoaderError::NoSymbols(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_not_an_elf() {
+        assert!(matches!(
+            KernelElf::parse(b"\x7fELF garbage"),
+            Err(LoaderError::Elf(_))
+        ));
+        assert!(matches!(
+            KernelElf::parse(&[0u8; 64]),
+            Err(LoaderError::Elf(_))
+        ));
+    }
+}

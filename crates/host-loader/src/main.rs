@@ -1,0 +1,132 @@
+//! `btvmm`: the breakpoint-tracing virtualizer's command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use cfg_planner::ClassifyConfig;
+use host_loader::report::{PlanRequest, build_report, render_text};
+
+/// Exit status for every error caused by the input or the host.
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status for a bug in btvmm itself.
+const EXIT_INTERNAL: i32 = 70;
+
+#[derive(Parser)]
+#[command(
+    name = "btvmm",
+    version,
+    about = "Breakpoint-tracing virtualizer for 32-bit x86 guests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what breakpoint tracing faces in a kernel: instruction and
+    /// point-of-interest counts, and the CFG and breakpoint plans from an
+    /// entry point.
+    Plan {
+        /// A Linux bzImage (e.g. Debian's vmlinuz-*-686) or a vmlinux ELF.
+        kernel: PathBuf,
+        /// Plan from this guest-virtual address (hex with 0x, or decimal).
+        #[arg(long, value_parser = parse_address, conflicts_with = "symbol")]
+        at: Option<u32>,
+        /// Plan from this code symbol (needs an ELF with symbols or --system-map).
+        #[arg(long)]
+        symbol: Option<String>,
+        /// Take symbols from this System.map.
+        #[arg(long, requires = "symbol")]
+        system_map: Option<PathBuf>,
+        /// Show plans for 1..=N breakpoints.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=8))]
+        breakpoints: u8,
+        /// POI nodes a plan explores at most.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        explore_limit: u16,
+        /// Sensitive instruction forms to list.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// CFG nodes to list.
+        #[arg(long, default_value_t = 40)]
+        show_nodes: usize,
+        /// Classify as on a host with CPUID faulting enabled (CPUID traps).
+        #[arg(long)]
+        cpuid_faults: bool,
+        /// Classify as with a virtualized TSC (RDTSC/RDTSCP/RDPID sensitive).
+        #[arg(long)]
+        virtualize_tsc: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_address(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(&hex.replace('_', ""), 16),
+        None => text.replace('_', "").parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not a 32-bit address"))
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug in btvmm; report it in one line, never as a trace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("btvmm: internal error: {info}");
+        std::process::exit(EXIT_INTERNAL);
+    }));
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("btvmm: error: {error:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plan {
+            kernel,
+            at,
+            symbol,
+            system_map,
+            breakpoints,
+            explore_limit,
+            top,
+            show_nodes,
+            cpuid_faults,
+            virtualize_tsc,
+            json,
+        } => {
+            let request = PlanRequest {
+                kernel,
+                at,
+                symbol,
+                system_map,
+                max_breakpoints: usize::from(breakpoints),
+                explore_limit: usize::from(explore_limit),
+                top,
+                show_nodes,
+                classify: ClassifyConfig {
+                    cpuid_faults,
+                    virtualize_timestamp: virtualize_tsc,
+                },
+            };
+            let report = build_report(&request)?;
+            if json {
+                let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
+                println!("{text}");
+            } else {
+                print!("{}", render_text(&report));
+            }
+            Ok(())
+        }
+    }
+}
