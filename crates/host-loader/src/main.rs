@@ -60,6 +60,10 @@ enum Command {
         /// Classify as with a virtualized TSC (RDTSC/RDTSCP/RDPID sensitive).
         #[arg(long)]
         virtualize_tsc: bool,
+        /// Also plan from every function entry (direct-call target) with
+        /// this many breakpoints, and report planner speed and cache size.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
+        all_functions: Option<u8>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             show_nodes,
             cpuid_faults,
             virtualize_tsc,
+            all_functions,
             json,
         } => {
             let request = PlanRequest {
@@ -118,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     cpuid_faults,
                     virtualize_timestamp: virtualize_tsc,
                 },
+                all_functions: all_functions.map(usize::from),
             };
             let report = build_report(&request)?;
             if json {

@@ -45,6 +45,8 @@ pub struct PlanRequest {
     pub show_nodes: usize,
     /// Host facts for the classifier.
     pub classify: ClassifyConfig,
+    /// Also plan from every function entry with this many breakpoints.
+    pub all_functions: Option<usize>,
 }
 
 /// How the kernel came.
@@ -170,6 +172,10 @@ pub struct Sweep {
     pub sensitive: Vec<Form>,
     /// The most frequent sensitive instruction forms.
     pub top_sensitive: Vec<Form>,
+    /// Distinct targets of direct calls inside the text: the kernel's
+    /// function entries, as far as direct calls reach them.
+    #[serde(skip)]
+    pub call_targets: Vec<GuestVirt>,
 }
 
 /// Decodes and classifies every instruction of the executable sections,
@@ -188,6 +194,7 @@ pub fn sweep(elf: &KernelElf, config: &ClassifyConfig, top: usize) -> Sweep {
     let mut instructions = 0u64;
     let mut bytes = 0u64;
     let mut int3_padding = 0u64;
+    let mut call_targets = Vec::new();
     let mut instr = Instruction::default();
 
     for section in &elf.sections {
@@ -216,7 +223,10 @@ pub fn sweep(elf: &KernelElf, config: &ClassifyConfig, top: usize) -> Sweep {
                 PoiKind::Plain => plain += 1,
                 PoiKind::CondBranch { .. } => conditional += 1,
                 PoiKind::DirectBranch { call: false, .. } => jumps += 1,
-                PoiKind::DirectBranch { call: true, .. } => calls += 1,
+                PoiKind::DirectBranch { call: true, target } => {
+                    calls += 1;
+                    call_targets.push(target);
+                }
                 PoiKind::PointerBranch(kind) => *pointers.entry(kind).or_default() += 1,
                 PoiKind::Sensitive { kind, delivery } => {
                     sensitive.entry(kind).or_insert((delivery, 0)).1 += 1;
@@ -227,6 +237,9 @@ pub fn sweep(elf: &KernelElf, config: &ClassifyConfig, top: usize) -> Sweep {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    call_targets.sort_unstable();
+    call_targets.dedup();
+    call_targets.retain(|&target| elf.section_at(target).is_some());
 
     let pointer_total: u64 = pointers.values().sum();
     let silent_total: u64 = sensitive
@@ -301,6 +314,80 @@ pub fn sweep(elf: &KernelElf, config: &ClassifyConfig, top: usize) -> Sweep {
             .collect(),
         sensitive: sensitive_rows,
         top_sensitive,
+        call_targets,
+    }
+}
+
+/// Planning from every function entry: the planner at kernel scale.
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionPlans {
+    /// Function entries planned (distinct direct-call targets).
+    pub functions: usize,
+    /// Breakpoints per plan.
+    pub budget: usize,
+    /// Wall time for all of them, cold caches.
+    pub seconds: f64,
+    /// Plans per second.
+    pub plans_per_second: f64,
+    /// Plans by number of breakpoints armed (index = count).
+    pub by_breakpoints: Vec<u64>,
+    /// Entries whose first instruction must be handled by the monitor
+    /// before anything can run natively (a sensitive instruction or a
+    /// pointer branch right at the entry).
+    pub step_first: u64,
+    /// POI nodes explored per plan, on average.
+    pub mean_explored_pois: f64,
+    /// Plans whose exploration hit the node limit.
+    pub hit_explore_limit: u64,
+    /// Blocks and plans in the caches afterwards.
+    pub cache: PlanCacheSummary,
+    /// Growth of the process's resident memory while planning (VmRSS
+    /// after minus before), KiB: the planner's caches and graphs.
+    pub resident_growth_kib: Option<u64>,
+}
+
+fn plan_functions(
+    elf: &KernelElf,
+    planner: &mut Planner,
+    functions: &[GuestVirt],
+    budget: usize,
+) -> FunctionPlans {
+    let resident_before = status_kib("VmRSS:");
+    let started = Instant::now();
+    let mut by_breakpoints = vec![0u64; budget + 1];
+    let mut step_first = 0u64;
+    let mut explored = 0u64;
+    let mut hit_limit = 0u64;
+    let limit = planner.config().explore_limit;
+    for &function in functions {
+        let plan = planner.plan_with_budget(&elf.memory, function, false, budget);
+        explored += plan.explored_pois as u64;
+        hit_limit += u64::from(plan.explored_pois >= limit);
+        match &plan.breakpoints {
+            Some(armed) => by_breakpoints[armed.len().min(budget)] += 1,
+            None => step_first += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Counts far below 2^52 convert exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let (plans_per_second, mean_explored_pois) = (
+        functions.len() as f64 / seconds.max(1e-9),
+        explored as f64 / functions.len().max(1) as f64,
+    );
+    FunctionPlans {
+        functions: functions.len(),
+        budget,
+        seconds,
+        plans_per_second,
+        by_breakpoints,
+        step_first,
+        mean_explored_pois,
+        hit_explore_limit: hit_limit,
+        cache: planner.cache_summary(),
+        resident_growth_kib: status_kib("VmRSS:")
+            .zip(resident_before)
+            .map(|(after, before)| after.saturating_sub(before)),
     }
 }
 
@@ -380,8 +467,10 @@ pub struct Report {
     pub sweep: Sweep,
     /// The entry's CFG and plans.
     pub entry: EntryReport,
-    /// The planner's caches after planning.
+    /// The planner's caches after planning from the entry.
     pub planner_cache: PlanCacheSummary,
+    /// Plans from every function entry, when asked for.
+    pub function_plans: Option<FunctionPlans>,
     /// Peak resident memory of the process, KiB (VmHWM).
     pub peak_memory_kib: Option<u64>,
 }
@@ -446,13 +535,32 @@ pub fn build_report(request: &PlanRequest) -> Result<Report, LoaderError> {
         plans,
         seconds,
     };
+    let planner_cache = planner.cache_summary();
+    let function_plans = match request.all_functions {
+        Some(budget) => {
+            let mut planner = Planner::new(PlannerConfig {
+                breakpoints: budget,
+                explore_limit: request.explore_limit,
+                classify: request.classify,
+                ..PlannerConfig::default()
+            })?;
+            Some(plan_functions(
+                elf,
+                &mut planner,
+                &sweep.call_targets,
+                budget,
+            ))
+        }
+        None => None,
+    };
     Ok(Report {
         kernel: kernel.path.clone(),
         image: kernel.format.clone(),
         vmlinux_bytes: kernel.vmlinux_bytes,
         sweep,
         entry,
-        planner_cache: planner.cache_summary(),
+        planner_cache,
+        function_plans,
         peak_memory_kib: peak_memory_kib(),
     })
 }
@@ -510,10 +618,15 @@ fn describe(kind: &NodeKind) -> String {
 
 /// Peak resident set size of this process (Linux `VmHWM`).
 fn peak_memory_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// A KiB field of `/proc/self/status`.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -690,6 +803,44 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
         cache.stats.blocks.hits + cache.stats.blocks.misses,
         cache.stats.blocks.hits
     )?;
+    if let Some(functions) = &report.function_plans {
+        writeln!(
+            out,
+            "functions  planned from {} function entries (direct-call targets), N={}: {:.2} s, {:.0} plans/s",
+            thousands(functions.functions as u64),
+            functions.budget,
+            functions.seconds,
+            functions.plans_per_second
+        )?;
+        let spread: Vec<String> = functions
+            .by_breakpoints
+            .iter()
+            .enumerate()
+            .map(|(armed, count)| format!("{armed}: {}", thousands(*count)))
+            .collect();
+        writeln!(
+            out,
+            "           plans by breakpoints armed: {}",
+            spread.join(", ")
+        )?;
+        writeln!(
+            out,
+            "           monitor must step the first instruction: {}; mean POIs explored {:.1}; {} hit the limit",
+            thousands(functions.step_first),
+            functions.mean_explored_pois,
+            thousands(functions.hit_explore_limit)
+        )?;
+        writeln!(
+            out,
+            "           caches afterwards: {} blocks, {} plans ({} overflow flushes); resident memory grew {} KiB",
+            thousands(functions.cache.blocks as u64),
+            thousands(functions.cache.plans as u64),
+            functions.cache.stats.plans.overflows + functions.cache.stats.blocks.overflows,
+            functions
+                .resident_growth_kib
+                .map_or_else(|| "?".into(), thousands)
+        )?;
+    }
     if let Some(kib) = report.peak_memory_kib {
         writeln!(out, "memory     peak resident {} KiB", thousands(kib))?;
     }
