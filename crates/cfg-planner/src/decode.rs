@@ -24,8 +24,9 @@ use crate::classify::{ClassifyConfig, PoiKind, classify};
 
 /// Longest straight-line run decoded in one block. Longer runs end in
 /// [`BlockEnd::TooLong`] and continue in a block of their own: this bounds
-/// the work of one decode, not what the planner can follow.
-pub const MAX_BLOCK_INSTRUCTIONS: u32 = 4096;
+/// the work of one decode and the pages one block depends on (at most 15
+/// KiB of code, so at most five pages), not what the planner can follow.
+pub const MAX_BLOCK_INSTRUCTIONS: u32 = 1024;
 
 /// Longest x86 instruction.
 const MAX_INSTRUCTION_LEN: usize = 15;
@@ -398,7 +399,8 @@ mod tests {
 
     #[test]
     fn instruction_straddling_a_page_records_both_pages() {
-        // nops up to 0x1ffe, then "mov eax, imm32" across the boundary, then ret.
+        // nops up to 0x1ffe, then "mov eax, imm32" across the boundary, then
+        // ret; decoding starts 1 KiB before the boundary.
         let mut bytes = vec![0x90; 0xffe];
         bytes.extend_from_slice(&[0xb8, 1, 2, 3, 4, 0xc3]);
         let mut mem = RegionMemory::new();
@@ -412,7 +414,7 @@ mod tests {
             GuestPhys(0x3000),
             bytes[0x1000..].to_vec(),
         );
-        let block = scan_block(&mem, GuestVirt(0x1000), &ClassifyConfig::default());
+        let block = scan_block(&mem, GuestVirt(0x1c00), &ClassifyConfig::default());
         assert_eq!(block.end.at(), GuestVirt(0x2003));
         assert_eq!(
             block.pages,
@@ -510,6 +512,9 @@ mod tests {
         let mut count = 0;
         while decoder.can_decode() {
             let at = start + u32::try_from(decoder.position()).expect("small");
+            if count == MAX_BLOCK_INSTRUCTIONS {
+                return (at, count);
+            }
             let instr = decoder.decode();
             count += 1;
             if decoder.last_error() == DecoderError::NoMoreBytes {
@@ -543,6 +548,22 @@ mod tests {
             proptest::prop_assert_eq!(block.end.at(), GuestVirt(end));
             proptest::prop_assert_eq!(block.instructions, count);
         }
+    }
+
+    #[test]
+    fn cached_values_stay_small() {
+        // The memory bound documented on `Planner` relies on these.
+        assert!(
+            std::mem::size_of::<Block>() <= 128,
+            "{}",
+            std::mem::size_of::<Block>()
+        );
+        assert_eq!(std::mem::size_of::<CodePage>(), 12);
+        assert!(
+            std::mem::size_of::<crate::Plan>() <= 96,
+            "{}",
+            std::mem::size_of::<crate::Plan>()
+        );
     }
 
     #[test]

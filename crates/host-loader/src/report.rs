@@ -832,10 +832,11 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
         )?;
         writeln!(
             out,
-            "           caches afterwards: {} blocks, {} plans ({} overflow flushes); resident memory grew {} KiB",
+            "           caches afterwards: {} blocks, {} plans ({} overflow flushes, {} plans too wide to cache); resident memory grew {} KiB",
             thousands(functions.cache.blocks as u64),
             thousands(functions.cache.plans as u64),
             functions.cache.stats.plans.overflows + functions.cache.stats.blocks.overflows,
+            functions.cache.stats.uncached_plans,
             functions
                 .resident_growth_kib
                 .map_or_else(|| "?".into(), thousands)
