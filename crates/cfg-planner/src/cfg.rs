@@ -52,7 +52,12 @@ impl CfgNode {
         match self.kind {
             NodeKind::Entry => Role::Pass,
             NodeKind::Poi(poi) => match poi.kind {
-                PoiKind::CondBranch { .. } | PoiKind::DirectBranch { .. } => Role::Pass,
+                PoiKind::CondBranch { .. }
+                | PoiKind::DirectBranch { .. }
+                | PoiKind::Sensitive {
+                    delivery: Delivery::TrapsOrFallsThrough,
+                    ..
+                } => Role::Pass,
                 PoiKind::Sensitive {
                     delivery: Delivery::Traps,
                     ..
@@ -191,6 +196,10 @@ impl Cfg {
                         let edge = if call { EdgeKind::Call } else { EdgeKind::Jump };
                         queue.push_back((node, edge, target));
                     }
+                    PoiKind::Sensitive {
+                        delivery: Delivery::TrapsOrFallsThrough,
+                        ..
+                    } => queue.push_back((node, EdgeKind::NotTaken, poi.next())),
                     _ => {}
                 }
                 node

@@ -24,7 +24,7 @@
 //! | [`SensitiveKind::DescriptorTableLoad`] | LGDT, LIDT, LLDT, LTR | #GP |
 //! | [`SensitiveKind::CacheTlb`] | INVD, WBINVD, WBNOINVD, INVLPG, INVPCID | #GP |
 //! | [`SensitiveKind::Msr`] | RDMSR, WRMSR | #GP |
-//! | [`SensitiveKind::SoftwareInterrupt`] | INT n, INT3, INTO, INT1 (ICEBP) | #GP for DPL-0 host gates; SIGTRAP for 3, #OF for 4, seccomp for 0x80 |
+//! | [`SensitiveKind::SoftwareInterrupt`] | INT n, INT3, INT1 (ICEBP); INTO, which traps only with OF set and otherwise falls through ([`Delivery::TrapsOrFallsThrough`]) | #GP for DPL-0 host gates; SIGTRAP for 3, #OF for 4, seccomp for 0x80 |
 //! | [`SensitiveKind::SystemCall`] | SYSENTER, SYSCALL | host system-call entry (seccomp SIGSYS) or #UD |
 //! | [`SensitiveKind::SystemReturn`] | SYSEXIT, SYSRET | #GP |
 //! | [`SensitiveKind::InvalidOpcode`] | UD0, UD1, UD2 | #UD, which the guest must see as its own |
@@ -50,6 +50,7 @@
 //! | [`SensitiveKind::Timestamp`] | RDTSC, RDTSCP, RDPID | host TSC and TSC_AUX; only sensitive when the TSC is virtualized ([`ClassifyConfig::virtualize_timestamp`]) |
 //! | [`SensitiveKind::PerfCounter`] | RDPMC | runs natively if the host sets CR4.PCE for the process |
 //! | [`SensitiveKind::Transactional`] | XBEGIN, XABORT, XEND | the virtual CPU has no RTM: the guest must see #UD, a TSX host would run them |
+//! | [`SensitiveKind::ShortBranch`] | near JMP/CALL/Jcc/LOOP with a 16-bit operand size | not sensitive, but the target wraps at 64 KiB of CS offsets, which the planner's linear addresses cannot follow: the monitor emulates it |
 //! | [`SensitiveKind::StateDependent`] | MONITOR, MWAIT and any other instruction that iced-x86 marks "may require CPL 0" (depends on host CR4 bits or model-specific enables such as ring-3 MWAIT) | unknown: stop it to be safe |
 //!
 //! Pointer branches ([`PointerKind`]) are RET, RET imm16, indirect JMP and
@@ -73,6 +74,16 @@
 //!   after CPUID says so, which it will not.
 //! - PUSHA/POPA, ENTER/LEAVE, BOUND, string instructions without I/O: ordinary
 //!   memory and register effects; faults they raise reach the monitor anyway.
+//!
+//! VMCALL, VMMCALL, VMGEXIT and TDCALL are [`PoiKind::Unrecognized`]: at
+//! CPL 3 under an outer hypervisor (KVM on our hosts) VMCALL exits to it
+//! and comes back with EAX = -EPERM and the instruction skipped, no fault.
+//! So is any instruction with control flow the planner does not model.
+//!
+//! FNSTENV, FNSAVE and FXSAVE store the x87 code and data selectors; CPUs
+//! that deprecate those fields (most current ones) store zeros, where an
+//! i686 would store the guest's CS and DS. The planner leaves them plain:
+//! no guest we target reads those fields back.
 //!
 //! Anything iced-x86 cannot decode is [`PoiKind::Unrecognized`]: iced-x86
 //! knows every documented encoding, so the real CPU raises #UD on it as well,
@@ -115,11 +126,12 @@ pub enum SensitiveKind {
     PerfCounter,
     Transactional,
     StateDependent,
+    ShortBranch,
 }
 
 impl SensitiveKind {
     /// Every class, in report order.
-    pub const ALL: [SensitiveKind; 25] = [
+    pub const ALL: [SensitiveKind; 26] = [
         Self::InterruptFlag,
         Self::Halt,
         Self::PortIo,
@@ -145,6 +157,7 @@ impl SensitiveKind {
         Self::PerfCounter,
         Self::Transactional,
         Self::StateDependent,
+        Self::ShortBranch,
     ];
 
     /// Short name for reports.
@@ -176,6 +189,7 @@ impl SensitiveKind {
             Self::PerfCounter => "rdpmc",
             Self::Transactional => "xbegin/xabort/xend",
             Self::StateDependent => "state-dependent",
+            Self::ShortBranch => "16-bit-branch",
         }
     }
 }
@@ -185,6 +199,10 @@ impl SensitiveKind {
 pub enum Delivery {
     /// It faults at host CPL 3: no breakpoint needed.
     Traps,
+    /// It faults when its condition holds and otherwise does nothing and
+    /// falls through (INTO with OF clear): no breakpoint needed, but the
+    /// code after it runs natively too.
+    TrapsOrFallsThrough,
     /// It runs silently: a breakpoint must stop it first.
     Silent,
 }
@@ -333,8 +351,18 @@ pub fn classify(instr: &Instruction, config: &ClassifyConfig) -> PoiKind {
         | Mnemonic::Invlpg
         | Mnemonic::Invpcid => Some((SensitiveKind::CacheTlb, Traps)),
         Mnemonic::Rdmsr | Mnemonic::Wrmsr => Some((SensitiveKind::Msr, Traps)),
-        Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 | Mnemonic::Into => {
+        Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 => {
             Some((SensitiveKind::SoftwareInterrupt, Traps))
+        }
+        Mnemonic::Into => Some((
+            SensitiveKind::SoftwareInterrupt,
+            Delivery::TrapsOrFallsThrough,
+        )),
+        // Under an outer hypervisor (KVM, as on our hosts) VMCALL at CPL 3
+        // exits to it, which answers -EPERM in EAX and skips the
+        // instruction: it neither faults nor does what the guest meant.
+        Mnemonic::Vmcall | Mnemonic::Vmmcall | Mnemonic::Vmgexit | Mnemonic::Tdcall => {
+            return PoiKind::Unrecognized;
         }
         Mnemonic::Syscall | Mnemonic::Sysenter => Some((SensitiveKind::SystemCall, Traps)),
         Mnemonic::Sysexit | Mnemonic::Sysret => Some((SensitiveKind::SystemReturn, Traps)),
@@ -387,6 +415,12 @@ pub fn classify(instr: &Instruction, config: &ClassifyConfig) -> PoiKind {
         instr.op0_kind(),
         OpKind::NearBranch16 | OpKind::NearBranch32
     );
+    if instr.op0_kind() == OpKind::NearBranch16 {
+        // The target wraps at 64 KiB of the code segment's offsets, which
+        // the planner (working in linear addresses without the CS base)
+        // cannot follow: the monitor emulates the branch.
+        return sensitive(SensitiveKind::ShortBranch, Silent);
+    }
     match instr.flow_control() {
         FlowControl::ConditionalBranch if near => {
             return PoiKind::CondBranch {
@@ -408,17 +442,17 @@ pub fn classify(instr: &Instruction, config: &ClassifyConfig) -> PoiKind {
         _ => {}
     }
 
+    if instr.flow_control() != FlowControl::Next {
+        // Control flow the planner does not model (VMRUN, VMLAUNCH and the
+        // like): never let it run natively, whatever its privilege.
+        return PoiKind::Unrecognized;
+    }
     let op_code = instr.op_code();
     if op_code.is_privileged() || op_code.must_be_cpl0() {
         return sensitive(SensitiveKind::Privileged, Traps);
     }
     if op_code.may_require_cpl0() {
         return sensitive(SensitiveKind::StateDependent, Silent);
-    }
-    if instr.flow_control() != FlowControl::Next {
-        // Control flow the planner does not model (VMMCALL, VMGEXIT and the
-        // like): never let it run natively.
-        return PoiKind::Unrecognized;
     }
     PoiKind::Plain
 }
@@ -597,11 +631,15 @@ mod tests {
                 (&[0xcd, 0x80], "int 0x80"),
                 (&[0xcd, 0x03], "int 3 (long form)"),
                 (&[0xcc], "int3"),
-                (&[0xce], "into"),
                 (&[0xf1], "int1"),
             ],
             SensitiveKind::SoftwareInterrupt,
             Delivery::Traps,
+        );
+        assert_sensitive(
+            &[(&[0xce], "into")],
+            SensitiveKind::SoftwareInterrupt,
+            Delivery::TrapsOrFallsThrough,
         );
         assert_sensitive(
             &[(&[0x0f, 0x34], "sysenter"), (&[0x0f, 0x05], "syscall")],
@@ -628,11 +666,9 @@ mod tests {
         assert_sensitive(
             &[
                 (&[0x0f, 0x01, 0xd1], "xsetbv"),
-                (&[0x0f, 0xaa], "rsm"),
                 (&[0x0f, 0x01, 0xca], "clac"),
                 (&[0x0f, 0x01, 0xcb], "stac"),
                 (&[0x0f, 0x01, 0xc4], "vmxoff"),
-                (&[0x0f, 0x01, 0xd8], "vmrun"),
             ],
             SensitiveKind::Privileged,
             Delivery::Traps,
@@ -935,9 +971,36 @@ mod tests {
     }
 
     #[test]
-    fn unmodelled_control_flow_is_unrecognized() {
+    fn unmodelled_control_flow_and_hypercalls_are_unrecognized() {
         // vmmcall: flow control "call" without a near target.
         assert_eq!(kind_of(&[0x0f, 0x01, 0xd9]), PoiKind::Unrecognized);
+        // vmcall: silently answered by an outer KVM at CPL 3.
+        assert_eq!(kind_of(&[0x0f, 0x01, 0xc1]), PoiKind::Unrecognized);
+        // vmlaunch; rsm (a return from system-management mode)
+        assert_eq!(kind_of(&[0x0f, 0x01, 0xc2]), PoiKind::Unrecognized);
+        assert_eq!(kind_of(&[0x0f, 0xaa]), PoiKind::Unrecognized);
+        // vmrun: a "call" into a guest.
+        assert_eq!(kind_of(&[0x0f, 0x01, 0xd8]), PoiKind::Unrecognized);
+    }
+
+    #[test]
+    fn sixteen_bit_near_branches_are_left_to_the_monitor() {
+        for bytes in [
+            &[0x66, 0xe9, 0x10, 0x00][..],   // jmp rel16
+            &[0x66, 0xe8, 0x10, 0x00],       // call rel16
+            &[0x66, 0x75, 0x10],             // jne rel8 with 16-bit operand size
+            &[0x66, 0x0f, 0x85, 0x10, 0x00], // jne rel16
+            &[0x66, 0xe2, 0xfe],             // loop with 16-bit operand size
+        ] {
+            assert_eq!(
+                kind_of(bytes),
+                PoiKind::Sensitive {
+                    kind: SensitiveKind::ShortBranch,
+                    delivery: Delivery::Silent
+                },
+                "{bytes:02x?}"
+            );
+        }
     }
 
     #[test]

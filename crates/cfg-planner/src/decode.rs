@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
-use btvmm_core::{GuestMemory, GuestPhys, GuestVirt, MemFault, PAGE_SIZE};
+use btvmm_core::{GuestMemory, GuestPhys, GuestVirt, MemFault};
 
 use crate::classify::{ClassifyConfig, PoiKind, classify};
 
@@ -211,15 +211,21 @@ fn note_page(pages: &mut Vec<CodePage>, virt: GuestVirt, phys: Option<GuestPhys>
 }
 
 /// Why the code at an address could not be decoded, for callers that need
-/// an error rather than a block end.
+/// an error rather than a block end: the first of the (up to 15) bytes of
+/// the instruction that cannot be read.
 #[must_use]
 pub fn fetch_fault(mem: &dyn GuestMemory, at: GuestVirt) -> MemFault {
-    match mem.translate(at) {
-        Err(fault) => fault,
-        // The first byte is mapped, so the instruction straddles into the
-        // next page, which is not.
-        Ok(_) => MemFault::NotMapped(GuestVirt((at.page() + 1).wrapping_mul(PAGE_SIZE))),
+    let mut byte = [0u8; 1];
+    for offset in 0..MAX_INSTRUCTION_LEN {
+        #[allow(clippy::cast_possible_truncation)] // < 15
+        let probe = at.offset(offset as u32);
+        if let Err(fault) = mem.read_virt(probe, &mut byte) {
+            return fault;
+        }
     }
+    // Every byte reads: then the code itself was the problem, which
+    // scan_block reports as a POI, not as a fetch failure.
+    MemFault::NotMapped(at)
 }
 
 /// Counters of a [`DecodeCache`] (and of the plan cache built on the same
@@ -471,7 +477,7 @@ mod tests {
 
     #[test]
     fn long_runs_are_cut() {
-        let mem = memory(0x10000, &vec![0x90; 3 * PAGE_SIZE as usize]);
+        let mem = memory(0x10000, &vec![0x90; 3 * btvmm_core::PAGE_SIZE as usize]);
         let block = scan_block(&mem, GuestVirt(0x10000), &ClassifyConfig::default());
         let BlockEnd::TooLong(at) = block.end else {
             panic!("expected TooLong, got {:?}", block.end)

@@ -38,7 +38,7 @@ use std::collections::{HashSet, VecDeque};
 
 use petgraph::Direction;
 use petgraph::algo::dinics;
-use petgraph::algo::dominators::{Dominators, simple_fast};
+use petgraph::algo::dominators::simple_fast;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
@@ -86,28 +86,41 @@ pub fn choose_breakpoints(
     }
 
     // Step 2: merge by dominators, deepest first.
-    let dominators = simple_fast(graph, root);
-    let depth = |node: NodeIndex| dominator_depth(&dominators, node);
+    let tree = DominatorTree::new(graph, root, &reachable);
     loop {
         if armed.len() <= budget {
             return Some(armed);
         }
+        // How many armed nodes each node strictly dominates: walk up from
+        // every armed node (linear in armed nodes times tree depth).
+        let mut merged = vec![0usize; graph.node_count()];
+        for &member in &armed {
+            let mut ancestor = tree.parent(member);
+            while let Some(node) = ancestor {
+                merged[node.index()] += 1;
+                ancestor = tree.parent(node);
+            }
+        }
         let best = reachable
             .iter()
             .copied()
-            .filter(|&node| armable(node) && graph[node] == Role::Pass && !armed.contains(&node))
-            .filter_map(|candidate| {
-                let merged = armed
-                    .iter()
-                    .filter(|&&member| strictly_dominates(&dominators, candidate, member))
-                    .count();
-                (merged >= 2).then_some((depth(candidate), merged, candidate))
+            .filter(|&node| {
+                merged[node.index()] >= 2
+                    && armable(node)
+                    && graph[node] == Role::Pass
+                    && !armed.contains(&node)
             })
             // Deepest first; among equals, the bigger merge; then the lowest
             // index for determinism.
-            .max_by_key(|&(depth, merged, node)| (depth, merged, std::cmp::Reverse(node)));
-        let Some((_, _, merger)) = best else { break };
-        armed.retain(|&member| !strictly_dominates(&dominators, merger, member));
+            .max_by_key(|&node| {
+                (
+                    tree.depth(node),
+                    merged[node.index()],
+                    std::cmp::Reverse(node),
+                )
+            });
+        let Some(merger) = best else { break };
+        armed.retain(|&member| !tree.strictly_dominates(merger, member));
         armed.push(merger);
         armed = needed_members(graph, root, &armed);
     }
@@ -132,21 +145,69 @@ fn reachable_from(graph: &DiGraph<Role, ()>, root: NodeIndex) -> Vec<NodeIndex> 
     order
 }
 
-fn dominator_depth(dominators: &Dominators<NodeIndex>, node: NodeIndex) -> usize {
-    dominators
-        .strict_dominators(node)
-        .map_or(0, |ancestors| ancestors.count())
+/// The dominator tree of the reachable graph with constant-time
+/// dominance queries (entry/exit numbers of a depth-first walk).
+struct DominatorTree {
+    parent: Vec<Option<NodeIndex>>,
+    depth: Vec<usize>,
+    enter: Vec<usize>,
+    exit: Vec<usize>,
 }
 
-fn strictly_dominates(
-    dominators: &Dominators<NodeIndex>,
-    over: NodeIndex,
-    node: NodeIndex,
-) -> bool {
-    over != node
-        && dominators
-            .strict_dominators(node)
-            .is_some_and(|mut ancestors| ancestors.any(|ancestor| ancestor == over))
+impl DominatorTree {
+    fn new(graph: &DiGraph<Role, ()>, root: NodeIndex, reachable: &[NodeIndex]) -> Self {
+        let dominators = simple_fast(graph, root);
+        let count = graph.node_count();
+        let mut parent = vec![None; count];
+        let mut children: Vec<Vec<NodeIndex>> = vec![Vec::new(); count];
+        for &node in reachable {
+            if let Some(idom) = dominators.immediate_dominator(node) {
+                parent[node.index()] = Some(idom);
+                children[idom.index()].push(node);
+            }
+        }
+        let mut depth = vec![0; count];
+        let mut enter = vec![0; count];
+        let mut exit = vec![0; count];
+        let mut clock = 0;
+        // Iterative DFS: (node, next child index).
+        let mut stack = vec![(root, 0usize)];
+        enter[root.index()] = clock;
+        clock += 1;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&child) = children[node.index()].get(*next) {
+                *next += 1;
+                depth[child.index()] = depth[node.index()] + 1;
+                enter[child.index()] = clock;
+                clock += 1;
+                stack.push((child, 0));
+            } else {
+                exit[node.index()] = clock;
+                clock += 1;
+                stack.pop();
+            }
+        }
+        Self {
+            parent,
+            depth,
+            enter,
+            exit,
+        }
+    }
+
+    fn parent(&self, node: NodeIndex) -> Option<NodeIndex> {
+        self.parent[node.index()]
+    }
+
+    fn depth(&self, node: NodeIndex) -> usize {
+        self.depth[node.index()]
+    }
+
+    fn strictly_dominates(&self, over: NodeIndex, node: NodeIndex) -> bool {
+        over != node
+            && self.enter[over.index()] <= self.enter[node.index()]
+            && self.exit[node.index()] <= self.exit[over.index()]
+    }
 }
 
 /// The members of `armed` that some path from the root reaches before any

@@ -10,7 +10,7 @@ use thiserror::Error;
 use btvmm_core::{CpuView, GuestMemory, GuestPhys, GuestVirt, MemFault, SegReg};
 
 use crate::cfg::{Cfg, NodeKind};
-use crate::classify::{ClassifyConfig, PoiKind};
+use crate::classify::{ClassifyConfig, PoiKind, PointerKind};
 use crate::decode::{Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault, scan_block};
 use crate::plan::choose_breakpoints;
 use crate::target::{branch_taken, pointer_target};
@@ -100,6 +100,10 @@ pub enum Step {
     /// table a pointer branch reads) is not mapped by the guest: resolve the
     /// fault (hidden) or deliver #PF, then ask again.
     Fault(MemFault),
+    /// The planner cannot judge the instruction at EIP in this CPU mode
+    /// (a 16-bit code segment, or a return through a 16-bit stack): the
+    /// monitor emulates it, then asks again.
+    Interpret,
     /// No breakpoint plan covers what follows the (non-sensitive)
     /// instruction at EIP: run that one instruction natively with EFLAGS.TF
     /// set, then ask again. A safety net: the planner's construction never
@@ -255,6 +259,11 @@ impl Planner {
     /// guest never needs to be single-stepped.
     pub fn step(&mut self, cpu: &dyn CpuView, mem: &dyn GuestMemory) -> Step {
         let at = GuestVirt(cpu.segment_base(SegReg::Cs).wrapping_add(cpu.eip()));
+        if !cpu.code_32bit() {
+            // The planner decodes 32-bit code only; 16-bit protected-mode
+            // code (BIOS thunks and the like) is interpreted.
+            return Step::Interpret;
+        }
         let block = self.block(mem, at);
         let poi = match block.end {
             BlockEnd::Unfetchable(bad) if bad == at => {
@@ -268,6 +277,11 @@ impl Planner {
             PoiKind::Sensitive { .. } => Step::Emulate(poi),
             PoiKind::PointerBranch(kind) if kind.needs_emulation() => Step::Emulate(poi),
             PoiKind::Unrecognized => Step::Unrecognized(at),
+            PoiKind::PointerBranch(PointerKind::Ret | PointerKind::RetImm)
+                if !cpu.stack_32bit() =>
+            {
+                Step::Interpret
+            }
             PoiKind::PointerBranch(_) => match pointer_target(&poi.instr, cpu, mem) {
                 Some(Ok(target)) => self.resume_planned(mem, target, true, None),
                 Some(Err(fault)) => Step::Fault(fault),

@@ -190,6 +190,12 @@ pub(crate) mod tests {
         fn segment_base(&self, seg: SegReg) -> u32 {
             self.bases[seg as usize]
         }
+        fn code_32bit(&self) -> bool {
+            true
+        }
+        fn stack_32bit(&self) -> bool {
+            true
+        }
     }
 
     fn decode(bytes: &[u8]) -> Instruction {

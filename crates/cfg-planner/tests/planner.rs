@@ -24,6 +24,12 @@ impl CpuView for Cpu {
     fn segment_base(&self, _seg: SegReg) -> u32 {
         0
     }
+    fn code_32bit(&self) -> bool {
+        true
+    }
+    fn stack_32bit(&self) -> bool {
+        true
+    }
 }
 
 fn planner(breakpoints: usize) -> Planner {

@@ -12,6 +12,11 @@ use btvmm_core::{GuestPhys, GuestVirt, RegionMemory};
 
 use crate::LoaderError;
 
+/// The most memory the loadable segments of a kernel may ask for. Debian's
+/// 686 kernel loads about 30 MiB; a 32-bit guest kernel with segments
+/// adding up to more than this is not one we can run.
+pub const MAX_LOADED_BYTES: u64 = 512 << 20;
+
 /// An executable section.
 #[derive(Clone, Debug, Serialize)]
 pub struct CodeSection {
@@ -55,6 +60,7 @@ impl KernelElf {
 
         let mut memory = RegionMemory::new();
         let mut segments = Vec::new();
+        let mut total_size = 0u64;
         for segment in header
             .program_headers(endian, data)
             .map_err(|error| LoaderError::Elf(error.to_string()))?
@@ -69,10 +75,17 @@ impl KernelElf {
                 .data(endian, data)
                 .map_err(|_| LoaderError::Elf("a segment lies outside the file".into()))?;
             if u64::from(virt) + u64::from(mem_size) > 1 << 32
+                || u64::from(phys) + u64::from(mem_size) > 1 << 32
                 || file_bytes.len() > mem_size as usize
             {
                 return Err(LoaderError::Elf(format!(
                     "segment at {virt:#x} does not fit a 32-bit address space"
+                )));
+            }
+            total_size += u64::from(mem_size);
+            if total_size > MAX_LOADED_BYTES {
+                return Err(LoaderError::Elf(format!(
+                    "loadable segments add up to more than {MAX_LOADED_BYTES} bytes"
                 )));
             }
             let mut bytes = file_bytes.to_vec();
@@ -117,7 +130,7 @@ impl KernelElf {
             .iter()
             .find(|&&(_, phys, size)| !is_virtual && entry_field.wrapping_sub(phys) < size)
             .map_or(GuestVirt(entry_field), |&(virt, phys, _)| {
-                GuestVirt(virt.wrapping_add(entry_field - phys))
+                GuestVirt(virt.wrapping_add(entry_field.wrapping_sub(phys)))
             });
 
         let mut kernel = Self {
@@ -205,6 +218,47 @@ mod tests {
             parse_system_map(stub),
             Err(LoaderError::NoSymbols(_))
         ));
+    }
+
+    /// A minimal ELF32 i386 header with one PT_LOAD program header.
+    fn elf_with_segment(vaddr: u32, paddr: u32, memsz: u32, entry: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 0x54 + 16];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1; // 32-bit
+        elf[5] = 1; // little-endian
+        elf[6] = 1; // version
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // executable
+        elf[18..20].copy_from_slice(&3u16.to_le_bytes()); // i386
+        elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+        elf[24..28].copy_from_slice(&entry.to_le_bytes());
+        elf[28..32].copy_from_slice(&0x34u32.to_le_bytes()); // phoff
+        elf[40..42].copy_from_slice(&0x34u16.to_le_bytes()); // ehsize
+        elf[42..44].copy_from_slice(&0x20u16.to_le_bytes()); // phentsize
+        elf[44..46].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        elf[46..48].copy_from_slice(&0x28u16.to_le_bytes()); // shentsize
+        let ph = 0x34;
+        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf[ph + 4..ph + 8].copy_from_slice(&0x54u32.to_le_bytes()); // offset
+        elf[ph + 8..ph + 12].copy_from_slice(&vaddr.to_le_bytes());
+        elf[ph + 12..ph + 16].copy_from_slice(&paddr.to_le_bytes());
+        elf[ph + 16..ph + 20].copy_from_slice(&16u32.to_le_bytes()); // filesz
+        elf[ph + 20..ph + 24].copy_from_slice(&memsz.to_le_bytes());
+        elf[ph + 24..ph + 28].copy_from_slice(&5u32.to_le_bytes()); // R+X
+        elf
+    }
+
+    #[test]
+    fn huge_segments_are_refused_before_allocating() {
+        let elf = elf_with_segment(0x1000_0000, 0x1000_0000, 0xc000_0000, 0x1000_0000);
+        assert!(
+            matches!(KernelElf::parse(&elf), Err(LoaderError::Elf(message)) if message.contains("add up"))
+        );
+    }
+
+    #[test]
+    fn odd_physical_addresses_are_errors_not_panics() {
+        let elf = elf_with_segment(0xc000_0000, 0xffff_f000, 0x2000, 0x100);
+        assert!(matches!(KernelElf::parse(&elf), Err(LoaderError::Elf(_))));
     }
 
     #[test]

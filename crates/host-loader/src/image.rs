@@ -28,6 +28,9 @@ const PAYLOAD_PROTOCOL: u16 = 0x0208;
 /// The largest decompressed kernel we accept. Debian's 686 vmlinux is about
 /// 30 MiB; a payload that inflates past this is not a kernel we can run.
 pub const MAX_VMLINUX_BYTES: u64 = 512 << 20;
+/// Memory the xz and lzma decoders may use (their dictionaries). Linux
+/// payloads use at most a few MiB; a header asking for more is refused.
+const DECODER_MEMORY_LIMIT: u64 = 256 << 20;
 
 /// Compression methods a Linux payload can use (the `CONFIG_KERNEL_*`
 /// choices).
@@ -184,13 +187,15 @@ pub fn decompress(
 ) -> Result<Vec<u8>, LoaderError> {
     let reader: Box<dyn Read + '_> = match compression {
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(payload)),
-        Compression::Lzma => {
-            let stream = liblzma::stream::Stream::new_lzma_decoder(u64::MAX).map_err(|error| {
-                LoaderError::Decompress {
-                    compression: compression.name(),
-                    source: error.into(),
-                }
+        Compression::Xz | Compression::Lzma => {
+            let stream = if compression == Compression::Xz {
+                liblzma::stream::Stream::new_stream_decoder(DECODER_MEMORY_LIMIT, 0)
+            } else {
+                liblzma::stream::Stream::new_lzma_decoder(DECODER_MEMORY_LIMIT)
+            }
+            .map_err(|error| LoaderError::Decompress {
+                compression: compression.name(),
+                source: error.into(),
             })?;
             Box::new(liblzma::read::XzDecoder::new_stream(payload, stream))
         }

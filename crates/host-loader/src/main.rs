@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=8))]
         breakpoints: u8,
         /// POI nodes a plan explores at most.
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
         explore_limit: u16,
         /// Sensitive instruction forms to list.
         #[arg(long, default_value_t = 20)]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -77,12 +78,24 @@ pub struct LoadedKernel {
     pub elf: KernelElf,
 }
 
+/// The largest kernel file (bzImage or vmlinux) read.
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
 /// Reads a bzImage or vmlinux file.
 pub fn load_kernel(path: &Path) -> Result<LoadedKernel, LoaderError> {
-    let data = std::fs::read(path).map_err(|source| LoaderError::Io {
+    let io_error = |source| LoaderError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut data))
+        .map_err(io_error)?;
+    if data.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(LoaderError::NotAKernel {
+            reason: format!("the file is larger than {MAX_IMAGE_BYTES} bytes"),
+        });
+    }
     let (format, vmlinux) = if data.starts_with(b"\x7fELF") {
         (ImageFormat::Elf, data)
     } else {
@@ -721,6 +734,7 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
     for row in &sweep.sensitive {
         let delivery = match row.delivery {
             Delivery::Traps => "traps",
+            Delivery::TrapsOrFallsThrough => "traps/falls through",
             Delivery::Silent => "silent",
         };
         writeln!(

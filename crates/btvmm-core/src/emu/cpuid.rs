@@ -1,0 +1,114 @@
+//! The virtual CPU's identity: what CPUID tells the guest (DESIGN.md
+//! section 5): a plain i686 with FPU, TSC, MSRs, CX8, CMOV, MMX, FXSR, SSE
+//! and SSE2, and nothing the VMM does not implement (no APIC, PAE, PGE, SEP,
+//! PSE yet, no XSAVE/AVX, no SMEP/SMAP).
+
+/// CPUID leaf 1 EDX feature bits the virtual CPU reports.
+pub mod feature {
+    /// x87 FPU on chip.
+    pub const FPU: u32 = 1 << 0;
+    /// Time-stamp counter.
+    pub const TSC: u32 = 1 << 4;
+    /// RDMSR/WRMSR.
+    pub const MSR: u32 = 1 << 5;
+    /// CMPXCHG8B.
+    pub const CX8: u32 = 1 << 8;
+    /// CMOVcc.
+    pub const CMOV: u32 = 1 << 15;
+    /// MMX.
+    pub const MMX: u32 = 1 << 23;
+    /// FXSAVE/FXRSTOR.
+    pub const FXSR: u32 = 1 << 24;
+    /// SSE.
+    pub const SSE: u32 = 1 << 25;
+    /// SSE2.
+    pub const SSE2: u32 = 1 << 26;
+}
+
+/// Leaf 1 EDX.
+pub const FEATURES_EDX: u32 = feature::FPU
+    | feature::TSC
+    | feature::MSR
+    | feature::CX8
+    | feature::CMOV
+    | feature::MMX
+    | feature::FXSR
+    | feature::SSE
+    | feature::SSE2;
+
+/// Leaf 1 ECX: no SSE3 or later.
+pub const FEATURES_ECX: u32 = 0;
+
+/// Family 6, model 6, stepping 3 (a Pentium II-era i686, like QEMU's
+/// `qemu32`).
+pub const SIGNATURE: u32 = 0x0000_0663;
+
+const MAX_BASIC: u32 = 1;
+const MAX_EXTENDED: u32 = 0x8000_0004;
+const BRAND: &[u8; 48] =
+    b"btvmm virtual i686 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+fn word(bytes: &[u8]) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(word)
+}
+
+/// EAX, EBX, ECX, EDX for a CPUID leaf (`subleaf` in ECX is unused by the
+/// leaves this CPU has).
+#[must_use]
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let _ = subleaf;
+    match leaf {
+        // "GenuineIntel" in EBX, EDX, ECX.
+        0 => [MAX_BASIC, word(b"Genu"), word(b"ntel"), word(b"ineI")],
+        1 => [SIGNATURE, 0, FEATURES_ECX, FEATURES_EDX],
+        0x8000_0000 => [MAX_EXTENDED, 0, 0, 0],
+        0x8000_0001 => [0, 0, 0, 0],
+        0x8000_0002..=0x8000_0004 => {
+            let start = ((leaf - 0x8000_0002) * 16) as usize;
+            let chunk = &BRAND[start..start + 16];
+            [
+                word(&chunk[0..]),
+                word(&chunk[4..]),
+                word(&chunk[8..]),
+                word(&chunk[12..]),
+            ]
+        }
+        // Intel: leaves beyond the maximum return the highest basic leaf.
+        _ => cpuid(MAX_BASIC, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_signature_and_features() {
+        let [max, ebx, ecx, edx] = cpuid(0, 0);
+        assert_eq!(max, 1);
+        let mut vendor = Vec::new();
+        for register in [ebx, edx, ecx] {
+            vendor.extend_from_slice(&register.to_le_bytes());
+        }
+        assert_eq!(vendor, b"GenuineIntel");
+        let [signature, _, ecx, edx] = cpuid(1, 0);
+        assert_eq!(signature, 0x663);
+        assert_eq!(ecx, 0);
+        assert_eq!(edx, 0x0780_8131);
+    }
+
+    #[test]
+    fn brand_string_and_out_of_range_leaves() {
+        let mut brand = Vec::new();
+        for leaf in 0x8000_0002..=0x8000_0004 {
+            for register in cpuid(leaf, 0) {
+                brand.extend_from_slice(&register.to_le_bytes());
+            }
+        }
+        assert!(brand.starts_with(b"btvmm virtual i686 CPU\0"));
+        assert_eq!(cpuid(7, 0), cpuid(1, 0));
+        assert_eq!(cpuid(0x8000_0008, 0), cpuid(1, 0));
+    }
+}
