@@ -12,11 +12,15 @@ pub mod cpu;
 pub mod descriptor;
 pub mod emu;
 pub mod exception;
+pub mod exit;
 pub mod machine;
 pub mod mem;
+pub mod world;
 
 pub use addr::{GuestPhys, GuestVirt, PAGE_SIZE};
 pub use cpu::{Cpu, CpuView, Cr0, Eflags, Gpr, SegReg, Segment, TableRegister};
 pub use exception::{Exception, Stop};
+pub use exit::{Exit, Reply, StopReason};
 pub use machine::{Access, AccessKind, Event, Machine};
 pub use mem::{GuestMemory, MemFault, RegionMemory};
+pub use world::{Action, HostRegisters, Trap, WorldServices};

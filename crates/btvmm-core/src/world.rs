@@ -1,0 +1,144 @@
+//! The seam between the world process (host kernel mechanics) and the
+//! monitor (guest semantics): what trapped, the guest's registers as the
+//! host holds them, and the services the monitor uses to act.
+
+use crate::GuestVirt;
+use crate::descriptor::Descriptor;
+use crate::exit::{Exit, Reply};
+
+/// Why guest execution stopped and the monitor runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trap {
+    /// The world is about to enter the guest for the first time.
+    Enter,
+    /// A planned hardware breakpoint fired: the instruction at EIP has not
+    /// run.
+    Breakpoint,
+    /// The single step the monitor asked for completed.
+    SingleStep,
+    /// A CPU exception from guest code, with the host's record of it.
+    Fault {
+        /// The x86 vector (13 #GP, 14 #PF, 6 #UD, ...).
+        vector: u8,
+        /// The hardware error code (0 when the vector has none).
+        error_code: u32,
+        /// For #PF: the linear address.
+        address: Option<u32>,
+    },
+    /// A guest INT3 (`cc` or `cd 03`): EIP is past the instruction.
+    SoftwareBreakpoint,
+    /// A system-call instruction trapped by seccomp: EIP is past the
+    /// instruction (except for SYSENTER, see `sysenter`).
+    SystemCall {
+        /// The guest's EAX (the host kernel keeps it as the call number).
+        number: u32,
+        /// From the host's 32-bit ABI (`int $0x80`, `sysenter`, 32-bit
+        /// `syscall`) rather than a 64-bit `syscall`.
+        compat: bool,
+        /// The host's SYSENTER path ran: EIP and ESP of the guest are lost
+        /// (the host kernel reports its own landing address).
+        sysenter: bool,
+    },
+    /// The host asked the monitor to look at pending events.
+    Kick,
+}
+
+/// The guest's registers as the host CPU holds them while the guest runs:
+/// general registers, EIP and EFLAGS as they are, segment registers as
+/// host selectors (register slots, guest LDT shadows, or host GDT selectors
+/// the guest loaded natively).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostRegisters {
+    /// EAX..EDI.
+    pub gpr: [u32; 8],
+    /// Instruction pointer (offset in CS).
+    pub eip: u32,
+    /// The upper half of RIP: nonzero only if guest code reached 64-bit
+    /// code above 4 GiB, which is an escape.
+    pub rip_high: u32,
+    /// Host EFLAGS (IF is always 1 and IOPL 0 on the host).
+    pub eflags: u32,
+    /// ES, CS, SS, DS, FS, GS host selectors, in encoding order.
+    pub selectors: [u16; 6],
+    /// FS base.
+    pub fs_base: u64,
+    /// GS base.
+    pub gs_base: u64,
+}
+
+/// What the monitor does with the world after handling a trap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the guest with these registers.
+    Resume(HostRegisters),
+    /// The VM is over: the world process exits.
+    Terminate,
+}
+
+/// Services of the world process the monitor acts through.
+pub trait WorldServices {
+    /// Reads guest-physical memory; false if any byte is not RAM.
+    fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool;
+    /// Writes guest-physical memory; false if any byte is not RAM.
+    fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool;
+    /// Bytes of guest RAM.
+    fn ram_size(&self) -> u32;
+    /// Writes host LDT entry `index` as the shadow of `descriptor` (a code
+    /// or data descriptor), or empties it.
+    fn write_ldt(&mut self, index: u16, descriptor: Option<&Descriptor>) -> Result<(), String>;
+    /// Arms exactly these hardware breakpoints.
+    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), String>;
+    /// How many hardware breakpoints there are.
+    fn breakpoint_count(&self) -> usize;
+    /// Hands an exit to the host and waits for its reply.
+    fn exit(&mut self, exit: Exit) -> Reply;
+    /// Publishes the monitor's counters for the host to read.
+    fn publish_counters(&mut self, counters: &[u64]);
+    /// The host's time-stamp counter.
+    fn timestamp(&self) -> u64;
+}
+
+/// Layout of the host LDT: the last eight entries are register slots (one
+/// per segment register, holding the guest's cached descriptor); entries
+/// below shadow the guest's own LDT.
+pub mod ldt_layout {
+    use crate::cpu::SegReg;
+
+    /// Entries in an LDT.
+    pub const ENTRIES: u16 = 8192;
+    /// First entry used as a register slot.
+    pub const FIRST_SLOT: u16 = ENTRIES - 8;
+
+    /// The host selector of a register's slot (TI = 1, RPL 3).
+    #[must_use]
+    pub fn slot_selector(seg: SegReg) -> u16 {
+        ((FIRST_SLOT + seg as u16) << 3) | 4 | 3
+    }
+
+    /// The segment register whose slot a host selector names, if any.
+    #[must_use]
+    pub fn slot_of(selector: u16) -> Option<SegReg> {
+        if selector & 4 == 0 {
+            return None;
+        }
+        (selector >> 3)
+            .checked_sub(FIRST_SLOT)
+            .and_then(|slot| SegReg::ALL.get(usize::from(slot)).copied())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn slot_selectors_round_trip() {
+            for seg in SegReg::ALL {
+                let selector = slot_selector(seg);
+                assert_eq!(selector & 7, 7, "TI=1, RPL=3");
+                assert_eq!(slot_of(selector), Some(seg));
+            }
+            assert_eq!(slot_of(0x23), None, "a GDT selector");
+            assert_eq!(slot_of(0x0f), None, "a guest LDT shadow");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Device models of the btvmm PC and the port I/O bus that reaches them.
+//!
+//! Devices are state machines driven by port reads and writes (and, for
+//! timers, by time passed in as an argument); nothing here does I/O of its
+//! own except through the writer a device is given.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod board;
+pub mod bus;
+pub mod debug_exit;
+pub mod uart;
+
+pub use bus::{Bus, BusEffect, PortDevice};

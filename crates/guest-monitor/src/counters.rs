@@ -1,0 +1,243 @@
+//! The monitor's counters: every trap by kind, every emulation by class,
+//! every exit to the host. Published to the host on each exit and at the
+//! end (`btvmm run --stats`).
+
+use cfg_planner::{PointerKind, SensitiveKind};
+
+/// A counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Entries into the monitor, all kinds.
+    Traps,
+    /// Planned hardware breakpoints that fired.
+    BreakpointHits,
+    /// Single steps the monitor asked for.
+    SingleSteps,
+    /// #GP from guest code (privileged instructions, segment faults).
+    GeneralProtection,
+    /// #PF from guest code (accesses to never-mapped memory).
+    PageFaults,
+    /// #UD from guest code.
+    InvalidOpcodes,
+    /// #DE from guest code.
+    DivideErrors,
+    /// Other CPU exceptions from guest code.
+    OtherFaults,
+    /// Guest INT3.
+    SoftwareBreakpoints,
+    /// Guest system-call instructions caught by seccomp.
+    SystemCalls,
+    /// Kicks from the host.
+    Kicks,
+    /// Instructions the emulator executed.
+    Emulated,
+    /// Emulated because the planner stopped them (sensitive or pointer).
+    EmulatedPlanned,
+    /// Emulated because they faulted natively.
+    EmulatedAfterFault,
+    /// Exceptions delivered to the guest IDT.
+    ExceptionsDelivered,
+    /// Resumes into guest kernel mode with a breakpoint plan.
+    PlannedResumes,
+    /// Breakpoints armed, summed over planned resumes.
+    BreakpointsArmed,
+    /// Resumes into guest user mode (untraced).
+    UserResumes,
+    /// Exits to the host, all kinds.
+    Exits,
+    /// Port reads through the host.
+    PortIn,
+    /// Port writes through the host.
+    PortOut,
+    /// HLT exits.
+    Halts,
+    /// Segment registers repaired after native loads of host GDT selectors.
+    SelectorRepairs,
+    /// Shadow LDT writes.
+    LdtWrites,
+}
+
+impl Counter {
+    /// Every plain counter, in report order.
+    pub const ALL: [Counter; 24] = [
+        Counter::Traps,
+        Counter::BreakpointHits,
+        Counter::SingleSteps,
+        Counter::GeneralProtection,
+        Counter::PageFaults,
+        Counter::InvalidOpcodes,
+        Counter::DivideErrors,
+        Counter::OtherFaults,
+        Counter::SoftwareBreakpoints,
+        Counter::SystemCalls,
+        Counter::Kicks,
+        Counter::Emulated,
+        Counter::EmulatedPlanned,
+        Counter::EmulatedAfterFault,
+        Counter::ExceptionsDelivered,
+        Counter::PlannedResumes,
+        Counter::BreakpointsArmed,
+        Counter::UserResumes,
+        Counter::Exits,
+        Counter::PortIn,
+        Counter::PortOut,
+        Counter::Halts,
+        Counter::SelectorRepairs,
+        Counter::LdtWrites,
+    ];
+
+    /// Name for reports.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Traps => "traps",
+            Self::BreakpointHits => "trap: planned breakpoint",
+            Self::SingleSteps => "trap: single step",
+            Self::GeneralProtection => "trap: #GP",
+            Self::PageFaults => "trap: #PF",
+            Self::InvalidOpcodes => "trap: #UD",
+            Self::DivideErrors => "trap: #DE",
+            Self::OtherFaults => "trap: other exception",
+            Self::SoftwareBreakpoints => "trap: int3",
+            Self::SystemCalls => "trap: system call (seccomp)",
+            Self::Kicks => "trap: kick",
+            Self::Emulated => "emulated instructions",
+            Self::EmulatedPlanned => "emulated: stopped by the planner",
+            Self::EmulatedAfterFault => "emulated: after a native fault",
+            Self::ExceptionsDelivered => "exceptions delivered to the guest",
+            Self::PlannedResumes => "kernel-mode resumes with a plan",
+            Self::BreakpointsArmed => "breakpoints in those plans",
+            Self::UserResumes => "user-mode resumes",
+            Self::Exits => "exits to the host",
+            Self::PortIn => "exit: port in",
+            Self::PortOut => "exit: port out",
+            Self::Halts => "exit: hlt",
+            Self::SelectorRepairs => "selector repairs",
+            Self::LdtWrites => "shadow LDT writes",
+        }
+    }
+}
+
+/// Emulations by the planner's class come after the plain counters:
+/// sensitive classes, then pointer kinds.
+const BY_CLASS_START: usize = Counter::ALL.len();
+/// Total number of counter slots.
+pub const COUNTER_SLOTS: usize = BY_CLASS_START + SensitiveKind::ALL.len() + PointerKind::ALL.len();
+/// The world/host channel carries 96 counters.
+const _: () = assert!(COUNTER_SLOTS <= 96);
+
+/// The counter values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    values: [u64; COUNTER_SLOTS],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            values: [0; COUNTER_SLOTS],
+        }
+    }
+}
+
+impl Counters {
+    /// Adds one.
+    pub fn bump(&mut self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    /// Adds `amount`.
+    pub fn add(&mut self, counter: Counter, amount: u64) {
+        let slot = Counter::ALL
+            .iter()
+            .position(|&known| known == counter)
+            .unwrap_or(0);
+        self.values[slot] = self.values[slot].wrapping_add(amount);
+    }
+
+    /// Counts an emulation of a sensitive instruction class.
+    pub fn bump_sensitive(&mut self, kind: SensitiveKind) {
+        if let Some(index) = SensitiveKind::ALL.iter().position(|&known| known == kind) {
+            self.values[BY_CLASS_START + index] += 1;
+        }
+    }
+
+    /// Counts an emulation of a pointer branch kind.
+    pub fn bump_pointer(&mut self, kind: PointerKind) {
+        if let Some(index) = PointerKind::ALL.iter().position(|&known| known == kind) {
+            self.values[BY_CLASS_START + SensitiveKind::ALL.len() + index] += 1;
+        }
+    }
+
+    /// A counter's value.
+    #[must_use]
+    pub fn get(&self, counter: Counter) -> u64 {
+        let slot = Counter::ALL
+            .iter()
+            .position(|&known| known == counter)
+            .unwrap_or(0);
+        self.values[slot]
+    }
+
+    /// The raw slots, for publishing.
+    #[must_use]
+    pub fn as_slice(&self) -> &[u64] {
+        &self.values
+    }
+
+    /// Rebuilds counters from published slots (missing slots are 0).
+    #[must_use]
+    pub fn from_slice(slots: &[u64]) -> Self {
+        let mut counters = Self::default();
+        for (value, slot) in counters.values.iter_mut().zip(slots) {
+            *value = *slot;
+        }
+        counters
+    }
+
+    /// Every nonzero counter as (name, value), plain counters first, then
+    /// emulations by class.
+    #[must_use]
+    pub fn report(&self) -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> = Counter::ALL
+            .iter()
+            .enumerate()
+            .map(|(slot, counter)| (counter.name().to_owned(), self.values[slot]))
+            .collect();
+        for (index, kind) in SensitiveKind::ALL.iter().enumerate() {
+            rows.push((
+                format!("emulated {}", kind.name()),
+                self.values[BY_CLASS_START + index],
+            ));
+        }
+        for (index, kind) in PointerKind::ALL.iter().enumerate() {
+            rows.push((
+                format!("emulated {}", kind.name()),
+                self.values[BY_CLASS_START + SensitiveKind::ALL.len() + index],
+            ));
+        }
+        rows.retain(|(_, value)| *value != 0);
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_through_slots() {
+        let mut counters = Counters::default();
+        counters.bump(Counter::Traps);
+        counters.add(Counter::BreakpointsArmed, 3);
+        counters.bump_sensitive(SensitiveKind::FlagsRead);
+        counters.bump_pointer(PointerKind::Iret);
+        let copy = Counters::from_slice(counters.as_slice());
+        assert_eq!(copy, counters);
+        let report = copy.report();
+        assert!(report.contains(&("traps".to_owned(), 1)));
+        assert!(report.contains(&("emulated pushf".to_owned(), 1)));
+        assert!(report.contains(&("emulated iret".to_owned(), 1)));
+        assert_eq!(report.len(), 4);
+    }
+}

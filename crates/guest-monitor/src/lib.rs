@@ -1,0 +1,479 @@
+//! The monitor: what happens at every trap of the guest world.
+//!
+//! [`Monitor::handle`] is a plain function from a trap and the guest's
+//! registers to a resume decision, acting on the world only through
+//! [`WorldServices`]; tests feed it made-up traps. In the world process it
+//! runs in signal context (see world-switch's `sys::signal` for why that is
+//! safe here).
+//!
+//! At each trap the monitor
+//! 1. reads the guest's registers back into the vCPU ([`segments`]),
+//! 2. handles the trap: an instruction that faulted natively is emulated
+//!    (which gives its architectural result, or the exception the guest
+//!    must see); a system call or INT3 is backed up to its instruction and
+//!    emulated; a planned breakpoint needs nothing more,
+//! 3. in guest kernel mode, asks the planner what to do at EIP until it can
+//!    resume natively under a breakpoint plan (emulating sensitive
+//!    instructions and delivering exceptions on the way),
+//! 4. writes the vCPU back into host registers and resumes.
+
+pub mod counters;
+pub mod segments;
+pub mod view;
+
+use btvmm_core::cpu::{Cpu, Eflags, Gpr, SegReg};
+use btvmm_core::emu::interrupt::deliver_exception;
+use btvmm_core::emu::{self, Outcome};
+use btvmm_core::exception::{Exception, vector};
+use btvmm_core::exit::{Exit, Reply, StopReason};
+use btvmm_core::{Action, HostRegisters, Stop, Trap, WorldServices};
+use cfg_planner::{Planner, PlannerConfig, PoiKind, Step};
+
+use crate::counters::{Counter, Counters};
+use crate::segments::Shadows;
+use crate::view::{GuestView, PlannerMemory, read_physical};
+
+/// EFLAGS bits the guest's native execution owns (the rest, IF, IOPL, NT,
+/// VM, VIF, VIP, are virtual and kept in the vCPU).
+const NATIVE_FLAGS: u32 = Eflags::CF
+    | Eflags::PF
+    | Eflags::AF
+    | Eflags::ZF
+    | Eflags::SF
+    | Eflags::TF
+    | Eflags::DF
+    | Eflags::OF
+    | Eflags::AC
+    | Eflags::ID;
+
+/// Most instructions emulated in one trap before the monitor resumes the
+/// guest anyway (only reached by long runs of sensitive instructions).
+const EMULATION_BUDGET: usize = 100_000;
+
+/// The guest's state at hand-over from the loader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Boot {
+    /// Entry point.
+    pub eip: u32,
+    /// EAX (the Multiboot magic).
+    pub eax: u32,
+    /// EBX (the Multiboot information address).
+    pub ebx: u32,
+    /// ESP.
+    pub esp: u32,
+}
+
+/// The monitor of one vCPU.
+#[derive(Debug)]
+pub struct Monitor {
+    cpu: Cpu,
+    planner: Planner,
+    shadows: Shadows,
+    counters: Counters,
+    /// The monitor set TF for one instruction.
+    stepping: bool,
+}
+
+/// What went wrong while handling a trap.
+enum Failure {
+    Stop(StopReason),
+    Terminated,
+}
+
+impl From<StopReason> for Failure {
+    fn from(reason: StopReason) -> Self {
+        Self::Stop(reason)
+    }
+}
+
+impl Monitor {
+    /// A monitor for a guest entered at `boot` in 32-bit protected mode
+    /// with flat segments and paging off (the Multiboot hand-over state).
+    pub fn new(boot: Boot) -> Result<Self, cfg_planner::PlannerError> {
+        let mut cpu = Cpu {
+            eip: boot.eip,
+            ..Cpu::default()
+        };
+        cpu.gpr[Gpr::Eax as usize] = boot.eax;
+        cpu.gpr[Gpr::Ebx as usize] = boot.ebx;
+        cpu.gpr[Gpr::Esp as usize] = boot.esp;
+        Ok(Self {
+            cpu,
+            planner: Planner::new(PlannerConfig::default())?,
+            shadows: Shadows::default(),
+            counters: Counters::default(),
+            stepping: false,
+        })
+    }
+
+    /// The vCPU.
+    #[must_use]
+    pub fn cpu(&self) -> &Cpu {
+        &self.cpu
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Handles one trap and says how the world goes on.
+    pub fn handle(
+        &mut self,
+        trap: Trap,
+        host: HostRegisters,
+        world: &mut dyn WorldServices,
+    ) -> Action {
+        self.counters.bump(Counter::Traps);
+        let result = self
+            .enter(trap, &host, world)
+            .and_then(|()| self.run_kernel(world))
+            .and_then(|()| self.leave(world));
+        match result {
+            Ok(registers) => Action::Resume(registers),
+            Err(Failure::Terminated) => {
+                world.publish_counters(self.counters.as_slice());
+                Action::Terminate
+            }
+            Err(Failure::Stop(reason)) => {
+                world.publish_counters(self.counters.as_slice());
+                // The host reports the reason and ends the VM; whatever it
+                // answers, this world is done.
+                let _ = world.exit(Exit::Stop(reason));
+                Action::Terminate
+            }
+        }
+    }
+
+    /// Steps 1 and 2: registers in, the trap itself.
+    fn enter(
+        &mut self,
+        trap: Trap,
+        host: &HostRegisters,
+        world: &mut dyn WorldServices,
+    ) -> Result<(), Failure> {
+        if trap == Trap::Enter {
+            return Ok(());
+        }
+        self.cpu.gpr = host.gpr;
+        self.cpu.eip = host.eip;
+        self.cpu.eflags = (host.eflags & NATIVE_FLAGS) | (self.cpu.eflags & !NATIVE_FLAGS) | 0x2;
+        let mut terminate = false;
+        let repairs = {
+            let mut view = GuestView {
+                world,
+                planner: &mut self.planner,
+                counters: &mut self.counters,
+                terminate: &mut terminate,
+            };
+            self.shadows.sync_in(&mut self.cpu, host, &mut view)?
+        };
+        self.counters.add(Counter::SelectorRepairs, repairs);
+        match trap {
+            Trap::Enter | Trap::Kick => {
+                if trap == Trap::Kick {
+                    self.counters.bump(Counter::Kicks);
+                }
+                Ok(())
+            }
+            Trap::Breakpoint => {
+                self.counters.bump(Counter::BreakpointHits);
+                Ok(())
+            }
+            Trap::SingleStep if self.stepping => {
+                self.stepping = false;
+                self.cpu.eflags &= !Eflags::TF;
+                self.counters.bump(Counter::SingleSteps);
+                Ok(())
+            }
+            Trap::SingleStep => {
+                // The guest's own TF: a #DB trap after the instruction.
+                self.deliver(world, Exception::new(vector::DB))
+            }
+            Trap::Fault {
+                vector, error_code, ..
+            } => self.fault(world, vector, error_code),
+            Trap::SoftwareBreakpoint => {
+                self.counters.bump(Counter::SoftwareBreakpoints);
+                // EIP is past the INT3: back up to it (cc, or cd 03).
+                let back = if self.byte_before(world, 1) == 0xcc {
+                    1
+                } else {
+                    2
+                };
+                self.cpu.eip = self.cpu.eip.wrapping_sub(back);
+                self.emulate(world, false)
+            }
+            Trap::SystemCall {
+                number,
+                compat,
+                sysenter,
+            } => {
+                self.counters.bump(Counter::SystemCalls);
+                self.cpu.gpr[Gpr::Eax as usize] = number;
+                if !compat {
+                    return Err(StopReason::GuestEscape(
+                        "a 64-bit system call from guest code".into(),
+                    )
+                    .into());
+                }
+                if sysenter {
+                    return self.user_sysenter(world);
+                }
+                // int $0x80 or a 32-bit syscall, both two bytes long.
+                self.cpu.eip = self.cpu.eip.wrapping_sub(2);
+                self.emulate(world, false)
+            }
+        }
+    }
+
+    fn byte_before(&self, world: &dyn WorldServices, distance: u32) -> u8 {
+        let mut byte = [0u8];
+        read_physical(
+            world,
+            self.cpu.linear_eip().wrapping_sub(distance),
+            &mut byte,
+        );
+        byte[0]
+    }
+
+    /// A CPU exception from natively running guest code.
+    fn fault(
+        &mut self,
+        world: &mut dyn WorldServices,
+        vector: u8,
+        error_code: u32,
+    ) -> Result<(), Failure> {
+        let counter = match vector {
+            vector::GP => Counter::GeneralProtection,
+            vector::PF => Counter::PageFaults,
+            vector::UD => Counter::InvalidOpcodes,
+            vector::DE => Counter::DivideErrors,
+            _ => Counter::OtherFaults,
+        };
+        self.counters.bump(counter);
+        match vector {
+            // Faults: the instruction at EIP did not complete. Emulating it
+            // gives its architectural result: done (a privileged or
+            // low-memory instruction), or the exception the guest sees.
+            vector::DE
+            | vector::BR
+            | vector::UD
+            | vector::TS
+            | vector::NP
+            | vector::SS
+            | vector::GP
+            | vector::PF
+            | vector::AC => self.emulate(world, true),
+            // INTO and INT1 are traps: back up over them and emulate.
+            vector::OF => {
+                self.cpu.eip = self.cpu.eip.wrapping_sub(1);
+                self.emulate(world, true)
+            }
+            vector::DB if self.byte_before(world, 1) == 0xf1 => {
+                self.cpu.eip = self.cpu.eip.wrapping_sub(1);
+                self.emulate(world, true)
+            }
+            // x87 and SIMD exceptions: the FPU state is the guest's own.
+            vector::MF | vector::XM => self.deliver(world, Exception::new(vector)),
+            _ => Err(StopReason::Internal(format!(
+                "unexpected host exception {vector} (error code {error_code:#x}) at guest EIP {:#x}",
+                self.cpu.eip
+            ))
+            .into()),
+        }
+    }
+
+    /// SYSENTER in guest user code went through the host's SYSENTER path,
+    /// which keeps neither EIP nor ESP. With IA32_SYSENTER_CS set, SYSENTER
+    /// needs neither; without, the guest must get #GP at an EIP we do not
+    /// know, so the VM stops.
+    fn user_sysenter(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+        if self.cpu.sysenter[0] & 0xfffc == 0 {
+            return Err(StopReason::Unsupported(
+                "SYSENTER in guest user code with IA32_SYSENTER_CS = 0 (the host does not report where it was)".into(),
+            )
+            .into());
+        }
+        // SYSENTER is two bytes (0f 34); any address works for the
+        // emulation, which does not use EIP: emulate it in place.
+        let sysenter = [0x0f, 0x34];
+        let mut decoder = iced_x86::Decoder::new(32, &sysenter, iced_x86::DecoderOptions::NONE);
+        let instr = decoder.decode();
+        let mut terminate = false;
+        let result = {
+            let mut view = GuestView {
+                world,
+                planner: &mut self.planner,
+                counters: &mut self.counters,
+                terminate: &mut terminate,
+            };
+            emu::execute(&mut self.cpu, &mut view, &instr)
+        };
+        self.counters.bump(Counter::Emulated);
+        self.after_emulation(world, result, terminate).map(|_| ())
+    }
+
+    /// Emulates the instruction at CS:EIP.
+    fn emulate(&mut self, world: &mut dyn WorldServices, after_fault: bool) -> Result<(), Failure> {
+        self.counters.bump(Counter::Emulated);
+        self.counters.bump(if after_fault {
+            Counter::EmulatedAfterFault
+        } else {
+            Counter::EmulatedPlanned
+        });
+        let mut terminate = false;
+        let result = {
+            let mut view = GuestView {
+                world,
+                planner: &mut self.planner,
+                counters: &mut self.counters,
+                terminate: &mut terminate,
+            };
+            emu::step(&mut self.cpu, &mut view)
+        };
+        self.after_emulation(world, result, terminate).map(|_| ())
+    }
+
+    fn after_emulation(
+        &mut self,
+        world: &mut dyn WorldServices,
+        result: Result<Outcome, Stop>,
+        terminate: bool,
+    ) -> Result<Outcome, Failure> {
+        if terminate {
+            return Err(Failure::Terminated);
+        }
+        match result {
+            Ok(Outcome::Halted) => {
+                self.halt(world)?;
+                Ok(Outcome::Halted)
+            }
+            Ok(outcome) => Ok(outcome),
+            Err(Stop::Exception(exception)) => {
+                self.deliver(world, exception)?;
+                Ok(Outcome::Retired)
+            }
+            Err(Stop::TripleFault) => Err(StopReason::TripleFault.into()),
+            Err(Stop::Unsupported(what)) => Err(StopReason::Unsupported(what.into()).into()),
+            Err(Stop::NotEmulated(mnemonic)) => Err(StopReason::Unsupported(format!(
+                "emulating {mnemonic:?} at EIP {:#x}",
+                self.cpu.eip
+            ))
+            .into()),
+            Err(Stop::Machine(what)) => Err(StopReason::Internal(what).into()),
+        }
+    }
+
+    fn halt(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+        self.counters.bump(Counter::Halts);
+        self.counters.bump(Counter::Exits);
+        world.publish_counters(self.counters.as_slice());
+        match world.exit(Exit::Halt {
+            interrupts_enabled: self.cpu.interrupts_enabled(),
+        }) {
+            Reply::Terminate => Err(Failure::Terminated),
+            _ => Ok(()),
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        world: &mut dyn WorldServices,
+        exception: Exception,
+    ) -> Result<(), Failure> {
+        self.counters.bump(Counter::ExceptionsDelivered);
+        let mut terminate = false;
+        let result = {
+            let mut view = GuestView {
+                world,
+                planner: &mut self.planner,
+                counters: &mut self.counters,
+                terminate: &mut terminate,
+            };
+            deliver_exception(&mut self.cpu, &mut view, exception)
+        };
+        if terminate {
+            return Err(Failure::Terminated);
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(Stop::TripleFault) => Err(StopReason::TripleFault.into()),
+            Err(Stop::Unsupported(what)) => Err(StopReason::Unsupported(what.into()).into()),
+            Err(other) => {
+                Err(StopReason::Internal(format!("delivering {exception:?}: {other}")).into())
+            }
+        }
+    }
+
+    /// Step 3: in guest kernel mode, emulate and plan until the guest can
+    /// run natively under a safe breakpoint plan.
+    fn run_kernel(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+        for _ in 0..EMULATION_BUDGET {
+            if self.cpu.cpl != 0 {
+                // Guest user mode is not traced (DESIGN.md section 3).
+                self.counters.bump(Counter::UserResumes);
+                return Ok(());
+            }
+            let step = self.planner.step(&self.cpu, &PlannerMemory(&*world));
+            match step {
+                Step::Resume { breakpoints } => {
+                    world
+                        .arm_breakpoints(&breakpoints)
+                        .map_err(StopReason::Internal)?;
+                    self.counters.bump(Counter::PlannedResumes);
+                    self.counters
+                        .add(Counter::BreakpointsArmed, breakpoints.len() as u64);
+                    return Ok(());
+                }
+                Step::Emulate(poi) => {
+                    match poi.kind {
+                        PoiKind::Sensitive { kind, .. } => self.counters.bump_sensitive(kind),
+                        PoiKind::PointerBranch(kind) => self.counters.bump_pointer(kind),
+                        _ => {}
+                    }
+                    self.emulate(world, false)?;
+                }
+                Step::Interpret => self.emulate(world, false)?,
+                Step::Unrecognized(_) => self.deliver(world, Exception::ud())?,
+                Step::SingleStep => {
+                    self.stepping = true;
+                    self.cpu.eflags |= Eflags::TF;
+                    return Ok(());
+                }
+                Step::Fault(fault) => {
+                    return Err(StopReason::Internal(format!(
+                        "guest code not readable with paging off: {fault}"
+                    ))
+                    .into());
+                }
+            }
+        }
+        // Still emulating after the budget: resume natively only if a plan
+        // exists; the planner decides on the next trap anyway.
+        Err(StopReason::Internal(format!(
+            "{EMULATION_BUDGET} instructions emulated in a row at EIP {:#x}",
+            self.cpu.eip
+        ))
+        .into())
+    }
+
+    /// Step 4: registers out.
+    fn leave(&mut self, world: &mut dyn WorldServices) -> Result<HostRegisters, Failure> {
+        let (writes, selectors) = self.shadows.sync_out(&self.cpu, world)?;
+        self.counters.add(Counter::LdtWrites, writes as u64);
+        // Resume with RF: a breakpoint on the resume address must not fire
+        // before the instruction there runs (the plans assume it).
+        let eflags = (self.cpu.eflags & NATIVE_FLAGS) | Eflags::IF | Eflags::RF | 0x2;
+        Ok(HostRegisters {
+            gpr: self.cpu.gpr,
+            eip: self.cpu.eip,
+            rip_high: 0,
+            eflags,
+            selectors,
+            fs_base: u64::from(self.cpu.segment(SegReg::Fs).cache.base),
+            gs_base: u64::from(self.cpu.segment(SegReg::Gs).cache.base),
+        })
+    }
+}

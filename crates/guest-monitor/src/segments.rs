@@ -1,0 +1,176 @@
+//! Keeping the guest's segment registers and the host's in step.
+//!
+//! Each guest segment register runs on a host LDT slot that holds the
+//! guest's cached descriptor (see world-switch's `shadow` module). On every
+//! trap the host selectors are read back: a slot selector means "what the
+//! monitor put there" (possibly copied to another register by native guest
+//! code, e.g. `mov %ds, %ax; mov %ax, %es`); a guest LDT selector or a
+//! host GDT selector means the guest loaded it natively in user mode, and
+//! the monitor gives it the guest's meaning (the selector-collision repair
+//! of DESIGN.md section 2). On the way out, slots whose descriptor changed
+//! are rewritten and every register gets its own slot.
+
+use btvmm_core::cpu::{Cpu, SegReg, Segment};
+use btvmm_core::emu::segment::{load_data_segment, read_descriptor};
+use btvmm_core::exception::Exception;
+use btvmm_core::machine::Machine;
+use btvmm_core::world::ldt_layout::{FIRST_SLOT, slot_of, slot_selector};
+use btvmm_core::{HostRegisters, StopReason, WorldServices};
+
+/// The host's 64-bit user code selector on x86-64 Linux: guest code that
+/// switches to it runs as 64-bit code, outside the virtual machine.
+const HOST_USER_CS64: u16 = 0x33;
+
+/// What the register slots hold now.
+#[derive(Clone, Debug, Default)]
+pub struct Shadows {
+    slots: [Option<Segment>; 6],
+}
+
+/// The outcome of reading a host selector back.
+#[derive(Debug)]
+pub enum Repair {
+    /// Nothing unusual.
+    None,
+    /// A natively loaded host GDT selector was given the guest's meaning.
+    Repaired,
+}
+
+impl Shadows {
+    /// Reads the host's segment registers into `cpu` (see the module
+    /// documentation). `machine` reads guest descriptor tables.
+    pub fn sync_in(
+        &self,
+        cpu: &mut Cpu,
+        host: &HostRegisters,
+        machine: &mut dyn Machine,
+    ) -> Result<u64, StopReason> {
+        if host.rip_high != 0 || host.selectors[SegReg::Cs as usize] == HOST_USER_CS64 {
+            return Err(StopReason::GuestEscape(format!(
+                "guest code switched to the host's 64-bit code segment (CS {:#x}, RIP {:#x}{:08x})",
+                host.selectors[SegReg::Cs as usize],
+                host.rip_high,
+                host.eip
+            )));
+        }
+        let mut repairs = 0;
+        // Code and stack first: CPL decides how data selectors are judged.
+        for seg in [
+            SegReg::Cs,
+            SegReg::Ss,
+            SegReg::Ds,
+            SegReg::Es,
+            SegReg::Fs,
+            SegReg::Gs,
+        ] {
+            let selector = host.selectors[seg as usize];
+            if let Some(slot) = slot_of(selector) {
+                let Some(loaded) = self.slots[slot as usize] else {
+                    return Err(StopReason::Internal(format!(
+                        "{seg:?} holds the empty slot of {slot:?}"
+                    )));
+                };
+                *cpu.segment_mut(seg) = loaded;
+                if seg == SegReg::Cs && cpu.cpl == 0 && loaded.selector & 3 == 3 {
+                    // Cannot happen: CPL follows emulated transfers only.
+                    return Err(StopReason::Internal("CS RPL 3 in kernel mode".into()));
+                }
+                continue;
+            }
+            if selector & !3 == 0 {
+                if matches!(seg, SegReg::Cs | SegReg::Ss) {
+                    return Err(StopReason::Internal(format!(
+                        "null {seg:?} in a guest context"
+                    )));
+                }
+                *cpu.segment_mut(seg) = Segment {
+                    selector,
+                    cache: Default::default(),
+                };
+                continue;
+            }
+            // Loaded natively by guest user code.
+            repairs += 1;
+            self.repair(cpu, machine, seg, selector)?;
+        }
+        Ok(repairs)
+    }
+
+    fn repair(
+        &self,
+        cpu: &mut Cpu,
+        machine: &mut dyn Machine,
+        seg: SegReg,
+        selector: u16,
+    ) -> Result<(), StopReason> {
+        match seg {
+            SegReg::Cs => {
+                // A native far transfer in user mode: accept it if the
+                // guest's own descriptor allows it at CPL 3.
+                let slot = read_descriptor(cpu, machine, selector, Exception::gp)
+                    .map_err(|_| escape(seg, selector, "beyond the guest's descriptor tables"))?;
+                let desc = slot.descriptor;
+                let allowed =
+                    desc.is_code() && desc.present && (desc.is_conforming() || desc.dpl == 3);
+                if !allowed || selector & 3 != 3 {
+                    return Err(escape(
+                        seg,
+                        selector,
+                        "not a user code segment of the guest",
+                    ));
+                }
+                *cpu.segment_mut(seg) = Segment {
+                    selector,
+                    cache: desc,
+                };
+                cpu.cpl = 3;
+                Ok(())
+            }
+            SegReg::Ss => load_data_segment(cpu, machine, seg, selector)
+                .map_err(|_| escape(seg, selector, "not a stack segment the guest allows")),
+            _ => {
+                if load_data_segment(cpu, machine, seg, selector).is_err() {
+                    // The guest's own load would have faulted at an
+                    // instruction long past; the register becomes null so
+                    // its next use faults in the guest.
+                    *cpu.segment_mut(seg) = Segment::default();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the slots whose descriptor changed and returns the host
+    /// selectors and FS/GS bases for `cpu`'s segment registers.
+    pub fn sync_out(
+        &mut self,
+        cpu: &Cpu,
+        world: &mut dyn WorldServices,
+    ) -> Result<(usize, [u16; 6]), StopReason> {
+        let mut writes = 0;
+        let mut selectors = [0u16; 6];
+        for seg in SegReg::ALL {
+            let segment = *cpu.segment(seg);
+            if segment.is_null() && !matches!(seg, SegReg::Cs | SegReg::Ss) {
+                selectors[seg as usize] = segment.selector & 3;
+                continue;
+            }
+            let current = self.slots[seg as usize];
+            if current.map(|loaded| loaded.cache) != Some(segment.cache) {
+                world
+                    .write_ldt(FIRST_SLOT + seg as u16, Some(&segment.cache))
+                    .map_err(StopReason::Internal)?;
+                writes += 1;
+            }
+            self.slots[seg as usize] = Some(segment);
+            selectors[seg as usize] = slot_selector(seg);
+        }
+        Ok((writes, selectors))
+    }
+}
+
+fn escape(seg: SegReg, selector: u16, why: &str) -> StopReason {
+    StopReason::GuestEscape(format!(
+        "guest user code loaded {seg:?} with host selector {selector:#x} natively ({why})"
+    ))
+}

@@ -1,0 +1,54 @@
+//! The host side: creating the world process.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+
+use crate::WorldError;
+use crate::channel::Channel;
+use crate::sys::memory::GuestRam;
+
+/// Descriptor number of guest RAM in the world process.
+pub const RAM_FD: RawFd = 3;
+/// Descriptor number of the channel in the world process.
+pub const CHANNEL_FD: RawFd = 4;
+
+/// Starts `exe args...` as the world process, with guest RAM on
+/// [`RAM_FD`] and the channel on [`CHANNEL_FD`]. The world dies with the
+/// host (PR_SET_PDEATHSIG).
+pub fn spawn(
+    exe: &Path,
+    args: &[String],
+    ram: &GuestRam,
+    channel: &Channel,
+) -> Result<Child, WorldError> {
+    let ram_fd = ram.fd().as_raw_fd();
+    let channel_fd = channel.region().fd().as_raw_fd();
+    let mut command = Command::new(exe);
+    command.args(args);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls (fcntl, dup2, prctl) on
+    // descriptors the parent keeps open across the fork.
+    unsafe {
+        command.pre_exec(move || {
+            // Move both out of the way first, so neither dup2 clobbers the
+            // other; dup2 leaves the new descriptors without CLOEXEC.
+            let ram_copy = libc::fcntl(ram_fd, libc::F_DUPFD_CLOEXEC, 100);
+            let channel_copy = libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 100);
+            if ram_copy < 0
+                || channel_copy < 0
+                || libc::dup2(ram_copy, RAM_FD) < 0
+                || libc::dup2(channel_copy, CHANNEL_FD) < 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|source| WorldError::Host {
+        what: "starting the world process",
+        source,
+    })
+}

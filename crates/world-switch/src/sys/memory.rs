@@ -1,0 +1,220 @@
+//! Guest RAM: one memfd, mapped once above 4 GiB in every process (the
+//! guest-physical window) and at guest-virtual addresses below 4 GiB in the
+//! world process (the shadow mappings).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use crate::WorldError;
+
+/// Guest RAM and its guest-physical window in this process.
+#[derive(Debug)]
+pub struct GuestRam {
+    fd: OwnedFd,
+    size: usize,
+    window: NonNull<u8>,
+}
+
+// SAFETY: the window is a shared mapping owned by this value; access goes
+// through raw-pointer copies with bounds checks, never through references
+// that another thread could alias.
+unsafe impl Send for GuestRam {}
+
+fn host_error(what: &'static str) -> WorldError {
+    WorldError::Host {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+impl GuestRam {
+    /// Creates `size` bytes of zeroed guest RAM and maps its window.
+    pub fn create(size: usize) -> Result<Self, WorldError> {
+        // SAFETY: memfd_create reads the NUL-terminated name literal.
+        let raw = unsafe { libc::memfd_create(c"btvmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(host_error("memfd_create"));
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let length = libc::off_t::try_from(size).map_err(|_| WorldError::RamSize(size))?;
+        // SAFETY: ftruncate on our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), length) } != 0 {
+            return Err(host_error("ftruncate of guest RAM"));
+        }
+        Self::map(fd, size)
+    }
+
+    /// Maps guest RAM created by another process (inherited descriptor).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open memfd of at least `size` bytes that this process
+    /// may own from now on.
+    pub unsafe fn from_raw_fd(fd: RawFd, size: usize) -> Result<Self, WorldError> {
+        // SAFETY: the caller hands over ownership of an open descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self::map(fd, size)
+    }
+
+    fn map(fd: OwnedFd, size: usize) -> Result<Self, WorldError> {
+        // SAFETY: a fresh shared mapping of our memfd at an address the
+        // kernel chooses; nothing else is touched.
+        let window = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if window == libc::MAP_FAILED {
+            return Err(host_error("mmap of the guest-physical window"));
+        }
+        let window = NonNull::new(window.cast::<u8>()).ok_or(WorldError::RamSize(size))?;
+        if (window.as_ptr() as usize) < (1 << 32) {
+            return Err(WorldError::AddressSpace(format!(
+                "guest-physical window at {window:p} lies below 4 GiB"
+            )));
+        }
+        Ok(Self { fd, size, window })
+    }
+
+    /// Bytes of guest RAM.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The memfd.
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn range(&self, phys: u32, len: usize) -> Option<usize> {
+        let start = phys as usize;
+        (start.checked_add(len)? <= self.size).then_some(start)
+    }
+
+    /// Copies guest RAM at `phys` into `buf`; false if it is not all RAM.
+    pub fn read(&self, phys: u32, buf: &mut [u8]) -> bool {
+        let Some(start) = self.range(phys, buf.len()) else {
+            return false;
+        };
+        // SAFETY: [start, start + len) lies inside the window mapping, which
+        // lives as long as self; `buf` is a distinct host buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.window.as_ptr().add(start),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        true
+    }
+
+    /// Copies `data` into guest RAM at `phys`; false if it is not all RAM.
+    pub fn write(&self, phys: u32, data: &[u8]) -> bool {
+        let Some(start) = self.range(phys, data.len()) else {
+            return false;
+        };
+        // SAFETY: as in `read`; the window is writable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.window.as_ptr().add(start),
+                data.len(),
+            );
+        }
+        true
+    }
+
+    /// Maps guest-physical `[phys, phys + len)` at guest-virtual `virt` in
+    /// this process, replacing whatever was there. Both must be page
+    /// aligned and the range must lie below 4 GiB and inside RAM.
+    pub fn map_at(&self, virt: u32, phys: u32, len: u32, writable: bool) -> Result<(), WorldError> {
+        let bad = || WorldError::BadMapping { virt, phys, len };
+        if !virt.is_multiple_of(4096)
+            || !phys.is_multiple_of(4096)
+            || !len.is_multiple_of(4096)
+            || len == 0
+        {
+            return Err(bad());
+        }
+        if u64::from(virt) + u64::from(len) > 1 << 32 || self.range(phys, len as usize).is_none() {
+            return Err(bad());
+        }
+        let protection =
+            libc::PROT_READ | libc::PROT_EXEC | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: MAP_FIXED replaces mappings in [virt, virt + len), which is
+        // below 4 GiB where this process keeps nothing of its own (checked
+        // at start-up): only guest shadow mappings live there.
+        let mapped = unsafe {
+            libc::mmap(
+                virt as usize as *mut libc::c_void,
+                len as usize,
+                protection,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.fd.as_raw_fd(),
+                libc::off_t::from(phys),
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(host_error("mmap of a guest shadow mapping"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the window mapped in `map`; no reference
+        // into it outlives self.
+        unsafe {
+            libc::munmap(self.window.as_ptr().cast(), self.size);
+        }
+    }
+}
+
+/// A small shared-memory region (the host/world channel), mapped in both
+/// processes.
+#[derive(Debug)]
+pub struct SharedRegion(GuestRam);
+
+impl SharedRegion {
+    /// Creates a zeroed region of `size` bytes.
+    pub fn create(size: usize) -> Result<Self, WorldError> {
+        GuestRam::create(size).map(Self)
+    }
+
+    /// Maps a region created by another process.
+    ///
+    /// # Safety
+    ///
+    /// As [`GuestRam::from_raw_fd`].
+    pub unsafe fn from_raw_fd(fd: RawFd, size: usize) -> Result<Self, WorldError> {
+        // SAFETY: forwarded contract.
+        unsafe { GuestRam::from_raw_fd(fd, size) }.map(Self)
+    }
+
+    /// Start of the mapping.
+    #[must_use]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.0.window.as_ptr()
+    }
+
+    /// Size in bytes.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.0.size
+    }
+
+    /// The memfd.
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.fd()
+    }
+}

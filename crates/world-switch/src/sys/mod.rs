@@ -1,0 +1,10 @@
+//! Everything that talks to the host kernel. Each `unsafe` block is small
+//! and says which invariant makes it sound.
+
+pub mod futex;
+pub mod ldt;
+pub mod maps;
+pub mod memory;
+pub mod perf;
+pub mod seccomp;
+pub mod signal;

@@ -1,0 +1,160 @@
+//! The world process: attach to guest RAM and the channel the host made,
+//! check the address space, open the breakpoints, map guest memory, then
+//! install the monitor's handler and the seccomp filter and enter the guest.
+
+use std::convert::Infallible;
+use std::os::fd::{AsRawFd, RawFd};
+
+use btvmm_core::descriptor::Descriptor;
+use btvmm_core::{Action, Exit, GuestVirt, HostRegisters, Reply, Trap, WorldServices};
+
+use crate::WorldError;
+use crate::channel::{CHANNEL_BYTES, Channel};
+use crate::shadow::LdtEntry;
+use crate::sys::memory::{GuestRam, SharedRegion};
+use crate::sys::perf::Breakpoints;
+use crate::sys::{ldt, maps, seccomp, signal};
+use crate::trap::{self, ENTER_SIGNAL, SIGNALS};
+
+/// Hardware breakpoints on x86.
+pub const BREAKPOINTS: usize = 4;
+/// Guest-physical memory below this is never mapped natively (nor is the
+/// top 64 KiB of the 4 GiB space): accesses there trap and are emulated
+/// (DESIGN.md section 2).
+pub const LOW_HOLE: u32 = 0x1_0000;
+
+/// The world's resources, which the monitor reaches through
+/// [`WorldServices`].
+#[derive(Debug)]
+pub struct World {
+    ram: GuestRam,
+    channel: Channel,
+    breakpoints: Breakpoints,
+}
+
+impl World {
+    /// Attaches to the guest RAM and channel memfds the host passed as
+    /// `ram_fd` and `channel_fd`.
+    ///
+    /// # Safety
+    ///
+    /// The descriptors must be the open memfds the host created, owned by
+    /// this process from now on.
+    pub unsafe fn attach(
+        ram_fd: RawFd,
+        ram_size: usize,
+        channel_fd: RawFd,
+    ) -> Result<Self, WorldError> {
+        // Die with the host.
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        }
+        signal::check_fsgsbase()?;
+        // SAFETY: forwarded ownership of the host's descriptors.
+        let ram = unsafe { GuestRam::from_raw_fd(ram_fd, ram_size)? };
+        // SAFETY: as above.
+        let channel =
+            Channel::new(unsafe { SharedRegion::from_raw_fd(channel_fd, CHANNEL_BYTES)? })?;
+        // Before any guest mapping exists, nothing may lie below 4 GiB.
+        maps::check_nothing_below_4g()?;
+        let breakpoints = Breakpoints::open(BREAKPOINTS)?;
+        Ok(Self {
+            ram,
+            channel,
+            breakpoints,
+        })
+    }
+
+    /// The channel to the host.
+    #[must_use]
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Maps guest-physical memory at the same guest-virtual addresses, as
+    /// the guest sees it with paging off, leaving the low 64 KiB hole.
+    pub fn map_identity(&self) -> Result<(), WorldError> {
+        let top = u32::try_from(self.ram.size())
+            .unwrap_or(u32::MAX)
+            .min(0xffff_0000)
+            & !0xfff;
+        if top > LOW_HOLE {
+            self.ram.map_at(LOW_HOLE, LOW_HOLE, top - LOW_HOLE, true)?;
+        }
+        Ok(())
+    }
+
+    /// Installs `monitor` as the handler of every world signal, locks the
+    /// process down with seccomp and enters the guest. Returns only if
+    /// set-up fails.
+    pub fn run(
+        self,
+        mut monitor: impl FnMut(Trap, HostRegisters, &mut World) -> Action + 'static,
+    ) -> Result<Infallible, WorldError> {
+        let program = seccomp::build(self.ram.fd().as_raw_fd(), &self.breakpoints.fds())?;
+        let mut world = self;
+        let handler: signal::Handler = Box::new(move |frame| {
+            let (trap, registers) = trap::decode(frame);
+            match monitor(trap, registers, &mut world) {
+                Action::Resume(registers) => trap::apply(frame, &registers),
+                Action::Terminate => {
+                    // SAFETY: ends the process at once; nothing to unwind.
+                    unsafe { libc::_exit(0) }
+                }
+            }
+        });
+        signal::install(handler, &SIGNALS)?;
+        seccomp::install(&program)?;
+        signal::raise(ENTER_SIGNAL)?;
+        Err(WorldError::Host {
+            what: "entering the guest (the handler returned to the world)",
+            source: std::io::Error::other("no guest context"),
+        })
+    }
+}
+
+impl WorldServices for World {
+    fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool {
+        self.ram.read(phys, buf)
+    }
+
+    fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool {
+        self.ram.write(phys, data)
+    }
+
+    fn ram_size(&self) -> u32 {
+        u32::try_from(self.ram.size()).unwrap_or(u32::MAX)
+    }
+
+    fn write_ldt(&mut self, index: u16, descriptor: Option<&Descriptor>) -> Result<(), String> {
+        let entry = descriptor
+            .and_then(LdtEntry::shadow)
+            .unwrap_or(LdtEntry::EMPTY);
+        ldt::write_entry(index, &entry).map_err(|error| error.to_string())
+    }
+
+    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), String> {
+        self.breakpoints
+            .arm(addresses)
+            .map_err(|error| error.to_string())
+    }
+
+    fn breakpoint_count(&self) -> usize {
+        self.breakpoints.count()
+    }
+
+    fn exit(&mut self, exit: Exit) -> Reply {
+        self.channel.exit(&exit)
+    }
+
+    fn publish_counters(&mut self, counters: &[u64]) {
+        self.channel.publish_counters(counters);
+    }
+
+    fn timestamp(&self) -> u64 {
+        // SAFETY: RDTSC has no memory effects; user-space RDTSC is allowed
+        // on Linux hosts (CR4.TSD clear).
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+}
