@@ -96,6 +96,12 @@ pub trait WorldServices {
     fn publish_counters(&mut self, counters: &[u64]);
     /// The host's time-stamp counter.
     fn timestamp(&self) -> u64;
+    /// Writes a diagnostic line (the `--trace` output) to the VMM's
+    /// standard error.
+    fn trace(&mut self, line: &str);
+    /// Makes RDTSC and RDTSCP fault (#GP) in guest code, or run natively:
+    /// how the guest's CR4.TSD takes effect in untraced user mode.
+    fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String>;
 }
 
 /// Layout of the host LDT: the last eight entries are register slots (one

@@ -60,16 +60,18 @@
 //! (they load CS, and IRET changes IF/IOPL and maybe CPL): the monitor
 //! emulates them instead of letting them run.
 //!
+//! | [`SensitiveKind::FpuState`] | x87, MMX, SSE, FXSAVE/FXRSTOR and WAIT, only while the guest's CR0.TS/EM/MP or CR4.OSFXSR make them fault ([`ClassifyConfig::guest_cr0`]) | they run natively under the host's CR0/CR4 and would not raise the #NM/#UD the guest expects |
+//!
 //! Deliberately **not** sensitive:
 //!
 //! - ARPL computes on a selector value in a register or memory, nothing more.
 //! - Memory operands with segment overrides: shadow segments carry the
 //!   guest's base and limit, so the access is the one the guest asked for.
-//! - FPU/MMX/SSE instructions: they depend on CR0.TS/EM/MP and CR4.OSFXSR,
-//!   which the guest kernel controls. Linux 6.x never sets CR0.TS (eager FPU)
-//!   and the virtual CPU always has an FPU, so the planner treats them as
-//!   plain; a guest that sets CR0.TS will need them reclassified (the
-//!   monitor knows when it emulates the MOV to CR0).
+//! - FPU/MMX/SSE instructions while the guest's CR0 and CR4 let them run:
+//!   the monitor updates [`ClassifyConfig::guest_cr0`] and
+//!   [`ClassifyConfig::guest_cr4`] as the guest changes them (a change
+//!   drops every cached plan). In untraced guest user mode they always run
+//!   natively.
 //! - Instructions from extensions the virtual CPU does not offer (AVX and
 //!   later) run natively if the host has them. A guest kernel only uses them
 //!   after CPUID says so, which it will not.
@@ -94,6 +96,7 @@ use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 use serde::Serialize;
 
 use btvmm_core::GuestVirt;
+use btvmm_core::emu::fpu::{fault as fpu_fault, fpu_class};
 
 /// Classes of sensitive instructions. See the module documentation for the
 /// members of each class and the reason it is sensitive.
@@ -128,11 +131,12 @@ pub enum SensitiveKind {
     Transactional,
     StateDependent,
     ShortBranch,
+    FpuState,
 }
 
 impl SensitiveKind {
     /// Every class, in report order.
-    pub const ALL: [SensitiveKind; 26] = [
+    pub const ALL: [SensitiveKind; 27] = [
         Self::InterruptFlag,
         Self::Halt,
         Self::PortIo,
@@ -159,6 +163,7 @@ impl SensitiveKind {
         Self::Transactional,
         Self::StateDependent,
         Self::ShortBranch,
+        Self::FpuState,
     ];
 
     /// Short name for reports.
@@ -191,6 +196,7 @@ impl SensitiveKind {
             Self::Transactional => "xbegin/xabort/xend",
             Self::StateDependent => "state-dependent",
             Self::ShortBranch => "16-bit-branch",
+            Self::FpuState => "fpu-state",
         }
     }
 }
@@ -307,8 +313,9 @@ impl PoiKind {
     }
 }
 
-/// Host facts that change whether an instruction is sensitive or traps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Host facts and guest state that change whether an instruction is
+/// sensitive or traps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassifyConfig {
     /// The world process runs with CPUID faulting on
     /// (`arch_prctl(ARCH_SET_CPUID, 0)`), so CPUID raises #GP by itself.
@@ -318,6 +325,25 @@ pub struct ClassifyConfig {
     /// host TSC, which advances with the host time that drives the virtual
     /// timers.
     pub virtualize_timestamp: bool,
+    /// The guest's CR0 (TS, EM and MP decide whether x87/MMX/SSE
+    /// instructions fault, which they cannot natively: the host's CR0 is
+    /// not the guest's).
+    pub guest_cr0: u32,
+    /// The guest's CR4 (OSFXSR decides whether SSE instructions fault).
+    pub guest_cr4: u32,
+}
+
+impl Default for ClassifyConfig {
+    /// A running OS's state: FPU usable (CR0.TS/EM clear), SSE enabled
+    /// (CR4.OSFXSR set), CPUID and RDTSC not faulting on the host.
+    fn default() -> Self {
+        Self {
+            cpuid_faults: false,
+            virtualize_timestamp: false,
+            guest_cr0: 0,
+            guest_cr4: btvmm_core::emu::fpu::CR4_OSFXSR,
+        }
+    }
 }
 
 /// Classifies one decoded 32-bit instruction.
@@ -458,6 +484,11 @@ pub fn classify(instr: &Instruction, config: &ClassifyConfig) -> PoiKind {
     }
     if op_code.may_require_cpl0() {
         return sensitive(SensitiveKind::StateDependent, Silent);
+    }
+    if fpu_class(instr)
+        .is_some_and(|class| fpu_fault(class, config.guest_cr0, config.guest_cr4).is_some())
+    {
+        return sensitive(SensitiveKind::FpuState, Silent);
     }
     PoiKind::Plain
 }

@@ -192,6 +192,15 @@ impl Planner {
         &self.config
     }
 
+    /// Changes the classifier's view of host and guest state; every cached
+    /// block and plan is dropped when it differs.
+    pub fn set_classify(&mut self, classify: ClassifyConfig) {
+        if classify != self.config.classify {
+            self.config.classify = classify;
+            self.invalidate_all();
+        }
+    }
+
     /// The block starting at `start`, decoded or from the cache.
     pub fn block(&mut self, mem: &dyn GuestMemory, start: GuestVirt) -> Arc<Block> {
         if let Some(block) = self.blocks.get(&start) {

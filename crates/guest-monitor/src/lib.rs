@@ -21,20 +21,22 @@ pub mod counters;
 pub mod segments;
 pub mod view;
 
-use btvmm_core::cpu::{Cpu, Eflags, Gpr, SegReg};
+use btvmm_core::cpu::{Cpu, Cr0, Eflags, Gpr, SegReg};
 use btvmm_core::emu::interrupt::deliver_exception;
 use btvmm_core::emu::{self, Outcome};
 use btvmm_core::exception::{Exception, vector};
 use btvmm_core::exit::{Exit, Reply, StopReason};
 use btvmm_core::{Action, HostRegisters, Stop, Trap, WorldServices};
 use cfg_planner::{Planner, PlannerConfig, PoiKind, Step};
+use iced_x86::{Mnemonic, OpKind, Register};
 
 use crate::counters::{Counter, Counters};
 use crate::segments::Shadows;
 use crate::view::{GuestView, PlannerMemory, read_physical};
 
 /// EFLAGS bits the guest's native execution owns (the rest, IF, IOPL, NT,
-/// VM, VIF, VIP, are virtual and kept in the vCPU).
+/// VM, ID, VIF, VIP, are virtual and kept in the vCPU: sigreturn does not
+/// let us set them on the host).
 const NATIVE_FLAGS: u32 = Eflags::CF
     | Eflags::PF
     | Eflags::AF
@@ -43,8 +45,10 @@ const NATIVE_FLAGS: u32 = Eflags::CF
     | Eflags::TF
     | Eflags::DF
     | Eflags::OF
-    | Eflags::AC
-    | Eflags::ID;
+    | Eflags::AC;
+
+/// DR6.BS: the #DB came from single-stepping.
+const DR6_BS: u32 = 1 << 14;
 
 /// Most instructions emulated in one trap before the monitor resumes the
 /// guest anyway (only reached by long runs of sensitive instructions).
@@ -72,6 +76,12 @@ pub struct Monitor {
     counters: Counters,
     /// The monitor set TF for one instruction.
     stepping: bool,
+    /// Write a line per trap and per emulation to standard error.
+    trace: bool,
+    /// RDTSC faults in the world (the guest's CR4.TSD is set).
+    timestamp_faulting: bool,
+    /// CPUID faults in the world.
+    cpuid_faults: bool,
 }
 
 /// What went wrong while handling a trap.
@@ -89,7 +99,8 @@ impl From<StopReason> for Failure {
 impl Monitor {
     /// A monitor for a guest entered at `boot` in 32-bit protected mode
     /// with flat segments and paging off (the Multiboot hand-over state).
-    pub fn new(boot: Boot) -> Result<Self, cfg_planner::PlannerError> {
+    /// `cpuid_faults` says whether the world made CPUID fault.
+    pub fn new(boot: Boot, cpuid_faults: bool) -> Result<Self, cfg_planner::PlannerError> {
         let mut cpu = Cpu {
             eip: boot.eip,
             ..Cpu::default()
@@ -99,11 +110,25 @@ impl Monitor {
         cpu.gpr[Gpr::Esp as usize] = boot.esp;
         Ok(Self {
             cpu,
-            planner: Planner::new(PlannerConfig::default())?,
+            planner: Planner::new(PlannerConfig {
+                classify: cfg_planner::ClassifyConfig {
+                    cpuid_faults,
+                    ..cfg_planner::ClassifyConfig::default()
+                },
+                ..PlannerConfig::default()
+            })?,
             shadows: Shadows::default(),
             counters: Counters::default(),
             stepping: false,
+            trace: false,
+            timestamp_faulting: false,
+            cpuid_faults,
         })
+    }
+
+    /// Traces every trap, emulation and resume to standard error.
+    pub fn set_trace(&mut self, trace: bool) {
+        self.trace = trace;
     }
 
     /// The vCPU.
@@ -126,6 +151,17 @@ impl Monitor {
         world: &mut dyn WorldServices,
     ) -> Action {
         self.counters.bump(Counter::Traps);
+        if self.trace {
+            world.trace(&format!(
+                "trap {trap:?} at {:#x}:{:#x} esp {:#x} eflags {:#x} cs/ss {:#x}/{:#x}",
+                host.selectors[1],
+                host.eip,
+                host.gpr[4],
+                host.eflags,
+                host.selectors[1],
+                host.selectors[2]
+            ));
+        }
         let result = self
             .enter(trap, &host, world)
             .and_then(|()| self.run_kernel(world))
@@ -156,8 +192,21 @@ impl Monitor {
         if trap == Trap::Enter {
             return Ok(());
         }
+        let sysenter = matches!(trap, Trap::SystemCall { sysenter: true, .. });
+        let esp = self.cpu.gpr[Gpr::Esp as usize];
         self.cpu.gpr = host.gpr;
         self.cpu.eip = host.eip;
+        let mut host = *host;
+        if sysenter {
+            // The host's SYSENTER path reports its own CS, SS, RIP and RSP;
+            // the guest's were those of the user code that ran since the
+            // last resume (SYSENTER replaces them all anyway).
+            self.cpu.gpr[Gpr::Esp as usize] = esp;
+            host.rip_high = 0;
+            host.selectors[SegReg::Cs as usize] = segments::slot_selector(SegReg::Cs);
+            host.selectors[SegReg::Ss as usize] = segments::slot_selector(SegReg::Ss);
+        }
+        let host = &host;
         self.cpu.eflags = (host.eflags & NATIVE_FLAGS) | (self.cpu.eflags & !NATIVE_FLAGS) | 0x2;
         let mut terminate = false;
         let repairs = {
@@ -189,7 +238,7 @@ impl Monitor {
             }
             Trap::SingleStep => {
                 // The guest's own TF: a #DB trap after the instruction.
-                self.deliver(world, Exception::new(vector::DB))
+                self.single_step_trap(world)
             }
             Trap::Fault {
                 vector, error_code, ..
@@ -315,25 +364,55 @@ impl Monitor {
         self.after_emulation(world, result, terminate).map(|_| ())
     }
 
-    /// Emulates the instruction at CS:EIP.
+    /// Emulates the instruction at CS:EIP, with the single-step trap the
+    /// guest's TF asks for after it.
     fn emulate(&mut self, world: &mut dyn WorldServices, after_fault: bool) -> Result<(), Failure> {
+        if self.trace {
+            world.trace(&format!(
+                "  emulate at {:#x} (cpl {}, esp {:#x})",
+                self.cpu.eip,
+                self.cpu.cpl,
+                self.cpu.gpr[Gpr::Esp as usize]
+            ));
+        }
         self.counters.bump(Counter::Emulated);
         self.counters.bump(if after_fault {
             Counter::EmulatedAfterFault
         } else {
             Counter::EmulatedPlanned
         });
+        let single_step = self.cpu.eflags & Eflags::TF != 0 && !self.stepping;
         let mut terminate = false;
-        let result = {
+        let (result, stack_switch) = {
             let mut view = GuestView {
                 world,
                 planner: &mut self.planner,
                 counters: &mut self.counters,
                 terminate: &mut terminate,
             };
-            emu::step(&mut self.cpu, &mut view)
+            match emu::fetch(&self.cpu, &mut view) {
+                Ok(instr) => {
+                    // MOV SS and POP SS hold a single-step trap back by one
+                    // instruction.
+                    let stack_switch = matches!(instr.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
+                        && instr.op0_kind() == OpKind::Register
+                        && instr.op0_register() == Register::SS;
+                    (emu::execute(&mut self.cpu, &mut view, &instr), stack_switch)
+                }
+                Err(stop) => (Err(stop), false),
+            }
         };
-        self.after_emulation(world, result, terminate).map(|_| ())
+        let outcome = self.after_emulation(world, result, terminate)?;
+        if single_step && outcome == Outcome::Retired && !stack_switch {
+            self.single_step_trap(world)?;
+        }
+        Ok(())
+    }
+
+    /// The #DB a set TF raises after an instruction (DR6.BS set).
+    fn single_step_trap(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+        self.cpu.dr[6] |= DR6_BS;
+        self.deliver(world, Exception::new(vector::DB))
     }
 
     fn after_emulation(
@@ -416,9 +495,21 @@ impl Monitor {
                 self.counters.bump(Counter::UserResumes);
                 return Ok(());
             }
+            self.planner.set_classify(cfg_planner::ClassifyConfig {
+                cpuid_faults: self.cpuid_faults,
+                virtualize_timestamp: false,
+                guest_cr0: self.cpu.cr0 & (Cr0::TS | Cr0::EM | Cr0::MP),
+                guest_cr4: self.cpu.cr4 & btvmm_core::emu::fpu::CR4_OSFXSR,
+            });
             let step = self.planner.step(&self.cpu, &PlannerMemory(&*world));
             match step {
                 Step::Resume { breakpoints } => {
+                    if self.trace {
+                        world.trace(&format!(
+                            "  resume at {:#x} arming {breakpoints:x?}",
+                            self.cpu.eip
+                        ));
+                    }
                     world
                         .arm_breakpoints(&breakpoints)
                         .map_err(StopReason::Internal)?;
@@ -461,6 +552,13 @@ impl Monitor {
 
     /// Step 4: registers out.
     fn leave(&mut self, world: &mut dyn WorldServices) -> Result<HostRegisters, Failure> {
+        let tsd = self.cpu.cr4 & btvmm_core::emu::system::CR4_TSD != 0;
+        if tsd != self.timestamp_faulting {
+            world
+                .set_timestamp_faulting(tsd)
+                .map_err(StopReason::Internal)?;
+            self.timestamp_faulting = tsd;
+        }
         let (writes, selectors) = self.shadows.sync_out(&self.cpu, world)?;
         self.counters.add(Counter::LdtWrites, writes as u64);
         // Resume with RF: a breakpoint on the resume address must not fire

@@ -14,7 +14,8 @@ use btvmm_core::cpu::{Cpu, SegReg, Segment};
 use btvmm_core::emu::segment::{load_data_segment, read_descriptor};
 use btvmm_core::exception::Exception;
 use btvmm_core::machine::Machine;
-use btvmm_core::world::ldt_layout::{FIRST_SLOT, slot_of, slot_selector};
+pub use btvmm_core::world::ldt_layout::slot_selector;
+use btvmm_core::world::ldt_layout::{FIRST_SLOT, slot_of};
 use btvmm_core::{HostRegisters, StopReason, WorldServices};
 
 /// The host's 64-bit user code selector on x86-64 Linux: guest code that

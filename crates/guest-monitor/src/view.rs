@@ -46,6 +46,8 @@ pub fn read_physical(world: &dyn WorldServices, phys: u32, buf: &mut [u8]) {
 impl GuestView<'_> {
     fn exit(&mut self, exit: Exit) -> Result<Reply, Stop> {
         self.counters.bump(Counter::Exits);
+        // The host may end the VM at this exit: it reads the counters then.
+        self.world.publish_counters(self.counters.as_slice());
         let reply = self.world.exit(exit);
         if reply == Reply::Terminate {
             *self.terminate = true;

@@ -1,11 +1,14 @@
-//! The host side of btvmm: loading guest kernels and, for now, the
-//! planner's report on them (`btvmm plan`).
+//! The host side of btvmm: loading guest kernels, running them (`btvmm
+//! run`: the world process, the devices, the exit loop) and the planner's
+//! report on kernels (`btvmm plan`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod elf;
 pub mod image;
+pub mod multiboot;
 pub mod report;
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -75,4 +78,13 @@ pub enum LoaderError {
     /// A planner configuration problem.
     #[error(transparent)]
     Planner(#[from] cfg_planner::PlannerError),
+    /// A Multiboot kernel that cannot be loaded.
+    #[error("cannot boot this Multiboot kernel: {0}")]
+    Multiboot(String),
+    /// The world process could not be set up.
+    #[error(transparent)]
+    World(#[from] world_switch::WorldError),
+    /// An impossible option value.
+    #[error("{0}")]
+    Option(String),
 }

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use cfg_planner::ClassifyConfig;
+use std::io::Write as _;
+
 use host_loader::report::{PlanRequest, build_report, render_text};
+use host_loader::run::RunRequest;
 
 /// Exit status for every error caused by the input or the host.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -27,6 +30,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a 32-bit Multiboot kernel (paging off) natively under
+    /// breakpoint tracing. COM1 goes to standard output; a write of v to
+    /// the debug-exit port 0xf4 ends the run with status (v << 1) | 1, as
+    /// QEMU's isa-debug-exit does.
+    Run {
+        /// The Multiboot (v1) kernel, ELF32 or a.out kludge.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 128)]
+        memory: u32,
+        /// The kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Print the monitor's counters (traps, emulations, exits) to
+        /// standard error at the end.
+        #[arg(long)]
+        stats: bool,
+        /// Trace every trap, emulation and resume of the monitor to
+        /// standard error (slow; for debugging guests and btvmm).
+        #[arg(long)]
+        trace: bool,
+    },
+    /// The world process (started by `btvmm run`, not by hand).
+    #[command(name = "__world", hide = true)]
+    World {
+        /// Bytes of guest RAM behind descriptor 3.
+        #[arg(long)]
+        ram_size: usize,
+        /// Trace the monitor.
+        #[arg(long)]
+        trace: bool,
+    },
     /// Report what breakpoint tracing faces in a kernel: instruction and
     /// point-of-interest counts, and the CFG and breakpoint plans from an
     /// entry point.
@@ -70,6 +106,37 @@ enum Command {
     },
 }
 
+/// The world process: attach to what the host passed, build the monitor
+/// and enter the guest. Returns only on a set-up error.
+fn world_main(ram_size: usize, trace: bool) -> anyhow::Error {
+    use world_switch::spawn::{CHANNEL_FD, RAM_FD};
+    // SAFETY: the host's spawn put the guest RAM and channel memfds on
+    // these descriptors for this process alone.
+    let world = match unsafe { world_switch::world::World::attach(RAM_FD, ram_size, CHANNEL_FD) } {
+        Ok(world) => world,
+        Err(error) => return error.into(),
+    };
+    if let Err(error) = world.map_identity() {
+        return error.into();
+    }
+    let boot = world.channel().boot();
+    let boot = guest_monitor::Boot {
+        eip: boot.eip,
+        eax: boot.eax,
+        ebx: boot.ebx,
+        esp: boot.esp,
+    };
+    let mut monitor = match guest_monitor::Monitor::new(boot, world.cpuid_faults()) {
+        Ok(monitor) => monitor,
+        Err(error) => return error.into(),
+    };
+    monitor.set_trace(trace);
+    match world.run(move |trap, registers, world| monitor.handle(trap, registers, world)) {
+        Ok(never) => match never {},
+        Err(error) => error.into(),
+    }
+}
+
 fn parse_address(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(&hex.replace('_', ""), 16),
@@ -96,6 +163,36 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run {
+            kernel,
+            memory,
+            cmdline,
+            stats,
+            trace,
+        } => {
+            let request = RunRequest {
+                kernel,
+                memory_mib: memory,
+                cmdline,
+                stats,
+                trace,
+            };
+            let outcome = host_loader::run::run(&request, std::io::stdout())?;
+            let _ = std::io::stdout().flush();
+            if request.stats {
+                for (name, value) in outcome.counters.report() {
+                    eprintln!("{name:<40} {value:>12}");
+                }
+            }
+            if let Some(message) = outcome.message() {
+                eprintln!("btvmm: {message}");
+            }
+            std::process::exit(outcome.exit_status());
+        }
+        Command::World { ram_size, trace } => {
+            let error = world_main(ram_size, trace);
+            anyhow::bail!("world process: {error}");
+        }
         Command::Plan {
             kernel,
             at,
@@ -122,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 classify: ClassifyConfig {
                     cpuid_faults,
                     virtualize_timestamp: virtualize_tsc,
+                    ..ClassifyConfig::default()
                 },
                 all_functions: all_functions.map(usize::from),
             };

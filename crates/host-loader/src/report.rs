@@ -81,8 +81,8 @@ pub struct LoadedKernel {
 /// The largest kernel file (bzImage or vmlinux) read.
 pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
 
-/// Reads a bzImage or vmlinux file.
-pub fn load_kernel(path: &Path) -> Result<LoadedKernel, LoaderError> {
+/// Reads a kernel file of at most [`MAX_IMAGE_BYTES`].
+pub fn read_limited(path: &Path) -> Result<Vec<u8>, LoaderError> {
     let io_error = |source| LoaderError::Io {
         path: path.to_owned(),
         source,
@@ -96,6 +96,12 @@ pub fn load_kernel(path: &Path) -> Result<LoadedKernel, LoaderError> {
             reason: format!("the file is larger than {MAX_IMAGE_BYTES} bytes"),
         });
     }
+    Ok(data)
+}
+
+/// Reads a bzImage or vmlinux file.
+pub fn load_kernel(path: &Path) -> Result<LoadedKernel, LoaderError> {
+    let data = read_limited(path)?;
     let (format, vmlinux) = if data.starts_with(b"\x7fELF") {
         (ImageFormat::Elf, data)
     } else {

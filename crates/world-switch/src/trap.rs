@@ -32,6 +32,8 @@ pub const SIGNALS: [libc::c_int; 8] = [
 ];
 
 const TRAP_TRACE: libc::c_int = 2;
+/// si_code of a signal the kernel raised for a CPU exception (INT3).
+const SI_KERNEL: libc::c_int = 0x80;
 const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// x86-64 Linux's 32-bit user code selector, which the SYSENTER path puts
 /// in CS.
@@ -103,10 +105,14 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
     };
     let info = siginfo(frame);
     let trapno = greg(frame, libc::REG_TRAPNO);
+    // A perf breakpoint's SIGTRAP is sent from the perf event's handler,
+    // which does not update the thread's trap number: the ucontext's
+    // trapno is then stale (e.g. 3 after an earlier INT3). The si_code says
+    // what happened.
     let trap = match frame.signal {
-        libc::SIGTRAP if trapno == 1 && info.code == libc::TRAP_PERF => Trap::Breakpoint,
-        libc::SIGTRAP if trapno == 1 && info.code == TRAP_TRACE => Trap::SingleStep,
-        libc::SIGTRAP if trapno == 3 => Trap::SoftwareBreakpoint,
+        libc::SIGTRAP if info.code == libc::TRAP_PERF => Trap::Breakpoint,
+        libc::SIGTRAP if info.code == TRAP_TRACE => Trap::SingleStep,
+        libc::SIGTRAP if trapno == 3 && info.code == SI_KERNEL => Trap::SoftwareBreakpoint,
         libc::SIGSYS => {
             let compat = info.word4 == AUDIT_ARCH_I386;
             let mut number = info.word3;

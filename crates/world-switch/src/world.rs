@@ -30,6 +30,7 @@ pub struct World {
     ram: GuestRam,
     channel: Channel,
     breakpoints: Breakpoints,
+    cpuid_faults: bool,
 }
 
 impl World {
@@ -59,11 +60,20 @@ impl World {
         // Before any guest mapping exists, nothing may lie below 4 GiB.
         maps::check_nothing_below_4g()?;
         let breakpoints = Breakpoints::open(BREAKPOINTS)?;
+        let cpuid_faults = enable_cpuid_faulting();
         Ok(Self {
             ram,
             channel,
             breakpoints,
+            cpuid_faults,
         })
+    }
+
+    /// Whether CPUID faults in this process (so guest CPUID, in user mode
+    /// too, reaches the monitor and shows the virtual CPU).
+    #[must_use]
+    pub fn cpuid_faults(&self) -> bool {
+        self.cpuid_faults
     }
 
     /// The channel to the host.
@@ -114,6 +124,15 @@ impl World {
     }
 }
 
+/// Turns on CPUID faulting (`arch_prctl(ARCH_SET_CPUID, 0)`), where the
+/// CPU supports it: CPUID then raises #GP at CPL 3. False when it does not.
+fn enable_cpuid_faulting() -> bool {
+    const ARCH_SET_CPUID: libc::c_int = 0x1012;
+    // SAFETY: arch_prctl with integer arguments changes only this
+    // process's CPUID behaviour.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0 }
+}
+
 impl WorldServices for World {
     fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool {
         self.ram.read(phys, buf)
@@ -150,6 +169,39 @@ impl WorldServices for World {
 
     fn publish_counters(&mut self, counters: &[u64]) {
         self.channel.publish_counters(counters);
+    }
+
+    fn trace(&mut self, line: &str) {
+        let mut text = String::with_capacity(line.len() + 1);
+        text.push_str(line);
+        text.push('\n');
+        let mut rest = text.as_bytes();
+        while !rest.is_empty() {
+            // SAFETY: write(2) reads `rest.len()` bytes from a live buffer;
+            // standard error is on the seccomp allow-list.
+            let written = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+            let Ok(written) = usize::try_from(written) else {
+                return;
+            };
+            rest = &rest[written.min(rest.len())..];
+        }
+    }
+
+    fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String> {
+        let mode = if faulting {
+            libc::PR_TSC_SIGSEGV
+        } else {
+            libc::PR_TSC_ENABLE
+        };
+        // SAFETY: prctl(PR_SET_TSC) with an integer mode.
+        if unsafe { libc::prctl(libc::PR_SET_TSC, mode, 0, 0, 0) } == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "prctl(PR_SET_TSC): {}",
+                std::io::Error::last_os_error()
+            ))
+        }
     }
 
     fn timestamp(&self) -> u64 {

@@ -335,6 +335,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
             }
         }
         Mnemonic::Int1 => software_interrupt(ctx, Event::Icebp),
+        Mnemonic::Bound => bound(ctx),
         Mnemonic::Iret | Mnemonic::Iretd => iret(ctx),
         Mnemonic::Jmp if is_far(ctx.instr.code()) => far_jmp_or_call(ctx, false),
         Mnemonic::Call if is_far(ctx.instr.code()) => far_jmp_or_call(ctx, true),
@@ -342,6 +343,29 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         _ => return None,
     };
     Some(result)
+}
+
+/// BOUND r, m: #BR (a fault) unless lower <= index <= upper, all signed,
+/// with the bounds at m and m + operand size.
+fn bound(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
+    let size = ctx.op_size(0);
+    let index = ctx.reg(ctx.instr.op_register(0));
+    let (segment, offset) = ctx.memory_operand(1);
+    let lower = ctx.read_mem(segment, offset, size)?;
+    let upper = ctx.read_mem(segment, offset.wrapping_add(size), size)?;
+    let signed = |value: u32| -> i32 {
+        // Reinterpret the operand-sized value as signed.
+        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
+        if size == 2 {
+            i32::from(value as u16 as i16)
+        } else {
+            value as i32
+        }
+    };
+    if signed(index) < signed(lower) || signed(index) > signed(upper) {
+        return Err(Exception::new(vector::BR).into());
+    }
+    Ok(())
 }
 
 fn is_far(code: Code) -> bool {
@@ -363,6 +387,7 @@ fn software_interrupt(ctx: &mut Ctx<'_>, event: Event) -> Result<(), Stop> {
     ctx.cpu.eip = ctx.next_eip;
     deliver(ctx.cpu, ctx.machine, event)?;
     ctx.next_eip = ctx.cpu.eip;
+    ctx.outcome = super::Outcome::Delivered;
     Ok(())
 }
 
@@ -869,6 +894,35 @@ mod tests {
             run(&mut cpu, &mut machine, &[0xea, 0, 0, 0, 0, 0x33, 0]),
             Err(Stop::Exception(Exception::gp(0x30)))
         );
+    }
+
+    #[test]
+    fn bound_raises_br_outside_the_range() {
+        let (mut cpu, mut machine) = setup();
+        machine.poke_u32(0x3000, (-5i32).cast_unsigned());
+        machine.poke_u32(0x3004, 10);
+        for (index, inside) in [
+            (-5i32, true),
+            (10, true),
+            (0, true),
+            (11, false),
+            (-6, false),
+        ] {
+            cpu.gpr[Gpr::Eax as usize] = index.cast_unsigned();
+            cpu.eip = 0x1000;
+            // bound eax, [0x3000]
+            let result = run(&mut cpu, &mut machine, &[0x62, 0x05, 0x00, 0x30, 0, 0]);
+            if inside {
+                assert_eq!(result, Ok(crate::emu::Outcome::Retired), "{index}");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(Stop::Exception(Exception::new(vector::BR))),
+                    "{index}"
+                );
+                assert_eq!(cpu.eip, 0x1000, "a fault");
+            }
+        }
     }
 
     #[test]

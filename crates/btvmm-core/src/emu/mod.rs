@@ -23,6 +23,7 @@ pub mod control;
 pub mod cpuid;
 pub mod data;
 pub mod flags;
+pub mod fpu;
 pub mod interrupt;
 pub mod io;
 pub mod segment;
@@ -42,6 +43,9 @@ pub enum Outcome {
     Retired,
     /// HLT retired: the CPU waits for an interrupt (EIP is past the HLT).
     Halted,
+    /// The instruction delivered an interrupt or exception through the IDT
+    /// (INT n, INT3, INTO with OF set, INT1): EIP is the handler's.
+    Delivered,
 }
 
 /// Fetches, decodes and executes the instruction at CS:EIP.
@@ -142,6 +146,9 @@ pub fn execute(
 }
 
 fn dispatch(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
+    if let Some(result) = fpu::execute(ctx) {
+        return result;
+    }
     if let Some(result) = alu::execute(ctx) {
         return result;
     }

@@ -18,7 +18,7 @@ use super::{Ctx, Outcome, cpuid};
 /// VME, DE, PSE, PAE, MCE, PGE: CPUID does not offer them).
 pub const CR4_SUPPORTED: u32 = (1 << 2) | (1 << 8) | (1 << 9) | (1 << 10);
 /// CR4.TSD: RDTSC is privileged.
-const CR4_TSD: u32 = 1 << 2;
+pub const CR4_TSD: u32 = 1 << 2;
 /// CR0 bits that exist.
 const CR0_DEFINED: u32 = Cr0::PE
     | Cr0::MP

@@ -124,6 +124,15 @@ pub fn build(memfd: RawFd, perf_fds: &[RawFd]) -> Result<BpfProgram, WorldError>
     if !ioctls.is_empty() {
         rules.insert(libc::SYS_ioctl, ioctls);
     }
+    // prctl only to switch RDTSC faulting (the guest's CR4.TSD).
+    rules.insert(
+        libc::SYS_prctl,
+        vec![rule(vec![condition(
+            0,
+            SeccompCmpOp::Eq,
+            u64::from(libc::PR_SET_TSC.cast_unsigned()),
+        )?])?],
+    );
     // write to standard error (fatal messages of the world itself).
     rules.insert(
         libc::SYS_write,

@@ -70,6 +70,13 @@ std::arch::global_asm!(
     ".globl btvmm_signal_trampoline",
     ".type btvmm_signal_trampoline, @function",
     "btvmm_signal_trampoline:",
+    // The kernel clears DF and TF for the handler but not AC, which the
+    // guest may have set: with the host's CR0.AM, a misaligned access in
+    // the monitor would then raise #AC. Clear it (the guest's value is in
+    // the signal context and comes back on sigreturn).
+    "pushfq",
+    "and dword ptr [rsp], 0xfffbffff",
+    "popfq",
     "lea rax, [rip + BTVMM_TRAMPOLINE_AREA]",
     "mov word ptr [rax + 0], ds",
     "mov word ptr [rax + 2], es",

@@ -1,0 +1,336 @@
+//! Multiboot (version 1) loading of test kernels: the header in the first
+//! 8 KiB of the file, ELF32 segments (or the a.out kludge addresses) loaded
+//! at their physical addresses, and the boot information structure with
+//! memory size, memory map, command line and loader name.
+
+use object::Endianness;
+use object::elf::PT_LOAD;
+use object::read::elf::{ElfFile32, FileHeader, ProgramHeader};
+
+use crate::LoaderError;
+
+/// Puts bytes into guest RAM at a physical address.
+type Place<'a> = dyn FnMut(u32, &[u8]) -> Result<(), LoaderError> + 'a;
+
+/// The Multiboot header magic.
+const HEADER_MAGIC: u32 = 0x1bad_b002;
+/// What the loader puts in EAX.
+pub const BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
+/// Where the header must lie.
+const SEARCH_BYTES: usize = 8192;
+
+/// Header flag bits.
+const FLAG_PAGE_ALIGN: u32 = 1 << 0;
+const FLAG_MEMORY_INFO: u32 = 1 << 1;
+const FLAG_VIDEO_MODE: u32 = 1 << 2;
+const FLAG_AOUT_KLUDGE: u32 = 1 << 16;
+
+/// Boot information flag bits.
+const INFO_MEMORY: u32 = 1 << 0;
+const INFO_CMDLINE: u32 = 1 << 2;
+const INFO_MMAP: u32 = 1 << 6;
+const INFO_LOADER_NAME: u32 = 1 << 9;
+
+/// Where the boot information, command line and memory map go: above the
+/// never-mapped low 64 KiB, below conventional memory's end.
+pub const BOOT_INFO_ADDRESS: u32 = 0x2_0000;
+
+/// What the loader hands over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handover {
+    /// Entry point (EIP).
+    pub entry: u32,
+    /// EAX.
+    pub eax: u32,
+    /// EBX: the boot information address.
+    pub ebx: u32,
+}
+
+/// The header found in a kernel file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    offset: usize,
+    flags: u32,
+    header_addr: u32,
+    load_addr: u32,
+    load_end_addr: u32,
+    bss_end_addr: u32,
+    entry_addr: u32,
+}
+
+fn word(data: &[u8], at: usize) -> Option<u32> {
+    data.get(at..at + 4)
+        .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+fn find_header(file: &[u8]) -> Result<Header, LoaderError> {
+    let limit = file.len().min(SEARCH_BYTES);
+    let offset = (0..limit.saturating_sub(11))
+        .step_by(4)
+        .find(|&at| {
+            let (Some(magic), Some(flags), Some(checksum)) =
+                (word(file, at), word(file, at + 4), word(file, at + 8))
+            else {
+                return false;
+            };
+            magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(checksum) == 0
+        })
+        .ok_or_else(|| LoaderError::NotAKernel {
+            reason:
+                "no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB"
+                    .into(),
+        })?;
+    let field = |index: usize| word(file, offset + 4 * index).unwrap_or(0);
+    Ok(Header {
+        offset,
+        flags: field(1),
+        header_addr: field(3),
+        load_addr: field(4),
+        load_end_addr: field(5),
+        bss_end_addr: field(6),
+        entry_addr: field(7),
+    })
+}
+
+/// Loads a Multiboot kernel into guest RAM (`write(phys, bytes)` returns
+/// false outside RAM) of `ram_size` bytes and builds the boot information.
+pub fn load(
+    file: &[u8],
+    ram_size: u32,
+    cmdline: &str,
+    write: &mut dyn FnMut(u32, &[u8]) -> bool,
+) -> Result<Handover, LoaderError> {
+    let header = find_header(file)?;
+    let required_unknown = header.flags & 0xffff & !(FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO);
+    if header.flags & FLAG_VIDEO_MODE != 0 {
+        return Err(LoaderError::Multiboot(
+            "the kernel requires a graphics mode (Multiboot flag 2), which btvmm does not set up"
+                .into(),
+        ));
+    }
+    if required_unknown != 0 {
+        return Err(LoaderError::Multiboot(format!(
+            "the kernel requires unknown Multiboot features (flags {required_unknown:#x})"
+        )));
+    }
+    let mut place = |phys: u32, bytes: &[u8]| -> Result<(), LoaderError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if !write(phys, bytes) {
+            return Err(LoaderError::Multiboot(format!(
+                "{} bytes at {phys:#x} do not fit the guest's {ram_size} bytes of RAM",
+                bytes.len()
+            )));
+        }
+        Ok(())
+    };
+    let entry = if header.flags & FLAG_AOUT_KLUDGE != 0 {
+        load_aout(file, &header, &mut place)?
+    } else {
+        load_elf(file, &mut place)?
+    };
+
+    let info = boot_information(ram_size, cmdline);
+    place(BOOT_INFO_ADDRESS, &info)?;
+    Ok(Handover {
+        entry,
+        eax: BOOTLOADER_MAGIC,
+        ebx: BOOT_INFO_ADDRESS,
+    })
+}
+
+fn load_aout(file: &[u8], header: &Header, place: &mut Place<'_>) -> Result<u32, LoaderError> {
+    let bad = |why: &str| LoaderError::Multiboot(format!("bad a.out kludge addresses: {why}"));
+    if header.load_addr > header.header_addr {
+        return Err(bad("load_addr above header_addr"));
+    }
+    let start = (header.offset as u64)
+        .checked_sub(u64::from(header.header_addr - header.load_addr))
+        .ok_or_else(|| bad("the image would start before the file"))?;
+    let start = usize::try_from(start).map_err(|_| bad("offset"))?;
+    let end = if header.load_end_addr == 0 {
+        file.len()
+    } else {
+        let length = header
+            .load_end_addr
+            .checked_sub(header.load_addr)
+            .ok_or_else(|| bad("load_end_addr below load_addr"))?;
+        start + length as usize
+    };
+    let image = file
+        .get(start..end)
+        .ok_or_else(|| bad("the image runs past the file"))?;
+    place(header.load_addr, image)?;
+    #[allow(clippy::cast_possible_truncation)] // checked to fit RAM above
+    let loaded_end = header.load_addr.wrapping_add(image.len() as u32);
+    if header.bss_end_addr > loaded_end {
+        place(
+            loaded_end,
+            &vec![0; (header.bss_end_addr - loaded_end) as usize],
+        )?;
+    }
+    Ok(header.entry_addr)
+}
+
+fn load_elf(file: &[u8], place: &mut Place<'_>) -> Result<u32, LoaderError> {
+    let elf = ElfFile32::<Endianness>::parse(file).map_err(|error| {
+        LoaderError::Multiboot(format!(
+            "neither an ELF32 file nor an a.out kludge header: {error}"
+        ))
+    })?;
+    let endian = elf.endian();
+    let header = elf.elf_header();
+    if header.e_machine(endian) != object::elf::EM_386 {
+        return Err(LoaderError::Multiboot(
+            "the ELF file is not for 32-bit x86".into(),
+        ));
+    }
+    let mut loaded = 0u64;
+    for segment in header
+        .program_headers(endian, file)
+        .map_err(|error| LoaderError::Multiboot(error.to_string()))?
+    {
+        if segment.p_type(endian) != PT_LOAD {
+            continue;
+        }
+        let data = segment
+            .data(endian, file)
+            .map_err(|_| LoaderError::Multiboot("a segment lies outside the file".into()))?;
+        let memory_size = segment.p_memsz(endian) as usize;
+        if data.len() > memory_size {
+            return Err(LoaderError::Multiboot(
+                "a segment's file size exceeds its memory size".into(),
+            ));
+        }
+        loaded += memory_size as u64;
+        if loaded > 1 << 31 {
+            return Err(LoaderError::Multiboot(
+                "the segments are larger than 2 GiB".into(),
+            ));
+        }
+        let mut bytes = data.to_vec();
+        bytes.resize(memory_size, 0);
+        place(segment.p_paddr(endian), &bytes)?;
+    }
+    Ok(header.e_entry(endian))
+}
+
+/// The boot information block: the structure, then the memory map, the
+/// command line and the loader name, all in one buffer placed at
+/// [`BOOT_INFO_ADDRESS`].
+fn boot_information(ram_size: u32, cmdline: &str) -> Vec<u8> {
+    const INFO_SIZE: u32 = 0x58;
+    const MMAP_ENTRY: u32 = 24;
+    let mmap: [(u64, u64, u32); 3] = [
+        (0, 0x9_fc00, 1),
+        (0x9_fc00, 0x400, 2),
+        (0x10_0000, u64::from(ram_size).saturating_sub(0x10_0000), 1),
+    ];
+    let mmap_at = BOOT_INFO_ADDRESS + INFO_SIZE;
+    #[allow(clippy::cast_possible_truncation)] // three entries
+    let mmap_length = MMAP_ENTRY * mmap.len() as u32;
+    let cmdline_at = mmap_at + mmap_length;
+    let mut cmdline_bytes = cmdline.as_bytes().to_vec();
+    cmdline_bytes.push(0);
+    #[allow(clippy::cast_possible_truncation)] // command lines are short
+    let name_at = cmdline_at + cmdline_bytes.len() as u32;
+
+    let mut info = vec![0u8; INFO_SIZE as usize];
+    let mut put = |at: usize, value: u32| info[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    put(0, INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME);
+    put(4, 639);
+    put(8, (ram_size.saturating_sub(0x10_0000)) / 1024);
+    put(16, cmdline_at);
+    put(44, mmap_length);
+    put(48, mmap_at);
+    put(64, name_at);
+    for (base, length, kind) in mmap {
+        // Each entry: size (of the rest), base, length, type.
+        info.extend_from_slice(&(MMAP_ENTRY - 4).to_le_bytes());
+        info.extend_from_slice(&base.to_le_bytes());
+        info.extend_from_slice(&length.to_le_bytes());
+        info.extend_from_slice(&kind.to_le_bytes());
+    }
+    info.extend_from_slice(&cmdline_bytes);
+    info.extend_from_slice(b"btvmm\0");
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn header(flags: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for value in [
+            HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(HEADER_MAGIC.wrapping_add(flags)),
+        ] {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
+    fn load_into(file: &[u8]) -> (Result<Handover, LoaderError>, BTreeMap<u32, Vec<u8>>) {
+        let mut ram = BTreeMap::new();
+        let result = load(file, 64 << 20, "test", &mut |at, bytes| {
+            ram.insert(at, bytes.to_vec());
+            u64::from(at) + bytes.len() as u64 <= 64 << 20
+        });
+        (result, ram)
+    }
+
+    #[test]
+    fn aout_kludge_kernels_load_at_their_addresses() {
+        // header at file offset 16, image starts at file offset 0.
+        let mut file = vec![0x90u8; 16];
+        file.extend(header(FLAG_AOUT_KLUDGE | FLAG_MEMORY_INFO));
+        for value in [0x10_0010u32, 0x10_0000, 0, 0x10_2000, 0x10_0030] {
+            file.extend_from_slice(&value.to_le_bytes());
+        }
+        file.extend_from_slice(&[0xf4; 16]);
+        let (result, ram) = load_into(&file);
+        let handover = result.expect("loads");
+        assert_eq!(handover.entry, 0x10_0030);
+        assert_eq!(handover.eax, BOOTLOADER_MAGIC);
+        assert_eq!(ram[&0x10_0000], file);
+        #[allow(clippy::cast_possible_truncation)]
+        let bss_start = 0x10_0000 + file.len() as u32;
+        assert!(ram[&bss_start].iter().all(|&byte| byte == 0));
+        let info = &ram[&BOOT_INFO_ADDRESS];
+        assert_eq!(
+            word(info, 8),
+            Some((64 << 20) / 1024 - 1024),
+            "mem_upper in KiB"
+        );
+        assert!(info.windows(6).any(|window| window == b"btvmm\0"));
+    }
+
+    #[test]
+    fn bad_kernels_are_refused() {
+        assert!(matches!(
+            load_into(&[0u8; 100]).0,
+            Err(LoaderError::NotAKernel { .. })
+        ));
+        let mut bad_checksum = header(0);
+        bad_checksum[8] ^= 1;
+        assert!(load_into(&bad_checksum).0.is_err());
+        assert!(matches!(
+            load_into(&header(FLAG_VIDEO_MODE)).0,
+            Err(LoaderError::Multiboot(_))
+        ));
+        assert!(matches!(
+            load_into(&header(1 << 5)).0,
+            Err(LoaderError::Multiboot(_))
+        ));
+        // A valid header but neither ELF nor a.out addresses.
+        assert!(matches!(
+            load_into(&header(0)).0,
+            Err(LoaderError::Multiboot(_))
+        ));
+    }
+}

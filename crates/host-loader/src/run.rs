@@ -1,0 +1,192 @@
+//! `btvmm run`: boot a kernel in a world process and serve its exits.
+//!
+//! The host process owns guest RAM (a memfd), the channel, the devices and
+//! the console; the world process runs the guest and its monitor. The host
+//! loop waits on the channel, answers port I/O from the device bus, and
+//! ends the VM when the guest writes the debug-exit port, stops, or the
+//! world dies.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+
+use btvmm_core::{Exit, Reply, StopReason};
+use devices::BusEffect;
+use devices::board::Board;
+use guest_monitor::counters::Counters;
+use world_switch::channel::{BootState, CHANNEL_BYTES, Channel};
+use world_switch::sys::memory::{GuestRam, SharedRegion};
+
+use crate::LoaderError;
+use crate::multiboot;
+
+/// Exit status of `btvmm run` when the VM stopped for a reason other than
+/// the debug-exit port (even, so it never collides with QEMU's debug-exit
+/// statuses, which are odd).
+pub const EXIT_VM_STOPPED: i32 = 2;
+
+/// What `btvmm run` was asked.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    /// The Multiboot kernel.
+    pub kernel: PathBuf,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Print the monitor's counters at the end.
+    pub stats: bool,
+    /// Trace the monitor to standard error.
+    pub trace: bool,
+}
+
+/// How the VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest wrote the debug-exit port: this is the exit status.
+    DebugExit(i32),
+    /// The VM stopped.
+    Stopped(StopReason),
+    /// The guest halted with nothing that could wake it.
+    Halted {
+        /// The virtual interrupt flag at the HLT.
+        interrupts_enabled: bool,
+    },
+    /// The world process ended on its own.
+    WorldDied(String),
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// How it ended.
+    pub ending: Ending,
+    /// The monitor's last published counters.
+    pub counters: Counters,
+}
+
+impl RunOutcome {
+    /// The process exit status for this ending.
+    #[must_use]
+    pub fn exit_status(&self) -> i32 {
+        match self.ending {
+            Ending::DebugExit(status) => status,
+            _ => EXIT_VM_STOPPED,
+        }
+    }
+
+    /// A one-line description of an ending other than the debug-exit port.
+    #[must_use]
+    pub fn message(&self) -> Option<String> {
+        match &self.ending {
+            Ending::DebugExit(_) => None,
+            Ending::Stopped(reason) => Some(format!("the VM stopped: {reason}")),
+            Ending::Halted {
+                interrupts_enabled: false,
+            } => Some("the VM stopped: the guest halted with interrupts disabled".into()),
+            Ending::Halted {
+                interrupts_enabled: true,
+            } => Some(
+                "the VM stopped: the guest halted and no device can interrupt it yet (timers and interrupt controllers are not implemented)"
+                    .into(),
+            ),
+            Ending::WorldDied(how) => Some(format!("the VM stopped: the world process {how}")),
+        }
+    }
+}
+
+/// Boots the kernel and serves the VM until it ends. Guest console output
+/// goes to `console`.
+pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOutcome, LoaderError> {
+    if !(2..=3072).contains(&request.memory_mib) {
+        return Err(LoaderError::Option(format!(
+            "--memory {} is outside 2..=3072 MiB",
+            request.memory_mib
+        )));
+    }
+    let ram_size = request.memory_mib << 20;
+    let kernel = crate::report::read_limited(&request.kernel)?;
+    let ram = GuestRam::create(ram_size as usize)?;
+    let handover = multiboot::load(&kernel, ram_size, &request.cmdline, &mut |phys, bytes| {
+        ram.write(phys, bytes)
+    })?;
+
+    let channel = Channel::new(SharedRegion::create(CHANNEL_BYTES)?)?;
+    channel.set_boot(BootState {
+        eip: handover.entry,
+        eax: handover.eax,
+        ebx: handover.ebx,
+        esp: 0,
+    });
+    let exe = std::env::current_exe().map_err(|source| LoaderError::Io {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let mut args = vec![
+        "__world".to_owned(),
+        "--ram-size".to_owned(),
+        ram_size.to_string(),
+    ];
+    if request.trace {
+        args.push("--trace".to_owned());
+    }
+    let mut child = world_switch::spawn::spawn(&exe, &args, &ram, &channel)?;
+    let mut board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
+
+    let ending = serve(&channel, &mut board, &mut child);
+    // The world exits on its own after Terminate; make sure it is gone.
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(RunOutcome {
+        ending,
+        counters: Counters::from_slice(&channel.counters()),
+    })
+}
+
+/// The host loop.
+fn serve(channel: &Channel, board: &mut Board, child: &mut Child) -> Ending {
+    loop {
+        let Some(exit) = channel.wait_exit(Duration::from_millis(100)) else {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ending::WorldDied(describe_status(status)),
+                Ok(None) => continue,
+                Err(error) => return Ending::WorldDied(format!("cannot be waited for: {error}")),
+            }
+        };
+        match exit {
+            Exit::PortIn { port, size } => {
+                let value = board.bus.read(port, size);
+                channel.reply(Reply::Value(value));
+            }
+            Exit::PortOut { port, size, value } => match board.bus.write(port, size, value) {
+                BusEffect::Exit(status) => {
+                    channel.reply(Reply::Terminate);
+                    return Ending::DebugExit(status);
+                }
+                BusEffect::None => channel.reply(Reply::Continue),
+            },
+            Exit::Halt { interrupts_enabled } => {
+                channel.reply(Reply::Terminate);
+                return Ending::Halted { interrupts_enabled };
+            }
+            Exit::Stop(reason) => {
+                channel.reply(Reply::Terminate);
+                return Ending::Stopped(reason);
+            }
+        }
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(31) => {
+            // SIGSYS from SECCOMP_RET_KILL_PROCESS.
+            "was killed by its seccomp filter (a system call outside the monitor's allow-list)"
+                .into()
+        }
+        Some(signal) => format!("was killed by signal {signal}"),
+        None => format!("exited with status {}", status.code().unwrap_or(-1)),
+    }
+}
