@@ -47,6 +47,11 @@ const NATIVE_FLAGS: u32 = Eflags::CF
     | Eflags::OF
     | Eflags::AC;
 
+/// EFLAGS bits guest code can change natively at CPL 3 (POPF) but the
+/// monitor cannot set through sigreturn: a change on the host since the last
+/// resume is the guest's; otherwise the vCPU's value stands.
+const HYBRID_FLAGS: u32 = Eflags::NT | Eflags::ID;
+
 /// DR6.BS: the #DB came from single-stepping.
 const DR6_BS: u32 = 1 << 14;
 
@@ -82,6 +87,9 @@ pub struct Monitor {
     timestamp_faulting: bool,
     /// CPUID faults in the world.
     cpuid_faults: bool,
+    /// The hybrid flags the host showed at the last trap, to see which ones
+    /// guest code changed natively since.
+    resumed_eflags: u32,
 }
 
 /// What went wrong while handling a trap.
@@ -123,6 +131,7 @@ impl Monitor {
             trace: false,
             timestamp_faulting: false,
             cpuid_faults,
+            resumed_eflags: 0,
         })
     }
 
@@ -198,16 +207,24 @@ impl Monitor {
         self.cpu.eip = host.eip;
         let mut host = *host;
         if sysenter {
-            // The host's SYSENTER path reports its own CS, SS, RIP and RSP;
-            // the guest's were those of the user code that ran since the
-            // last resume (SYSENTER replaces them all anyway).
+            // The host's SYSENTER path reports its own CS, SS and RIP, and
+            // follows the vDSO convention: RSP holds the guest's EBP, and
+            // RBP the dword at [EBP]. SYSENTER replaces CS, SS, EIP and ESP
+            // anyway; EBP is taken back from RSP.
+            self.cpu.gpr[Gpr::Ebp as usize] = host.gpr[Gpr::Esp as usize];
             self.cpu.gpr[Gpr::Esp as usize] = esp;
             host.rip_high = 0;
             host.selectors[SegReg::Cs as usize] = segments::slot_selector(SegReg::Cs);
             host.selectors[SegReg::Ss as usize] = segments::slot_selector(SegReg::Ss);
         }
         let host = &host;
-        self.cpu.eflags = (host.eflags & NATIVE_FLAGS) | (self.cpu.eflags & !NATIVE_FLAGS) | 0x2;
+        // Sigreturn keeps the host's own NT and ID: a difference from what
+        // the host showed at the last trap was made by guest code.
+        let changed_natively = (host.eflags ^ self.resumed_eflags) & HYBRID_FLAGS;
+        self.resumed_eflags = host.eflags & HYBRID_FLAGS;
+        self.cpu.eflags = (host.eflags & (NATIVE_FLAGS | changed_natively))
+            | (self.cpu.eflags & !(NATIVE_FLAGS | changed_natively))
+            | 0x2;
         let mut terminate = false;
         let repairs = {
             let mut view = GuestView {
@@ -564,6 +581,7 @@ impl Monitor {
         // Resume with RF: a breakpoint on the resume address must not fire
         // before the instruction there runs (the plans assume it).
         let eflags = (self.cpu.eflags & NATIVE_FLAGS) | Eflags::IF | Eflags::RF | 0x2;
+
         Ok(HostRegisters {
             gpr: self.cpu.gpr,
             eip: self.cpu.eip,

@@ -296,3 +296,38 @@ fn debian_686_kernel_report() {
     assert_eq!(report["entry"]["at"], 0xc100_0000u32);
     assert_eq!(plans(&report).len(), 6);
 }
+
+#[test]
+fn run_refuses_what_is_not_a_multiboot_kernel() {
+    let dir = scratch_dir("run-bad");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path.to_str().expect("utf-8 path").to_owned()
+    };
+    let garbage = write("garbage", &[0x55; 8192]);
+    assert_one_line_error(&["run", "--kernel", &garbage], "no Multiboot header");
+    assert_one_line_error(&["run", "--kernel", "/nonexistent.elf"], "cannot read");
+    // A valid header whose a.out addresses point outside the file.
+    let mut kludge = Vec::new();
+    let flags: u32 = 1 << 16;
+    for value in [
+        0x1bad_b002u32,
+        flags,
+        0u32.wrapping_sub(0x1bad_b002u32.wrapping_add(flags)),
+    ] {
+        kludge.extend_from_slice(&value.to_le_bytes());
+    }
+    for value in [0x10_0000u32, 0x10_0000, 0x20_0000, 0, 0x10_0000] {
+        kludge.extend_from_slice(&value.to_le_bytes());
+    }
+    let kludge = write("kludge", &kludge);
+    assert_one_line_error(&["run", "--kernel", &kludge], "a.out kludge");
+    // The fixture ELF has no Multiboot header.
+    let fixture = fixture_elf(&dir);
+    assert_one_line_error(
+        &["run", "--kernel", fixture.to_str().expect("utf-8")],
+        "no Multiboot header",
+    );
+    assert_one_line_error(&["run", "--kernel", &garbage, "--memory", "1"], "--memory");
+}

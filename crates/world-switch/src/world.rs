@@ -60,6 +60,18 @@ impl World {
         // Before any guest mapping exists, nothing may lie below 4 GiB.
         maps::check_nothing_below_4g()?;
         let breakpoints = Breakpoints::open(BREAKPOINTS)?;
+        // The LDT is where every guest segment lives: make sure the host
+        // lets us write one before the guest needs it.
+        ldt::write_entry(crate::shadow::FIRST_SLOT, &LdtEntry::EMPTY).map_err(
+            |error| match error {
+                WorldError::Host { source, .. } => WorldError::MissingFeature {
+                    feature: "modify_ldt(2)",
+                    hint: "the host kernel needs CONFIG_MODIFY_LDT_SYSCALL",
+                    source,
+                },
+                other => other,
+            },
+        )?;
         let cpuid_faults = enable_cpuid_faulting();
         Ok(Self {
             ram,
