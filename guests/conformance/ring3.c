@@ -9,16 +9,31 @@
  *
  * CPL 3 code cannot print: it leaves results in memory (ur[]) or hands them
  * to the kernel through system calls, and the kernel prints and checks.
+ * The kernel sees the user's EFLAGS and segment registers only in the frame
+ * of a system call (SYS_GETFLAGS, and the DS/ES/FS/GS the trap stub saves):
+ * user code never reads them itself. Native reads at CPL 3 (PUSHF, MOV from
+ * a segment register) are checked in user_untraced.c, because btvmm runs
+ * guest user mode natively, where they show the host's values.
+ *
+ * User code runs with IF = 1 (as under any real OS) except where a check
+ * needs IF = 0.
  */
 #include "lib.h"
 
-enum { SYS_EXIT = 0, SYS_WRITE = 1, SYS_ADD = 2, SYS_FRAME = 3, SYS_LOAD_KDATA = 4 };
+enum {
+	SYS_EXIT = 0,
+	SYS_WRITE = 1,
+	SYS_ADD = 2,
+	SYS_FRAME = 3,
+	SYS_LOAD_KDATA = 4,
+	SYS_GETFLAGS = 5, /* returns the caller's EFLAGS, from the frame */
+};
 
 static volatile u32 ur[64];
 
 /* The last frame seen by the system-call handler. */
 static volatile struct {
-	u32 count, eip, cs, eflags, user_esp, user_ss, ds, es, frame_end, ss_inside;
+	u32 count, eip, cs, eflags, user_esp, user_ss, ds, es, fs, gs, frame_end, ss_inside;
 } sys;
 
 static void h_syscall(struct trap_frame *f)
@@ -33,6 +48,8 @@ static void h_syscall(struct trap_frame *f)
 	sys.user_ss = f->user_ss & 0xffff;
 	sys.ds = f->ds & 0xffff;
 	sys.es = f->es & 0xffff;
+	sys.fs = f->fs & 0xffff;
+	sys.gs = f->gs & 0xffff;
 	sys.frame_end = (u32)f + sizeof(*f);
 	sys.ss_inside = READ_SEG(ss);
 
@@ -64,6 +81,9 @@ static void h_syscall(struct trap_frame *f)
 		f->ds = SEL_KDATA;
 		f->fs = SEL_KDATA;
 		f->eax = 0;
+		break;
+	case SYS_GETFLAGS:
+		f->eax = f->eflags;
 		break;
 	default:
 		printf("# sys_unknown(0x%x)\n", nr);
@@ -196,15 +216,16 @@ static u32 user_main(void)
 	ur[11] = last_fault.vector << 16 | last_fault.error;
 	ur[12] = last_fault.cs;
 
-	/* POPF at CPL 3 with IOPL 0: IF and IOPL silently unchanged. */
+	/* POPF at CPL 3 with IOPL 0: IF and IOPL silently unchanged (IF is 0
+	 * here: run_user() entered with IF = 0). The kernel reports the EFLAGS
+	 * the next system call saw. */
 	u32 fl;
 	asm volatile("pushl $0x3202\n\t"
 		     "popfl\n\t"
-		     "pushfl\n\t"
-		     "popl %0"
-		     : "=r"(fl)
-		     :
-		     : "cc");
+		     "int $0x80"
+		     : "=a"(fl)
+		     : "a"(SYS_GETFLAGS)
+		     : "cc", "memory");
 	ur[13] = fl;
 
 	syscall2(SYS_EXIT, 0x77, 0);
@@ -234,13 +255,13 @@ static u32 user_frame(void)
 static void test_frame(void)
 {
 	memset((void *)&sys, 0, sizeof(sys));
-	run_user(user_frame, FL_FIXED);
+	run_user(user_frame, FL_FIXED | FL_IF);
 	check_eq("frame: one system call", sys.count, 1);
 	check_eq("frame: user cs", sys.cs, SEL_UCODE);
 	check_eq("frame: user ss", sys.user_ss, SEL_UDATA);
 	check_eq("frame: user esp - esp at the int", sys.user_esp - ur[0], 0);
 	check_eq("frame: user eip - after the int", sys.eip - ur[1], 0);
-	check_eq("frame: user eflags", sys.eflags, 0x8c3);
+	check_eq("frame: user eflags", sys.eflags, 0x8c3 | FL_IF);
 	check_eq("frame: user ds", sys.ds, SEL_UDATA);
 	check_eq("frame: user es", sys.es, SEL_UDATA);
 	check_eq("frame: ss in the handler (tss.ss0)", sys.ss_inside, SEL_KDATA);
@@ -250,7 +271,7 @@ static void test_frame(void)
 	static u8 other_stack[2048] ALIGNED(16);
 	tss.esp0 = (u32)(other_stack + sizeof(other_stack));
 	memset((void *)&sys, 0, sizeof(sys));
-	run_user(user_frame, FL_FIXED);
+	run_user(user_frame, FL_FIXED | FL_IF);
 	check_eq("frame: ends at a moved tss.esp0",
 		 sys.frame_end - (u32)(other_stack + sizeof(other_stack)), 0);
 	tss.esp0 = (u32)trap_stack_top;
@@ -259,6 +280,7 @@ static void test_frame(void)
 static void test_program_results(void)
 {
 	memset((void *)ur, 0xff, sizeof(ur));
+	/* IF = 0: the POPF check needs it. */
 	u32 code = run_user(user_main, FL_FIXED);
 	check_eq("exit code from sys_exit", code, 0x77);
 	check_eq("sys_write returned the length", ur[0], sizeof(greeting) - 1);
@@ -282,7 +304,7 @@ static void test_program_results(void)
 	report("cpl 3 into (dpl 0 gate)", ur[8] == 1 && ur[9] == (13u << 16 | (4 * 8 + 2)));
 	printf("# cpl 3 ud2: vector %u error 0x%x cs 0x%x\n", ur[11] >> 16, ur[11] & 0xffff, ur[12]);
 	report("cpl 3 ud2", ur[10] == 1 && ur[11] == (6u << 16) && ur[12] == SEL_UCODE);
-	check_eq("cpl 3 popf 0x3202 with iopl 0", ur[13], FL_FIXED);
+	check_eq("cpl 3 popf 0x3202 with iopl 0, eflags at the next int 0x80", ur[13], FL_FIXED);
 }
 
 /* ---- INT3 through a DPL 3 gate --------------------------------------------- */
@@ -321,7 +343,7 @@ static void test_int3_dpl3(void)
 	idt_set_default(3, GATE_INT32 | GATE_DPL(3));
 	set_trap_handler(3, h_bp);
 	memset((void *)&bp, 0, sizeof(bp));
-	run_user(user_int3, FL_FIXED);
+	run_user(user_int3, FL_FIXED | FL_IF);
 	check_eq("cpl 3 int3 (dpl 3 gate): traps", bp.count, 1);
 	check_eq("cpl 3 int3 (dpl 3 gate): vector", bp.vector, 3);
 	check_eq("cpl 3 int3 (dpl 3 gate): eip - next instruction", bp.eip - ur[0], 0);
@@ -334,6 +356,8 @@ static void test_int3_dpl3(void)
 
 /* ---- IOPL 3 ----------------------------------------------------------------- */
 
+/* CLI and STI at CPL 3 with IOPL 3; the EFLAGS after each come from the
+ * frame of a SYS_GETFLAGS call. */
 static u32 user_iopl3(void)
 {
 	u32 a, b;
@@ -345,10 +369,18 @@ static u32 user_iopl3(void)
 		     :
 		     : "edx", "memory");
 	ur[0] = a;
-	asm volatile(TRY("cli") "pushfl\n\tpopl %0\n\t" TRY("sti") "pushfl\n\tpopl %1\n\t" TRY("cli")
-		     : "=r"(a), "=r"(b)
-		     :
-		     : "memory");
+	asm volatile(TRY("cli")
+		     "movl %2, %%eax\n\t"
+		     "int $0x80\n\t"
+		     "movl %%eax, %0\n\t"
+		     TRY("sti")
+		     "movl %2, %%eax\n\t"
+		     "int $0x80\n\t"
+		     "movl %%eax, %1\n\t"
+		     TRY("cli")
+		     : "=&r"(a), "=&r"(b)
+		     : "i"(SYS_GETFLAGS)
+		     : "eax", "memory");
 	ur[1] = a;
 	ur[2] = b;
 	ur[3] = last_fault.count;
@@ -358,10 +390,12 @@ static u32 user_iopl3(void)
 static void test_iopl3(void)
 {
 	memset((void *)ur, 0xff, sizeof(ur));
-	run_user(user_iopl3, FL_FIXED | FL_IOPL(3));
+	run_user(user_iopl3, FL_FIXED | FL_IF | FL_IOPL(3));
 	check_eq("iopl 3: out/in the scratch register", ur[0], 0x3c);
-	check_eq("iopl 3: eflags after cli", ur[1] & (FL_IF | FL_IOPL_MASK), FL_IOPL(3));
-	check_eq("iopl 3: eflags after sti", ur[2] & (FL_IF | FL_IOPL_MASK), FL_IF | FL_IOPL(3));
+	check_eq("iopl 3: eflags at the next int 0x80 after cli", ur[1] & (FL_IF | FL_IOPL_MASK),
+		 FL_IOPL(3));
+	check_eq("iopl 3: eflags at the next int 0x80 after sti", ur[2] & (FL_IF | FL_IOPL_MASK),
+		 FL_IF | FL_IOPL(3));
 	check_eq("iopl 3: no faults", ur[3], 0);
 }
 
@@ -379,10 +413,10 @@ static u32 user_rdtsc(void)
 static void test_tsd(void)
 {
 	memset((void *)ur, 0xff, sizeof(ur));
-	run_user(user_rdtsc, FL_FIXED);
+	run_user(user_rdtsc, FL_FIXED | FL_IF);
 	check_eq("cpl 3 rdtsc with cr4.tsd clear: faults", ur[0], 0);
 	write_cr4(0x4);
-	run_user(user_rdtsc, FL_FIXED);
+	run_user(user_rdtsc, FL_FIXED | FL_IF);
 	write_cr4(0);
 	check_eq("cpl 3 rdtsc with cr4.tsd set: faults", ur[0], 1);
 	check_eq("cpl 3 rdtsc with cr4.tsd set: #gp(0)", ur[1], 13u << 16);
@@ -390,32 +424,33 @@ static void test_tsd(void)
 
 /* ---- IRET to CPL 3 nulls DPL 0 data segment registers ------------------------ */
 
+/* SYS_LOAD_KDATA puts DPL 0 data selectors in the frame's DS and FS; the
+ * next system call shows what the IRET back to CPL 3 left in DS, ES and FS
+ * (the trap stub saves them). */
 static u32 user_nulled(void)
 {
-	u32 ds, fs, es, nr = SYS_LOAD_KDATA;
+	u32 nr = SYS_LOAD_KDATA;
 	asm volatile("int $0x80\n\t"
-		     "movl %%ds, %0\n\t"
-		     "movl %%fs, %1\n\t"
-		     "movl %%es, %2\n\t"
-		     "movl %4, %%eax\n\t"
+		     "movl %1, %%eax\n\t"
+		     "int $0x80\n\t"
+		     "movl %2, %%eax\n\t"
 		     "movl %%eax, %%ds\n\t"
 		     "movl %%eax, %%fs"
-		     : "=&r"(ds), "=&r"(fs), "=&r"(es), "+a"(nr)
-		     : "i"(SEL_UDATA)
+		     : "+a"(nr)
+		     : "i"(SYS_GETFLAGS), "i"(SEL_UDATA)
 		     : "memory");
-	ur[0] = ds;
-	ur[1] = fs;
-	ur[2] = es;
 	return 0;
 }
 
 static void test_nulled_segments(void)
 {
-	memset((void *)ur, 0xff, sizeof(ur));
-	run_user(user_nulled, FL_FIXED);
-	check_eq("iret to cpl 3 nulls ds holding dpl 0 data", ur[0], 0);
-	check_eq("iret to cpl 3 nulls fs holding dpl 0 data", ur[1], 0);
-	check_eq("iret to cpl 3 keeps es holding dpl 3 data", ur[2], SEL_UDATA);
+	memset((void *)&sys, 0xff, sizeof(sys));
+	sys.count = 0;
+	run_user(user_nulled, FL_FIXED | FL_IF);
+	check_eq("iret to cpl 3 nulls ds holding dpl 0 data (next int 0x80 frame)", sys.ds, 0);
+	check_eq("iret to cpl 3 nulls fs holding dpl 0 data (next int 0x80 frame)", sys.fs, 0);
+	check_eq("iret to cpl 3 keeps es holding dpl 3 data (next int 0x80 frame)", sys.es, SEL_UDATA);
+	check_eq("iret to cpl 3 keeps gs holding dpl 3 data (next int 0x80 frame)", sys.gs, SEL_UDATA);
 }
 
 void kmain(void)

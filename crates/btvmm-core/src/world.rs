@@ -92,6 +92,10 @@ pub trait WorldServices {
     fn breakpoint_count(&self) -> usize;
     /// Hands an exit to the host and waits for its reply.
     fn exit(&mut self, exit: Exit) -> Reply;
+    /// Whether the host's interrupt controller has an interrupt for the
+    /// CPU (its INTR line). See world-switch's channel for why a change
+    /// of this line is never missed.
+    fn interrupt_pending(&self) -> bool;
     /// Publishes the monitor's counters for the host to read.
     fn publish_counters(&mut self, counters: &[u64]);
     /// The host's time-stamp counter.

@@ -55,11 +55,15 @@ pub enum Counter {
     SelectorRepairs,
     /// Shadow LDT writes.
     LdtWrites,
+    /// External interrupts delivered to the guest.
+    InterruptsInjected,
+    /// Interrupt acknowledges that found nothing to deliver.
+    SpuriousAcknowledges,
 }
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -84,6 +88,8 @@ impl Counter {
         Counter::Halts,
         Counter::SelectorRepairs,
         Counter::LdtWrites,
+        Counter::InterruptsInjected,
+        Counter::SpuriousAcknowledges,
     ];
 
     /// Name for reports.
@@ -114,6 +120,8 @@ impl Counter {
             Self::Halts => "exit: hlt",
             Self::SelectorRepairs => "selector repairs",
             Self::LdtWrites => "shadow LDT writes",
+            Self::InterruptsInjected => "interrupts injected",
+            Self::SpuriousAcknowledges => "interrupt acknowledges without an interrupt",
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct Monitor {
     /// The hybrid flags the host showed at the last trap, to see which ones
     /// guest code changed natively since.
     resumed_eflags: u32,
+    /// The guest executed HLT and waits for an interrupt.
+    halted: bool,
 }
 
 /// What went wrong while handling a trap.
@@ -132,6 +134,7 @@ impl Monitor {
             timestamp_faulting: false,
             cpuid_faults,
             resumed_eflags: 0,
+            halted: false,
         })
     }
 
@@ -443,7 +446,7 @@ impl Monitor {
         }
         match result {
             Ok(Outcome::Halted) => {
-                self.halt(world)?;
+                self.halted = true;
                 Ok(Outcome::Halted)
             }
             Ok(outcome) => Ok(outcome),
@@ -462,7 +465,8 @@ impl Monitor {
         }
     }
 
-    fn halt(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+    /// Waits in the host until something may wake the halted guest.
+    fn wait_halted(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
         self.counters.bump(Counter::Halts);
         self.counters.bump(Counter::Exits);
         world.publish_counters(self.counters.as_slice());
@@ -471,6 +475,63 @@ impl Monitor {
         }) {
             Reply::Terminate => Err(Failure::Terminated),
             _ => Ok(()),
+        }
+    }
+
+    /// Delivers a pending external interrupt if the guest can take it now
+    /// (IF set, no interrupt shadow). Returns whether control moved (an
+    /// interrupt was delivered, or the instruction in the shadow ran).
+    fn try_inject(&mut self, world: &mut dyn WorldServices) -> Result<bool, Failure> {
+        if !self.cpu.interrupts_enabled() || !world.interrupt_pending() {
+            return Ok(false);
+        }
+        if self.cpu.interrupt_shadow {
+            // STI (or MOV SS) lets one more instruction run first.
+            self.emulate(world, false)?;
+            return Ok(true);
+        }
+        self.counters.bump(Counter::Exits);
+        world.publish_counters(self.counters.as_slice());
+        let vector = match world.exit(Exit::InterruptAck) {
+            Reply::Value(vector) => vector,
+            Reply::Terminate => return Err(Failure::Terminated),
+            Reply::Continue => {
+                self.counters.bump(Counter::SpuriousAcknowledges);
+                return Ok(false);
+            }
+        };
+        let vector = u8::try_from(vector).map_err(|_| {
+            StopReason::Internal(format!("the interrupt controller answered vector {vector}"))
+        })?;
+        if self.trace {
+            world.trace(&format!(
+                "  inject vector {vector:#x} at {:#x}",
+                self.cpu.eip
+            ));
+        }
+        self.counters.bump(Counter::InterruptsInjected);
+        self.halted = false;
+        let mut terminate = false;
+        let result = {
+            let mut view = GuestView {
+                world,
+                planner: &mut self.planner,
+                counters: &mut self.counters,
+                terminate: &mut terminate,
+            };
+            btvmm_core::emu::interrupt::deliver_external(&mut self.cpu, &mut view, vector)
+        };
+        if terminate {
+            return Err(Failure::Terminated);
+        }
+        match result {
+            Ok(()) => Ok(true),
+            Err(Stop::TripleFault) => Err(StopReason::TripleFault.into()),
+            Err(Stop::Unsupported(what)) => Err(StopReason::Unsupported(what.into()).into()),
+            Err(other) => Err(StopReason::Internal(format!(
+                "delivering interrupt {vector:#x}: {other}"
+            ))
+            .into()),
         }
     }
 
@@ -507,6 +568,18 @@ impl Monitor {
     /// run natively under a safe breakpoint plan.
     fn run_kernel(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
         for _ in 0..EMULATION_BUDGET {
+            if self.try_inject(world)? {
+                continue;
+            }
+            if self.halted {
+                if !self.cpu.interrupts_enabled() {
+                    // Nothing but a reset could wake it: the host ends the VM.
+                    self.wait_halted(world)?;
+                    return Err(Failure::Terminated);
+                }
+                self.wait_halted(world)?;
+                continue;
+            }
             if self.cpu.cpl != 0 {
                 // Guest user mode is not traced (DESIGN.md section 3).
                 self.counters.bump(Counter::UserResumes);

@@ -166,6 +166,8 @@ fn serve(channel: &Channel, board: &mut Board, child: &mut Child) -> Ending {
                 }
                 BusEffect::None => channel.reply(Reply::Continue),
             },
+            // No interrupt controller yet: nothing is ever pending.
+            Exit::InterruptAck => channel.reply(Reply::Continue),
             Exit::Halt { interrupts_enabled } => {
                 channel.reply(Reply::Terminate);
                 return Ending::Halted { interrupts_enabled };

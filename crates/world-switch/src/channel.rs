@@ -8,6 +8,16 @@
 //! wakes the world. Each side only writes the page while it owns it, and
 //! the release/acquire pair on `state` orders the fields. The world is
 //! untrusted: the host validates every field it reads.
+//!
+//! The interrupt line is the exception: the host writes it at any time (the
+//! output of its interrupt controller) and the world reads it. A raised line
+//! is never missed: the host stores the line first and then, if the world
+//! owns the page (it is running guest code or the monitor), sends it the
+//! kick signal. The monitor reads the line after handling each trap, with
+//! every signal blocked; a kick sent after that read stays pending and
+//! arrives the moment the monitor returns into the guest, so the next read
+//! sees the line. While the world waits for a reply the host owns the page:
+//! it updates the line before its reply, which the world reads after.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +34,7 @@ const EXIT: u32 = 1;
 const EXIT_PORT_IN: u32 = 1;
 const EXIT_PORT_OUT: u32 = 2;
 const EXIT_HALT: u32 = 3;
+const EXIT_INTERRUPT_ACK: u32 = 4;
 const EXIT_STOP_TRIPLE: u32 = 10;
 const EXIT_STOP_UNSUPPORTED: u32 = 11;
 const EXIT_STOP_ESCAPE: u32 = 12;
@@ -53,6 +64,7 @@ pub struct BootState {
 #[repr(C)]
 struct Page {
     state: AtomicU32,
+    interrupt_line: AtomicU32,
     exit_kind: AtomicU32,
     exit_args: [AtomicU32; 3],
     reply_kind: AtomicU32,
@@ -135,6 +147,7 @@ impl Channel {
             Exit::Halt { interrupts_enabled } => {
                 (EXIT_HALT, [u32::from(*interrupts_enabled), 0, 0], None)
             }
+            Exit::InterruptAck => (EXIT_INTERRUPT_ACK, [0; 3], None),
             Exit::Stop(reason) => match reason {
                 StopReason::TripleFault => (EXIT_STOP_TRIPLE, [0; 3], None),
                 StopReason::Unsupported(text) => (EXIT_STOP_UNSUPPORTED, [0; 3], Some(text)),
@@ -198,6 +211,7 @@ impl Channel {
             EXIT_HALT => Exit::Halt {
                 interrupts_enabled: args[0] != 0,
             },
+            EXIT_INTERRUPT_ACK => Exit::InterruptAck,
             EXIT_STOP_TRIPLE => Exit::Stop(StopReason::TripleFault),
             EXIT_STOP_UNSUPPORTED => Exit::Stop(StopReason::Unsupported(read_message(page))),
             EXIT_STOP_ESCAPE => Exit::Stop(StopReason::GuestEscape(read_message(page))),
@@ -218,6 +232,22 @@ impl Channel {
         page.reply_value.store(value, Ordering::Relaxed);
         page.state.store(RUNNING, Ordering::Release);
         futex::wake(&page.state);
+    }
+
+    /// Host: sets the interrupt line (the PIC's INTR output). Returns
+    /// whether the world owns the page, i.e. whether a raised line needs a
+    /// kick signal to be noticed soon.
+    pub fn set_interrupt_line(&self, raised: bool) -> bool {
+        let page = self.page();
+        page.interrupt_line
+            .store(u32::from(raised), Ordering::SeqCst);
+        page.state.load(Ordering::SeqCst) == RUNNING
+    }
+
+    /// World: the interrupt line.
+    #[must_use]
+    pub fn interrupt_line(&self) -> bool {
+        self.page().interrupt_line.load(Ordering::SeqCst) != 0
     }
 
     /// World: publishes counters.

@@ -171,6 +171,10 @@ impl WorldServices for World {
             .map_err(|error| error.to_string())
     }
 
+    fn interrupt_pending(&self) -> bool {
+        self.channel.interrupt_line()
+    }
+
     fn breakpoint_count(&self) -> usize {
         self.breakpoints.count()
     }

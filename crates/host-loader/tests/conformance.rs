@@ -1,0 +1,50 @@
+//! The differential conformance test: every kernel in guests/conformance
+//! (listed in its MANIFEST) runs under btvmm and under QEMU TCG; kernels
+//! marked `match` must give byte-identical output and exit status, kernels
+//! marked `differs` must give the recorded btvmm output and status (and
+//! pass under QEMU). guests/check-btvmm does the comparing; this test
+//! builds the kernels and runs it with this build's btvmm.
+//!
+//! Needs gcc (with -m32), binutils, make and qemu-system-i386; the test
+//! command (.ci/run) installs them.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn conformance_kernels_match_qemu() {
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
+    let build = std::env::temp_dir().join(format!("btvmm-conformance-{}", std::process::id()));
+    let made = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&guests)
+        .arg(format!("BUILD={}", build.display()))
+        .status()
+        .expect("make must be installed to build the conformance kernels");
+    assert!(made.success(), "building the conformance kernels failed");
+    let output = Command::new(guests.join("check-btvmm"))
+        .env("BTVMM", env!("CARGO_BIN_EXE_btvmm"))
+        .env("BUILD", &build)
+        .output()
+        .expect("run guests/check-btvmm");
+    let _ = std::fs::remove_dir_all(&build);
+    let report = String::from_utf8_lossy(&output.stdout);
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "conformance failures:\n{report}\n{errors}"
+    );
+    // Every kernel of the manifest was checked.
+    let manifest = std::fs::read_to_string(guests.join("conformance/MANIFEST")).expect("MANIFEST");
+    let kernels = manifest
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .count();
+    assert!(kernels >= 10, "only {kernels} kernels in the manifest");
+    assert_eq!(
+        report.matches("PASS").count(),
+        kernels,
+        "every kernel must be reported as passing:\n{report}"
+    );
+}
