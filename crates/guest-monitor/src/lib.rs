@@ -402,7 +402,9 @@ impl Monitor {
             Counter::EmulatedPlanned
         });
         let single_step = self.cpu.eflags & Eflags::TF != 0 && !self.stepping;
+        let classify = self.planner.config().classify;
         let mut terminate = false;
+        let mut class = PoiKind::Plain;
         let (result, stack_switch) = {
             let mut view = GuestView {
                 world,
@@ -412,6 +414,7 @@ impl Monitor {
             };
             match emu::fetch(&self.cpu, &mut view) {
                 Ok(instr) => {
+                    class = cfg_planner::classify(&instr, &classify);
                     // MOV SS and POP SS hold a single-step trap back by one
                     // instruction.
                     let stack_switch = matches!(instr.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
@@ -422,6 +425,13 @@ impl Monitor {
                 Err(stop) => (Err(stop), false),
             }
         };
+        // Count by the planner's class, whatever brought the instruction
+        // here (a plan or a native fault).
+        match class {
+            PoiKind::Sensitive { kind, .. } => self.counters.bump_sensitive(kind),
+            PoiKind::PointerBranch(kind) => self.counters.bump_pointer(kind),
+            _ => {}
+        }
         let outcome = self.after_emulation(world, result, terminate)?;
         if single_step && outcome == Outcome::Retired && !stack_switch {
             self.single_step_trap(world)?;
@@ -608,14 +618,7 @@ impl Monitor {
                         .add(Counter::BreakpointsArmed, breakpoints.len() as u64);
                     return Ok(());
                 }
-                Step::Emulate(poi) => {
-                    match poi.kind {
-                        PoiKind::Sensitive { kind, .. } => self.counters.bump_sensitive(kind),
-                        PoiKind::PointerBranch(kind) => self.counters.bump_pointer(kind),
-                        _ => {}
-                    }
-                    self.emulate(world, false)?;
-                }
+                Step::Emulate(_) => self.emulate(world, false)?,
                 Step::Interpret => self.emulate(world, false)?,
                 Step::Unrecognized(_) => self.deliver(world, Exception::ud())?,
                 Step::SingleStep => {
