@@ -9,6 +9,8 @@
 pub mod board;
 pub mod bus;
 pub mod debug_exit;
+pub mod pic;
+pub mod pit;
 pub mod uart;
 
 pub use bus::{Bus, BusEffect, PortDevice};

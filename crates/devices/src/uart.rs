@@ -48,7 +48,31 @@ impl<W: Write> Uart<W> {
     pub fn writer_mut(&mut self) -> &mut W {
         self.serial.writer_mut()
     }
+
+    /// The UART's interrupt output: an enabled interrupt condition is
+    /// pending (IIR with IER). A PC gates the line with the modem control
+    /// register's OUT2 bit; QEMU, the reference our conformance kernels are
+    /// compared with, does not, and neither does vm-superio's reset state
+    /// (OUT2 set), so the line is not gated here either.
+    #[must_use]
+    pub fn interrupt_level(&self) -> bool {
+        let state = self.serial.state();
+        let iir = state.interrupt_identification;
+        let ier = state.interrupt_enable;
+        let transmitter_empty = iir & IIR_THR_EMPTY != 0 && ier & IER_THR_EMPTY != 0;
+        let received_data = iir & IIR_RECEIVED_DATA != 0 && ier & IER_RECEIVED_DATA != 0;
+        transmitter_empty || received_data
+    }
 }
+
+/// IIR: transmitter holding register empty.
+pub const IIR_THR_EMPTY: u8 = 0x02;
+/// IIR: received data available.
+pub const IIR_RECEIVED_DATA: u8 = 0x04;
+/// IER: received data available interrupt enable.
+pub const IER_RECEIVED_DATA: u8 = 0x01;
+/// IER: transmitter holding register empty interrupt enable.
+pub const IER_THR_EMPTY: u8 = 0x02;
 
 impl<W: Write> PortDevice for Uart<W> {
     fn read(&mut self, offset: u16, _size: u8) -> u32 {
@@ -83,5 +107,21 @@ mod tests {
         // Scratch register round trip.
         uart.write(7, 1, 0x5a);
         assert_eq!(uart.read(7, 1), 0x5a);
+    }
+
+    #[test]
+    fn interrupt_line_follows_iir_and_ier() {
+        let mut uart = Uart::new(Vec::new(), InterruptCount::default());
+        assert!(!uart.interrupt_level());
+        uart.write(1, 1, u32::from(IER_THR_EMPTY));
+        assert!(uart.interrupt_level(), "THR empty with IER");
+        // Reading the IIR acknowledges the THRE interrupt.
+        assert_eq!(uart.read(2, 1) & 0x0f, 0x02);
+        assert!(!uart.interrupt_level());
+        // A transmitted byte makes the holding register empty again.
+        uart.write(0, 1, u32::from(b'x'));
+        assert!(uart.interrupt_level());
+        uart.write(1, 1, 0);
+        assert!(!uart.interrupt_level(), "disabled in IER");
     }
 }

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use btvmm_core::{Exit, Reply, StopReason};
 use devices::BusEffect;
@@ -87,10 +87,7 @@ impl RunOutcome {
             } => Some("the VM stopped: the guest halted with interrupts disabled".into()),
             Ending::Halted {
                 interrupts_enabled: true,
-            } => Some(
-                "the VM stopped: the guest halted and no device can interrupt it yet (timers and interrupt controllers are not implemented)"
-                    .into(),
-            ),
+            } => Some("the VM stopped: the guest halted".into()),
             Ending::WorldDied(how) => Some(format!("the VM stopped: the world process {how}")),
         }
     }
@@ -132,9 +129,16 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
         args.push("--trace".to_owned());
     }
     let mut child = world_switch::spawn::spawn(&exe, &args, &ram, &channel)?;
-    let mut board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
+    let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
 
-    let ending = serve(&channel, &mut board, &mut child);
+    let ending = Host {
+        channel: &channel,
+        board,
+        world: &mut child,
+        start: Instant::now(),
+        line: false,
+    }
+    .serve();
     // The world exits on its own after Terminate; make sure it is gone.
     let _ = child.kill();
     let _ = child.wait();
@@ -144,38 +148,123 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
     })
 }
 
-/// The host loop.
-fn serve(channel: &Channel, board: &mut Board, child: &mut Child) -> Ending {
-    loop {
-        let Some(exit) = channel.wait_exit(Duration::from_millis(100)) else {
-            match child.try_wait() {
-                Ok(Some(status)) => return Ending::WorldDied(describe_status(status)),
-                Ok(None) => continue,
-                Err(error) => return Ending::WorldDied(format!("cannot be waited for: {error}")),
+/// Longest the host sleeps before looking at the world process again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The host side of a running VM: devices, the clock, the channel, the
+/// world process.
+struct Host<'a> {
+    channel: &'a Channel,
+    board: Board,
+    world: &'a mut Child,
+    start: Instant,
+    /// The interrupt line as last written to the channel.
+    line: bool,
+}
+
+impl Host<'_> {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Brings the devices to now and publishes the CPU's interrupt line.
+    /// A raised line kicks the world when it is running (see the
+    /// channel's protocol: the line is stored before the kick).
+    fn update(&mut self) {
+        let now = self.now_ns();
+        self.board.advance(now);
+        let line = self.board.interrupt_pending();
+        if line != self.line {
+            self.line = line;
+            let world_running = self.channel.set_interrupt_line(line);
+            if line && world_running {
+                self.kick();
             }
-        };
-        match exit {
-            Exit::PortIn { port, size } => {
-                let value = board.bus.read(port, size);
-                channel.reply(Reply::Value(value));
+        }
+    }
+
+    fn kick(&self) {
+        // A world that already died is noticed by world_died.
+        let _ = world_switch::spawn::kick(self.world);
+    }
+
+    /// How long to wait for the world before the next timer event.
+    fn timeout(&mut self) -> Duration {
+        let now = self.now_ns();
+        self.board.next_event(now).map_or(POLL, |due| {
+            Duration::from_nanos(due.saturating_sub(now)).min(POLL)
+        })
+    }
+
+    fn world_died(&mut self) -> Option<Ending> {
+        match self.world.try_wait() {
+            Ok(Some(status)) => Some(Ending::WorldDied(describe_status(status))),
+            Ok(None) => None,
+            Err(error) => Some(Ending::WorldDied(format!("cannot be waited for: {error}"))),
+        }
+    }
+
+    /// The guest halted with interrupts enabled: sleep until an interrupt
+    /// is pending (a timer event), then let it go on.
+    fn wait_for_interrupt(&mut self) -> Option<Ending> {
+        loop {
+            self.update();
+            if self.board.interrupt_pending() {
+                return None;
             }
-            Exit::PortOut { port, size, value } => match board.bus.write(port, size, value) {
-                BusEffect::Exit(status) => {
-                    channel.reply(Reply::Terminate);
-                    return Ending::DebugExit(status);
+            if let Some(ending) = self.world_died() {
+                return Some(ending);
+            }
+            std::thread::sleep(self.timeout());
+        }
+    }
+
+    /// The loop: serve exits, drive the timers, until the VM ends.
+    fn serve(&mut self) -> Ending {
+        loop {
+            self.update();
+            let timeout = self.timeout();
+            let Some(exit) = self.channel.wait_exit(timeout) else {
+                if let Some(ending) = self.world_died() {
+                    return ending;
                 }
-                BusEffect::None => channel.reply(Reply::Continue),
-            },
-            // No interrupt controller yet: nothing is ever pending.
-            Exit::InterruptAck => channel.reply(Reply::Continue),
-            Exit::Halt { interrupts_enabled } => {
-                channel.reply(Reply::Terminate);
-                return Ending::Halted { interrupts_enabled };
-            }
-            Exit::Stop(reason) => {
-                channel.reply(Reply::Terminate);
-                return Ending::Stopped(reason);
-            }
+                continue;
+            };
+            let now = self.now_ns();
+            let reply = match exit {
+                Exit::PortIn { port, size } => Reply::Value(self.board.read(port, size, now)),
+                Exit::PortOut { port, size, value } => {
+                    match self.board.write(port, size, value, now) {
+                        BusEffect::Exit(status) => {
+                            self.channel.reply(Reply::Terminate);
+                            return Ending::DebugExit(status);
+                        }
+                        BusEffect::None => Reply::Continue,
+                    }
+                }
+                Exit::InterruptAck => Reply::Value(u32::from(self.board.acknowledge())),
+                Exit::Halt {
+                    interrupts_enabled: true,
+                } => match self.wait_for_interrupt() {
+                    None => Reply::Continue,
+                    Some(ending) => return ending,
+                },
+                Exit::Halt {
+                    interrupts_enabled: false,
+                } => {
+                    self.channel.reply(Reply::Terminate);
+                    return Ending::Halted {
+                        interrupts_enabled: false,
+                    };
+                }
+                Exit::Stop(reason) => {
+                    self.channel.reply(Reply::Terminate);
+                    return Ending::Stopped(reason);
+                }
+            };
+            // The world reads the line after the reply: publish it first.
+            self.update();
+            self.channel.reply(reply);
         }
     }
 }

@@ -14,6 +14,24 @@ pub const RAM_FD: RawFd = 3;
 /// Descriptor number of the channel in the world process.
 pub const CHANNEL_FD: RawFd = 4;
 
+/// Sends the world process the kick signal (see the channel's interrupt
+/// line protocol).
+pub fn kick(world: &Child) -> Result<(), WorldError> {
+    let pid = libc::pid_t::try_from(world.id()).map_err(|_| WorldError::Host {
+        what: "kicking the world",
+        source: std::io::Error::other("pid out of range"),
+    })?;
+    // SAFETY: kill(2) with our own child's pid and a signal the world
+    // handles.
+    if unsafe { libc::kill(pid, crate::trap::KICK_SIGNAL) } != 0 {
+        return Err(WorldError::Host {
+            what: "kicking the world",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// Starts `exe args...` as the world process, with guest RAM on
 /// [`RAM_FD`] and the channel on [`CHANNEL_FD`]. The world dies with the
 /// host (PR_SET_PDEATHSIG).
