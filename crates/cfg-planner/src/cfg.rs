@@ -8,7 +8,9 @@
 //! one (a call is followed into its callee: the return comes back through
 //! the callee's `ret`, a pointer branch), everything else none.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
@@ -121,7 +123,7 @@ impl Cfg {
             root: NodeIndex::new(0),
             pages: Vec::new(),
             instructions: 0,
-            index: HashMap::new(),
+            index: HashMap::default(),
         };
         let first = block(start);
         cfg.note_block(&first);

@@ -13,7 +13,9 @@
 //! (reported by guest-virtual page) drops exactly the blocks that depend on
 //! it.
 
-use std::collections::HashMap;
+// Fx hashing: the keys are guest addresses and page numbers; a guest that
+// makes its own addresses collide only slows down its own monitor.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
@@ -260,9 +262,9 @@ pub(crate) struct PageKeyedCache<K, V> {
 impl<K: Copy + Eq + std::hash::Hash, V> PageKeyedCache<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            entries: HashMap::new(),
-            by_phys_page: HashMap::new(),
-            by_virt_page: HashMap::new(),
+            entries: HashMap::default(),
+            by_phys_page: HashMap::default(),
+            by_virt_page: HashMap::default(),
             capacity,
             stats: CacheStats::default(),
         }

@@ -34,7 +34,9 @@
 //! sets only shrink by domination or by a cut), and the property tests
 //! check it against a brute-force path walker.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::{FxHashMap, FxHashSet as HashSet};
 
 use petgraph::Direction;
 use petgraph::algo::dinics;
@@ -131,7 +133,7 @@ pub fn choose_breakpoints(
 }
 
 fn reachable_from(graph: &DiGraph<Role, ()>, root: NodeIndex) -> Vec<NodeIndex> {
-    let mut seen = HashSet::from([root]);
+    let mut seen = HashSet::from_iter([root]);
     let mut order = vec![root];
     let mut queue = VecDeque::from([root]);
     while let Some(node) = queue.pop_front() {
@@ -222,7 +224,7 @@ fn needed_members(
     if armed_set.contains(&root) {
         return vec![root];
     }
-    let mut seen = HashSet::from([root]);
+    let mut seen = HashSet::from_iter([root]);
     let mut queue = VecDeque::from([root]);
     let mut needed = Vec::new();
     while let Some(node) = queue.pop_front() {
@@ -252,7 +254,7 @@ fn min_cut_near_stops(
 ) -> Vec<NodeIndex> {
     const UNBOUNDED: u32 = 1 << 20;
     let mut flow_graph: DiGraph<(), u32> = DiGraph::new();
-    let mut halves = std::collections::HashMap::new();
+    let mut halves = FxHashMap::default();
     for &node in reachable {
         let node_in = flow_graph.add_node(());
         let node_out = flow_graph.add_node(());
@@ -285,7 +287,7 @@ fn min_cut_near_stops(
 
     // Nodes that can reach the sink in the residual graph: walk backwards
     // from the sink over residual capacity.
-    let mut reaches_sink = HashSet::from([sink]);
+    let mut reaches_sink = HashSet::from_iter([sink]);
     let mut queue = VecDeque::from([sink]);
     while let Some(node) = queue.pop_front() {
         for edge in flow_graph.edges_directed(node, Direction::Incoming) {
@@ -325,7 +327,7 @@ pub fn uncovered_stop(
     if root_armable && armed.contains(&root) {
         return None;
     }
-    let mut seen = HashSet::from([root]);
+    let mut seen = HashSet::from_iter([root]);
     let mut queue = VecDeque::from([root]);
     while let Some(node) = queue.pop_front() {
         match graph[node] {
