@@ -441,9 +441,11 @@ void trap_dispatch(struct trap_frame *f)
 
 /* ---- start ----------------------------------------------------------- */
 
+const u32 *mb_info;
+
 void NORETURN lib_start(u32 magic, u32 info)
 {
-	(void)info;
+	mb_info = (const u32 *)info;
 	write_cr0(CR0_LIB);
 	write_cr4(0);
 	uart_init();

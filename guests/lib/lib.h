@@ -180,6 +180,8 @@ void check_fault(const char *name, u32 vector, u32 error);
 void check_no_fault(const char *name);
 /* Prints "#GP(0x80)"-style text for the fault in last_fault. */
 void print_fault(void);
+/* The Multiboot information structure the loader passed (flags first). */
+extern const u32 *mb_info;
 void NORETURN finish(void);
 void NORETURN fail_exit(const char *why);
 void NORETURN debug_exit(u32 value);

@@ -20,11 +20,8 @@ pub enum Exit {
         /// The value (low `size` bytes).
         value: u32,
     },
-    /// The interrupt acknowledge cycle: the host's interrupt controller
-    /// answers with the vector to deliver (the monitor saw an interrupt
-    /// pending and the guest able to take it).
-    InterruptAck,
-    /// The guest executed HLT.
+    /// The guest executed HLT and nothing can wake it (the world sleeps
+    /// through HLTs an interrupt can end without exiting).
     Halt {
         /// Whether an interrupt could ever wake it (virtual IF set).
         interrupts_enabled: bool,

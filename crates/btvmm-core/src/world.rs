@@ -92,10 +92,18 @@ pub trait WorldServices {
     fn breakpoint_count(&self) -> usize;
     /// Hands an exit to the host and waits for its reply.
     fn exit(&mut self, exit: Exit) -> Reply;
-    /// Whether the host's interrupt controller has an interrupt for the
-    /// CPU (its INTR line). See world-switch's channel for why a change
-    /// of this line is never missed.
-    fn interrupt_pending(&self) -> bool;
+    /// Levels of the host devices' interrupt lines (bit n = IRQ n). See
+    /// world-switch's channel for why a change is never missed.
+    fn irq_levels(&self) -> u16;
+    /// Nanoseconds on the VM's clock (shared with the host).
+    fn now_ns(&self) -> u64;
+    /// Arms the world's timer: the kick arrives at `deadline_ns` on the
+    /// VM's clock (None: never).
+    fn set_timer_deadline(&mut self, deadline_ns: Option<u64>) -> Result<(), String>;
+    /// Sleeps until a kick is pending (the timer, or the host after one of
+    /// its devices' interrupt lines changed) and takes it: how a halted
+    /// guest idles.
+    fn wait_for_kick(&mut self);
     /// Publishes the monitor's counters for the host to read.
     fn publish_counters(&mut self, counters: &[u64]);
     /// The host's time-stamp counter.

@@ -8,6 +8,7 @@
 
 pub mod board;
 pub mod bus;
+pub mod chipset;
 pub mod debug_exit;
 pub mod pic;
 pub mod pit;

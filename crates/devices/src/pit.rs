@@ -713,6 +713,15 @@ impl Pit {
         Some(ns_of_clk(counter.clk.saturating_add(clks)))
     }
 
+    /// Rising edges of OUT of `channel` counted up to the last time passed
+    /// in and not taken yet.
+    #[must_use]
+    pub fn pending_rising_edges(&self, channel: usize) -> u64 {
+        self.counters
+            .get(channel)
+            .map_or(0, |counter| counter.rising_edges)
+    }
+
     /// Rising edges of OUT of `channel` since the previous call (or since
     /// power-on), up to `now_ns`: exact, saturating at `u64::MAX`. For IRQ 0
     /// the host delivers one edge when this is non-zero.

@@ -49,7 +49,7 @@ pub enum Counter {
     PortIn,
     /// Port writes through the host.
     PortOut,
-    /// HLT exits.
+    /// HLTs waited out (the world sleeps until its timer or a host kick).
     Halts,
     /// Segment registers repaired after native loads of host GDT selectors.
     SelectorRepairs,
@@ -57,13 +57,24 @@ pub enum Counter {
     LdtWrites,
     /// External interrupts delivered to the guest.
     InterruptsInjected,
-    /// Interrupt acknowledges that found nothing to deliver.
-    SpuriousAcknowledges,
+    /// Port accesses served by the world's own chipset (PIC, PIT, port
+    /// 0x61): no exit.
+    ChipsetIo,
+    /// Instructions interpreted instead of run natively (short stretches
+    /// between sensitive instructions).
+    Interpreted,
+    /// Blocks decoded (decode cache misses).
+    BlocksDecoded,
+    /// Plans computed (plan cache misses).
+    PlansComputed,
+    /// Cached blocks and plans dropped because guest code pages were
+    /// written.
+    CodeInvalidations,
 }
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -89,7 +100,11 @@ impl Counter {
         Counter::SelectorRepairs,
         Counter::LdtWrites,
         Counter::InterruptsInjected,
-        Counter::SpuriousAcknowledges,
+        Counter::ChipsetIo,
+        Counter::Interpreted,
+        Counter::BlocksDecoded,
+        Counter::PlansComputed,
+        Counter::CodeInvalidations,
     ];
 
     /// Name for reports.
@@ -117,11 +132,15 @@ impl Counter {
             Self::Exits => "exits to the host",
             Self::PortIn => "exit: port in",
             Self::PortOut => "exit: port out",
-            Self::Halts => "exit: hlt",
+            Self::Halts => "hlt: waits for an interrupt",
             Self::SelectorRepairs => "selector repairs",
             Self::LdtWrites => "shadow LDT writes",
             Self::InterruptsInjected => "interrupts injected",
-            Self::SpuriousAcknowledges => "interrupt acknowledges without an interrupt",
+            Self::ChipsetIo => "port i/o: PIC/PIT in the world",
+            Self::Interpreted => "emulated: interpreted stretches",
+            Self::BlocksDecoded => "planner: blocks decoded",
+            Self::PlansComputed => "planner: plans computed",
+            Self::CodeInvalidations => "planner: cache entries dropped by code writes",
         }
     }
 }
@@ -152,6 +171,15 @@ impl Counters {
     /// Adds one.
     pub fn bump(&mut self, counter: Counter) {
         self.add(counter, 1);
+    }
+
+    /// Sets a counter to a value kept elsewhere.
+    pub fn set(&mut self, counter: Counter, value: u64) {
+        let slot = Counter::ALL
+            .iter()
+            .position(|&known| known == counter)
+            .unwrap_or(0);
+        self.values[slot] = value;
     }
 
     /// Adds `amount`.

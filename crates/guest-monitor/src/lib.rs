@@ -25,9 +25,13 @@ use btvmm_core::cpu::{Cpu, Cr0, Eflags, Gpr, SegReg};
 use btvmm_core::emu::interrupt::deliver_exception;
 use btvmm_core::emu::{self, Outcome};
 use btvmm_core::exception::{Exception, vector};
-use btvmm_core::exit::{Exit, Reply, StopReason};
-use btvmm_core::{Action, HostRegisters, Stop, Trap, WorldServices};
-use cfg_planner::{Planner, PlannerConfig, PoiKind, Step};
+use btvmm_core::exit::{Exit, StopReason};
+use btvmm_core::{Action, CpuView, HostRegisters, Stop, Trap, WorldServices};
+use std::sync::Arc;
+
+use btvmm_core::GuestVirt;
+use cfg_planner::{Block, BlockEnd, Planner, PlannerConfig, PoiKind, Step};
+use devices::chipset::Chipset;
 use iced_x86::{Mnemonic, OpKind, Register};
 
 use crate::counters::{Counter, Counters};
@@ -58,6 +62,26 @@ const DR6_BS: u32 = 1 << 14;
 /// Most instructions emulated in one trap before the monitor resumes the
 /// guest anyway (only reached by long runs of sensitive instructions).
 const EMULATION_BUDGET: usize = 100_000;
+
+/// Why an instruction is being emulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    /// The planner stopped it (sensitive, or a transfer it cannot follow).
+    Planned,
+    /// It faulted natively.
+    AfterFault,
+    /// The monitor interprets a short stretch rather than trap again soon.
+    Interpreted,
+}
+
+/// Most instructions interpreted in one trap.
+const INTERPRET_BUDGET: u32 = 256;
+/// Interpret the code ahead only when the straight-line run to its next
+/// point of interest is at most this many instructions: a longer one is
+/// worth running natively (loops, copies), short ones between sensitive
+/// instructions are cheaper to interpret than a breakpoint trap (about 13
+/// us on our hosts against well under a microsecond per instruction).
+const INTERPRET_RUN: u32 = 24;
 
 /// The guest's state at hand-over from the loader.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,6 +116,11 @@ pub struct Monitor {
     resumed_eflags: u32,
     /// The guest executed HLT and waits for an interrupt.
     halted: bool,
+    /// The PIC pair and the PIT (see devices::chipset for why they live
+    /// here rather than in the host).
+    chipset: Chipset,
+    /// The deadline the world's timer is armed for.
+    published_deadline: Option<u64>,
 }
 
 /// What went wrong while handling a trap.
@@ -135,6 +164,8 @@ impl Monitor {
             cpuid_faults,
             resumed_eflags: 0,
             halted: false,
+            chipset: Chipset::new(),
+            published_deadline: None,
         })
     }
 
@@ -174,6 +205,9 @@ impl Monitor {
                 host.selectors[2]
             ));
         }
+        // Timer edges and host lines since the last trap (once a trap: the
+        // chipset's own ports bring it up to date as they are used).
+        self.update_chipset(world);
         let result = self
             .enter(trap, &host, world)
             .and_then(|()| self.run_kernel(world))
@@ -234,6 +268,7 @@ impl Monitor {
                 world,
                 planner: &mut self.planner,
                 counters: &mut self.counters,
+                chipset: &mut self.chipset,
                 terminate: &mut terminate,
             };
             self.shadows.sync_in(&mut self.cpu, host, &mut view)?
@@ -376,6 +411,7 @@ impl Monitor {
                 world,
                 planner: &mut self.planner,
                 counters: &mut self.counters,
+                chipset: &mut self.chipset,
                 terminate: &mut terminate,
             };
             emu::execute(&mut self.cpu, &mut view, &instr)
@@ -387,6 +423,25 @@ impl Monitor {
     /// Emulates the instruction at CS:EIP, with the single-step trap the
     /// guest's TF asks for after it.
     fn emulate(&mut self, world: &mut dyn WorldServices, after_fault: bool) -> Result<(), Failure> {
+        let why = if after_fault {
+            Why::AfterFault
+        } else {
+            Why::Planned
+        };
+        self.execute_at_eip(world, why, None).map(|_| ())
+    }
+
+    /// Executes the instruction at CS:EIP in the emulator; `known` is its
+    /// planner class when the caller has it. Returns the instruction's
+    /// length, or None only when interpreting (`Why::Interpreted`) an
+    /// instruction the emulator does not handle: nothing changed, it runs
+    /// natively instead.
+    fn execute_at_eip(
+        &mut self,
+        world: &mut dyn WorldServices,
+        why: Why,
+        known: Option<PoiKind>,
+    ) -> Result<Option<u32>, Failure> {
         if self.trace {
             world.trace(&format!(
                 "  emulate at {:#x} (cpl {}, esp {:#x})",
@@ -396,25 +451,31 @@ impl Monitor {
             ));
         }
         self.counters.bump(Counter::Emulated);
-        self.counters.bump(if after_fault {
-            Counter::EmulatedAfterFault
-        } else {
-            Counter::EmulatedPlanned
+        self.counters.bump(match why {
+            Why::AfterFault => Counter::EmulatedAfterFault,
+            Why::Planned => Counter::EmulatedPlanned,
+            Why::Interpreted => Counter::Interpreted,
         });
         let single_step = self.cpu.eflags & Eflags::TF != 0 && !self.stepping;
         let classify = self.planner.config().classify;
         let mut terminate = false;
         let mut class = PoiKind::Plain;
+        let mut length = 0;
         let (result, stack_switch) = {
             let mut view = GuestView {
                 world,
                 planner: &mut self.planner,
                 counters: &mut self.counters,
+                chipset: &mut self.chipset,
                 terminate: &mut terminate,
             };
             match emu::fetch(&self.cpu, &mut view) {
                 Ok(instr) => {
-                    class = cfg_planner::classify(&instr, &classify);
+                    class = known.unwrap_or_else(|| cfg_planner::classify(&instr, &classify));
+                    #[allow(clippy::cast_possible_truncation)] // at most 15
+                    {
+                        length = instr.len() as u32;
+                    }
                     // MOV SS and POP SS hold a single-step trap back by one
                     // instruction.
                     let stack_switch = matches!(instr.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
@@ -425,6 +486,9 @@ impl Monitor {
                 Err(stop) => (Err(stop), false),
             }
         };
+        if why == Why::Interpreted && matches!(result, Err(Stop::NotEmulated(_))) {
+            return Ok(None);
+        }
         // Count by the planner's class, whatever brought the instruction
         // here (a plan or a native fault).
         match class {
@@ -436,7 +500,7 @@ impl Monitor {
         if single_step && outcome == Outcome::Retired && !stack_switch {
             self.single_step_trap(world)?;
         }
-        Ok(())
+        Ok(Some(length))
     }
 
     /// The #DB a set TF raises after an instruction (DR6.BS set).
@@ -475,24 +539,50 @@ impl Monitor {
         }
     }
 
-    /// Waits in the host until something may wake the halted guest.
+    /// The guest halted with nothing pending. With interrupts enabled the
+    /// world sleeps until its timer or the host kicks it, and the caller
+    /// looks again; with interrupts disabled nothing but a reset could
+    /// wake it, and the host ends the VM.
     fn wait_halted(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
         self.counters.bump(Counter::Halts);
+        if self.cpu.interrupts_enabled() {
+            self.publish_deadline(world)?;
+            world.wait_for_kick();
+            self.update_chipset(world);
+            return Ok(());
+        }
         self.counters.bump(Counter::Exits);
         world.publish_counters(self.counters.as_slice());
-        match world.exit(Exit::Halt {
-            interrupts_enabled: self.cpu.interrupts_enabled(),
-        }) {
-            Reply::Terminate => Err(Failure::Terminated),
-            _ => Ok(()),
+        let _ = world.exit(Exit::Halt {
+            interrupts_enabled: false,
+        });
+        Err(Failure::Terminated)
+    }
+
+    /// Brings the chipset to now: timer edges, and the host devices' lines.
+    fn update_chipset(&mut self, world: &dyn WorldServices) {
+        self.chipset.advance(world.now_ns());
+        self.chipset.set_host_levels(world.irq_levels());
+    }
+
+    /// Arms the world's timer for the chipset's next event, if that
+    /// changed.
+    fn publish_deadline(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+        let deadline = self.chipset.next_event(world.now_ns());
+        if deadline != self.published_deadline {
+            world
+                .set_timer_deadline(deadline)
+                .map_err(StopReason::Internal)?;
+            self.published_deadline = deadline;
         }
+        Ok(())
     }
 
     /// Delivers a pending external interrupt if the guest can take it now
     /// (IF set, no interrupt shadow). Returns whether control moved (an
     /// interrupt was delivered, or the instruction in the shadow ran).
     fn try_inject(&mut self, world: &mut dyn WorldServices) -> Result<bool, Failure> {
-        if !self.cpu.interrupts_enabled() || !world.interrupt_pending() {
+        if !self.cpu.interrupts_enabled() || !self.chipset.interrupt_pending() {
             return Ok(false);
         }
         if self.cpu.interrupt_shadow {
@@ -500,19 +590,13 @@ impl Monitor {
             self.emulate(world, false)?;
             return Ok(true);
         }
-        self.counters.bump(Counter::Exits);
-        world.publish_counters(self.counters.as_slice());
-        let vector = match world.exit(Exit::InterruptAck) {
-            Reply::Value(vector) => vector,
-            Reply::Terminate => return Err(Failure::Terminated),
-            Reply::Continue => {
-                self.counters.bump(Counter::SpuriousAcknowledges);
-                return Ok(false);
-            }
-        };
-        let vector = u8::try_from(vector).map_err(|_| {
-            StopReason::Internal(format!("the interrupt controller answered vector {vector}"))
-        })?;
+        let vector = self.chipset.acknowledge();
+        self.inject(world, vector)?;
+        Ok(true)
+    }
+
+    /// Delivers an acknowledged external interrupt.
+    fn inject(&mut self, world: &mut dyn WorldServices, vector: u8) -> Result<(), Failure> {
         if self.trace {
             world.trace(&format!(
                 "  inject vector {vector:#x} at {:#x}",
@@ -527,6 +611,7 @@ impl Monitor {
                 world,
                 planner: &mut self.planner,
                 counters: &mut self.counters,
+                chipset: &mut self.chipset,
                 terminate: &mut terminate,
             };
             btvmm_core::emu::interrupt::deliver_external(&mut self.cpu, &mut view, vector)
@@ -535,7 +620,7 @@ impl Monitor {
             return Err(Failure::Terminated);
         }
         match result {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(()),
             Err(Stop::TripleFault) => Err(StopReason::TripleFault.into()),
             Err(Stop::Unsupported(what)) => Err(StopReason::Unsupported(what.into()).into()),
             Err(other) => Err(StopReason::Internal(format!(
@@ -557,6 +642,7 @@ impl Monitor {
                 world,
                 planner: &mut self.planner,
                 counters: &mut self.counters,
+                chipset: &mut self.chipset,
                 terminate: &mut terminate,
             };
             deliver_exception(&mut self.cpu, &mut view, exception)
@@ -577,17 +663,19 @@ impl Monitor {
     /// Step 3: in guest kernel mode, emulate and plan until the guest can
     /// run natively under a safe breakpoint plan.
     fn run_kernel(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
-        for _ in 0..EMULATION_BUDGET {
+        let mut interpreted = 0;
+        let mut steps = 0;
+        while steps < EMULATION_BUDGET {
+            steps += 1;
             if self.try_inject(world)? {
                 continue;
             }
             if self.halted {
-                if !self.cpu.interrupts_enabled() {
-                    // Nothing but a reset could wake it: the host ends the VM.
-                    self.wait_halted(world)?;
-                    return Err(Failure::Terminated);
-                }
                 self.wait_halted(world)?;
+                // An idle guest may go from interrupt to HLT for ever
+                // without leaving the monitor: each wake-up is a new start.
+                steps = 0;
+                interpreted = 0;
                 continue;
             }
             if self.cpu.cpl != 0 {
@@ -601,6 +689,16 @@ impl Monitor {
                 guest_cr0: self.cpu.cr0 & (Cr0::TS | Cr0::EM | Cr0::MP),
                 guest_cr4: self.cpu.cr4 & btvmm_core::emu::fpu::CR4_OSFXSR,
             });
+            // Short stretches between sensitive instructions are cheaper to
+            // interpret than to run natively up to the next breakpoint trap.
+            if interpreted < INTERPRET_BUDGET
+                && let Some(block) = self.short_run_ahead(world)
+            {
+                if self.interpret_run(world, &block, &mut interpreted)? {
+                    continue;
+                }
+                interpreted = INTERPRET_BUDGET;
+            }
             let step = self.planner.step(&self.cpu, &PlannerMemory(&*world));
             match step {
                 Step::Resume { breakpoints } => {
@@ -643,6 +741,61 @@ impl Monitor {
         .into())
     }
 
+    /// The block at EIP if its straight-line code runs into its next point
+    /// of interest within [`INTERPRET_RUN`] instructions (so not a long
+    /// stretch worth running natively, such as a loop body or a copy).
+    fn short_run_ahead(&mut self, world: &mut dyn WorldServices) -> Option<Arc<Block>> {
+        if self.cpu.eflags & Eflags::TF != 0 || !self.cpu.code_32bit() {
+            return None;
+        }
+        let at = GuestVirt(self.cpu.linear_eip());
+        let block = self.planner.block(&PlannerMemory(&*world), at);
+        (block.instructions <= INTERPRET_RUN).then_some(block)
+    }
+
+    /// Interprets the block at EIP, its ending point of interest included,
+    /// while control follows it straight and nothing else needs the
+    /// monitor's attention (an interrupt the guest can take, HLT, a change
+    /// of privilege or code size, single-stepping). One block lookup per
+    /// run, and the class of each instruction is known from the block.
+    /// Returns false when the first instruction is not one the emulator
+    /// handles: it runs natively instead.
+    fn interpret_run(
+        &mut self,
+        world: &mut dyn WorldServices,
+        block: &Block,
+        interpreted: &mut u32,
+    ) -> Result<bool, Failure> {
+        let last = block.end.at();
+        let mut at = block.start;
+        let mut first = true;
+        loop {
+            let known = match &block.end {
+                BlockEnd::Poi(poi) if at == last => poi.kind,
+                _ if at == last => return Ok(!first),
+                _ => PoiKind::Plain,
+            };
+            let Some(length) = self.execute_at_eip(world, Why::Interpreted, Some(known))? else {
+                return Ok(!first);
+            };
+            first = false;
+            *interpreted += 1;
+            let next = at.0.wrapping_add(length);
+            if at == last
+                || self.cpu.linear_eip() != next
+                || *interpreted >= INTERPRET_BUDGET
+                || self.halted
+                || self.cpu.cpl != 0
+                || self.cpu.eflags & Eflags::TF != 0
+                || !self.cpu.code_32bit()
+                || (self.cpu.interrupts_enabled() && self.chipset.interrupt_pending())
+            {
+                return Ok(true);
+            }
+            at = GuestVirt(next);
+        }
+    }
+
     /// Step 4: registers out.
     fn leave(&mut self, world: &mut dyn WorldServices) -> Result<HostRegisters, Failure> {
         let tsd = self.cpu.cr4 & btvmm_core::emu::system::CR4_TSD != 0;
@@ -654,6 +807,9 @@ impl Monitor {
         }
         let (writes, selectors) = self.shadows.sync_out(&self.cpu, world)?;
         self.counters.add(Counter::LdtWrites, writes as u64);
+        // Last: a timer edge since the last look is due at once (the host
+        // kicks right away), so none waits for a later trap.
+        self.publish_deadline(world)?;
         // Resume with RF: a breakpoint on the resume address must not fire
         // before the instruction there runs (the plans assume it).
         let eflags = (self.cpu.eflags & NATIVE_FLAGS) | Eflags::IF | Eflags::RF | 0x2;

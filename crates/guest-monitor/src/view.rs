@@ -1,12 +1,14 @@
 //! Guest memory and I/O as the emulator and the planner reach them from the
 //! monitor: guest-physical memory through the world's window (paging is
-//! off: linear = physical), port I/O through exits to the host.
+//! off: linear = physical), port I/O to the world's chipset or through
+//! exits to the host.
 
 use btvmm_core::exit::{Exit, Reply};
 use btvmm_core::machine::{Access, Machine};
 use btvmm_core::mem::{GuestMemory, MemFault};
 use btvmm_core::{GuestPhys, GuestVirt, Stop, WorldServices};
 use cfg_planner::Planner;
+use devices::chipset::Chipset;
 
 use crate::counters::{Counter, Counters};
 
@@ -22,6 +24,8 @@ pub struct GuestView<'a> {
     pub planner: &'a mut Planner,
     /// Counters of exits.
     pub counters: &'a mut Counters,
+    /// The PIC pair and the PIT.
+    pub chipset: &'a mut Chipset,
     /// Set when the host answered an exit with Terminate.
     pub terminate: &'a mut bool,
 }
@@ -47,12 +51,23 @@ impl GuestView<'_> {
     fn exit(&mut self, exit: Exit) -> Result<Reply, Stop> {
         self.counters.bump(Counter::Exits);
         // The host may end the VM at this exit: it reads the counters then.
+        let stats = self.planner.stats();
+        self.counters
+            .set(Counter::BlocksDecoded, stats.blocks.misses);
+        self.counters
+            .set(Counter::PlansComputed, stats.plans.misses);
+        self.counters.set(
+            Counter::CodeInvalidations,
+            stats.blocks.invalidated + stats.plans.invalidated,
+        );
         self.world.publish_counters(self.counters.as_slice());
         let reply = self.world.exit(exit);
         if reply == Reply::Terminate {
             *self.terminate = true;
             return Err(Stop::Machine("the host ended the VM".into()));
         }
+        // A host device's line may have changed with this access.
+        self.chipset.set_host_levels(self.world.irq_levels());
         Ok(reply)
     }
 }
@@ -84,6 +99,10 @@ impl Machine for GuestView<'_> {
     }
 
     fn port_in(&mut self, port: u16, size: u8) -> Result<u32, Stop> {
+        if let Some(value) = self.chipset.read(port, size, self.world.now_ns()) {
+            self.counters.bump(Counter::ChipsetIo);
+            return Ok(value);
+        }
         self.counters.bump(Counter::PortIn);
         match self.exit(Exit::PortIn { port, size })? {
             Reply::Value(value) => Ok(value),
@@ -92,6 +111,10 @@ impl Machine for GuestView<'_> {
     }
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Stop> {
+        if self.chipset.write(port, size, value, self.world.now_ns()) {
+            self.counters.bump(Counter::ChipsetIo);
+            return Ok(());
+        }
         self.counters.bump(Counter::PortOut);
         self.exit(Exit::PortOut { port, size, value }).map(|_| ())
     }

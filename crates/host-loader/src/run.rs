@@ -1,15 +1,16 @@
 //! `btvmm run`: boot a kernel in a world process and serve its exits.
 //!
-//! The host process owns guest RAM (a memfd), the channel, the devices and
-//! the console; the world process runs the guest and its monitor. The host
-//! loop waits on the channel, answers port I/O from the device bus, and
-//! ends the VM when the guest writes the debug-exit port, stops, or the
-//! world dies.
+//! The host process owns guest RAM (a memfd), the channel, the devices that
+//! need host resources and the console; the world process runs the guest,
+//! its monitor and the interrupt/timer chipset. The host loop waits on the
+//! channel, answers port I/O from the device bus, wakes the world when its
+//! timer is due, and ends the VM when the guest writes the debug-exit
+//! port, stops, or the world dies.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use btvmm_core::{Exit, Reply, StopReason};
 use devices::BusEffect;
@@ -110,6 +111,7 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
     })?;
 
     let channel = Channel::new(SharedRegion::create(CHANNEL_BYTES)?)?;
+    channel.set_epoch(world_switch::channel::monotonic_ns());
     channel.set_boot(BootState {
         eip: handover.entry,
         eax: handover.eax,
@@ -128,15 +130,19 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
     if request.trace {
         args.push("--trace".to_owned());
     }
-    let mut child = world_switch::spawn::spawn(&exe, &args, &ram, &channel)?;
+    // Host and world on one CPU (see spawn).
+    let cpu = world_switch::spawn::current_cpu();
+    if let Some(cpu) = cpu {
+        world_switch::spawn::pin_to(cpu)?;
+    }
+    let mut child = world_switch::spawn::spawn(&exe, &args, &ram, &channel, cpu)?;
     let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
 
     let ending = Host {
         channel: &channel,
         board,
         world: &mut child,
-        start: Instant::now(),
-        line: false,
+        levels: 0,
     }
     .serve();
     // The world exits on its own after Terminate; make sure it is gone.
@@ -151,33 +157,26 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
 /// Longest the host sleeps before looking at the world process again.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The host side of a running VM: devices, the clock, the channel, the
-/// world process.
+/// The host side of a running VM: the console and debug-exit devices, the
+/// channel, the world process. (The guest's timer and interrupt
+/// controllers run in the world, which sets its own host timer.)
 struct Host<'a> {
     channel: &'a Channel,
     board: Board,
     world: &'a mut Child,
-    start: Instant,
-    /// The interrupt line as last written to the channel.
-    line: bool,
+    /// The host devices' interrupt lines as last written to the channel.
+    levels: u16,
 }
 
 impl Host<'_> {
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Brings the devices to now and publishes the CPU's interrupt line.
-    /// A raised line kicks the world when it is running (see the
-    /// channel's protocol: the line is stored before the kick).
-    fn update(&mut self) {
-        let now = self.now_ns();
-        self.board.advance(now);
-        let line = self.board.interrupt_pending();
-        if line != self.line {
-            self.line = line;
-            let world_running = self.channel.set_interrupt_line(line);
-            if line && world_running {
+    /// Publishes the host devices' interrupt lines; a change kicks the
+    /// world when it is running (see the channel's protocol: the levels
+    /// are stored before the kick).
+    fn update_levels(&mut self) {
+        let levels = self.board.interrupt_levels();
+        if levels != self.levels {
+            self.levels = levels;
+            if self.channel.set_irq_levels(levels) {
                 self.kick();
             }
         }
@@ -188,14 +187,6 @@ impl Host<'_> {
         let _ = world_switch::spawn::kick(self.world);
     }
 
-    /// How long to wait for the world before the next timer event.
-    fn timeout(&mut self) -> Duration {
-        let now = self.now_ns();
-        self.board.next_event(now).map_or(POLL, |due| {
-            Duration::from_nanos(due.saturating_sub(now)).min(POLL)
-        })
-    }
-
     fn world_died(&mut self) -> Option<Ending> {
         match self.world.try_wait() {
             Ok(Some(status)) => Some(Ending::WorldDied(describe_status(status))),
@@ -204,66 +195,38 @@ impl Host<'_> {
         }
     }
 
-    /// The guest halted with interrupts enabled: sleep until an interrupt
-    /// is pending (a timer event), then let it go on.
-    fn wait_for_interrupt(&mut self) -> Option<Ending> {
-        loop {
-            self.update();
-            if self.board.interrupt_pending() {
-                return None;
-            }
-            if let Some(ending) = self.world_died() {
-                return Some(ending);
-            }
-            std::thread::sleep(self.timeout());
-        }
-    }
-
-    /// The loop: serve exits, drive the timers, until the VM ends.
+    /// The loop: serve exits until the VM ends.
     fn serve(&mut self) -> Ending {
         loop {
-            self.update();
-            let timeout = self.timeout();
-            let Some(exit) = self.channel.wait_exit(timeout) else {
+            let Some(exit) = self.channel.wait_exit(POLL) else {
                 if let Some(ending) = self.world_died() {
                     return ending;
                 }
                 continue;
             };
-            let now = self.now_ns();
             let reply = match exit {
-                Exit::PortIn { port, size } => Reply::Value(self.board.read(port, size, now)),
-                Exit::PortOut { port, size, value } => {
-                    match self.board.write(port, size, value, now) {
-                        BusEffect::Exit(status) => {
-                            self.channel.reply(Reply::Terminate);
-                            return Ending::DebugExit(status);
-                        }
-                        BusEffect::None => Reply::Continue,
+                Exit::PortIn { port, size } => Reply::Value(self.board.read(port, size)),
+                Exit::PortOut { port, size, value } => match self.board.write(port, size, value) {
+                    BusEffect::Exit(status) => {
+                        self.channel.reply(Reply::Terminate);
+                        return Ending::DebugExit(status);
                     }
-                }
-                Exit::InterruptAck => Reply::Value(u32::from(self.board.acknowledge())),
-                Exit::Halt {
-                    interrupts_enabled: true,
-                } => match self.wait_for_interrupt() {
-                    None => Reply::Continue,
-                    Some(ending) => return ending,
+                    BusEffect::None => Reply::Continue,
                 },
-                Exit::Halt {
-                    interrupts_enabled: false,
-                } => {
+                Exit::Halt { interrupts_enabled } => {
+                    // The world sleeps through HLT itself while an
+                    // interrupt can wake the guest: it exits only when
+                    // none can.
                     self.channel.reply(Reply::Terminate);
-                    return Ending::Halted {
-                        interrupts_enabled: false,
-                    };
+                    return Ending::Halted { interrupts_enabled };
                 }
                 Exit::Stop(reason) => {
                     self.channel.reply(Reply::Terminate);
                     return Ending::Stopped(reason);
                 }
             };
-            // The world reads the line after the reply: publish it first.
-            self.update();
+            // The world reads the levels after the reply: publish first.
+            self.update_levels();
             self.channel.reply(reply);
         }
     }

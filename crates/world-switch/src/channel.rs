@@ -9,15 +9,21 @@
 //! the release/acquire pair on `state` orders the fields. The world is
 //! untrusted: the host validates every field it reads.
 //!
-//! The interrupt line is the exception: the host writes it at any time (the
-//! output of its interrupt controller) and the world reads it. A raised line
-//! is never missed: the host stores the line first and then, if the world
-//! owns the page (it is running guest code or the monitor), sends it the
-//! kick signal. The monitor reads the line after handling each trap, with
-//! every signal blocked; a kick sent after that read stays pending and
-//! arrives the moment the monitor returns into the guest, so the next read
-//! sees the line. While the world waits for a reply the host owns the page:
-//! it updates the line before its reply, which the world reads after.
+//! Interrupts: the interrupt controllers and the timer run in the world
+//! (devices::chipset), which arms its own host timer (sys::timer). One
+//! field crosses outside the ownership rule: the levels of the host
+//! devices' interrupt lines (host -> world). A change is never missed: the
+//! host stores the levels first and then, if the world owns the page (it
+//! is running guest code, the monitor, or sleeping in a guest HLT), sends
+//! it the kick signal. The monitor reads the levels while handling each
+//! trap, with every signal blocked; a kick sent after that read stays
+//! pending and arrives the moment the monitor returns into the guest (or
+//! ends its HLT sleep at once), so the next read sees the change. While
+//! the world waits for a reply the host owns the page and updates the
+//! levels before replying.
+//!
+//! Both sides tell time with CLOCK_MONOTONIC from the epoch the host
+//! records at boot.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,7 +40,6 @@ const EXIT: u32 = 1;
 const EXIT_PORT_IN: u32 = 1;
 const EXIT_PORT_OUT: u32 = 2;
 const EXIT_HALT: u32 = 3;
-const EXIT_INTERRUPT_ACK: u32 = 4;
 const EXIT_STOP_TRIPLE: u32 = 10;
 const EXIT_STOP_UNSUPPORTED: u32 = 11;
 const EXIT_STOP_ESCAPE: u32 = 12;
@@ -64,7 +69,8 @@ pub struct BootState {
 #[repr(C)]
 struct Page {
     state: AtomicU32,
-    interrupt_line: AtomicU32,
+    irq_levels: AtomicU32,
+    epoch_ns: AtomicU64,
     exit_kind: AtomicU32,
     exit_args: [AtomicU32; 3],
     reply_kind: AtomicU32,
@@ -147,7 +153,6 @@ impl Channel {
             Exit::Halt { interrupts_enabled } => {
                 (EXIT_HALT, [u32::from(*interrupts_enabled), 0, 0], None)
             }
-            Exit::InterruptAck => (EXIT_INTERRUPT_ACK, [0; 3], None),
             Exit::Stop(reason) => match reason {
                 StopReason::TripleFault => (EXIT_STOP_TRIPLE, [0; 3], None),
                 StopReason::Unsupported(text) => (EXIT_STOP_UNSUPPORTED, [0; 3], Some(text)),
@@ -211,7 +216,6 @@ impl Channel {
             EXIT_HALT => Exit::Halt {
                 interrupts_enabled: args[0] != 0,
             },
-            EXIT_INTERRUPT_ACK => Exit::InterruptAck,
             EXIT_STOP_TRIPLE => Exit::Stop(StopReason::TripleFault),
             EXIT_STOP_UNSUPPORTED => Exit::Stop(StopReason::Unsupported(read_message(page))),
             EXIT_STOP_ESCAPE => Exit::Stop(StopReason::GuestEscape(read_message(page))),
@@ -234,20 +238,33 @@ impl Channel {
         futex::wake(&page.state);
     }
 
-    /// Host: sets the interrupt line (the PIC's INTR output). Returns
-    /// whether the world owns the page, i.e. whether a raised line needs a
-    /// kick signal to be noticed soon.
-    pub fn set_interrupt_line(&self, raised: bool) -> bool {
+    /// Host: records the clock's epoch (CLOCK_MONOTONIC nanoseconds at
+    /// boot).
+    pub fn set_epoch(&self, epoch_ns: u64) {
+        self.page().epoch_ns.store(epoch_ns, Ordering::Relaxed);
+    }
+
+    /// The epoch (CLOCK_MONOTONIC nanoseconds at boot).
+    #[must_use]
+    pub fn epoch_ns(&self) -> u64 {
+        self.page().epoch_ns.load(Ordering::Relaxed)
+    }
+
+    /// Host: sets the levels of the host devices' interrupt lines (bit n =
+    /// IRQ n). Returns whether the world owns the page, i.e. whether a
+    /// change needs a kick signal to be noticed soon.
+    pub fn set_irq_levels(&self, levels: u16) -> bool {
         let page = self.page();
-        page.interrupt_line
-            .store(u32::from(raised), Ordering::SeqCst);
+        page.irq_levels.store(u32::from(levels), Ordering::SeqCst);
         page.state.load(Ordering::SeqCst) == RUNNING
     }
 
-    /// World: the interrupt line.
+    /// World: the levels of the host devices' interrupt lines.
     #[must_use]
-    pub fn interrupt_line(&self) -> bool {
-        self.page().interrupt_line.load(Ordering::SeqCst) != 0
+    pub fn irq_levels(&self) -> u16 {
+        #[allow(clippy::cast_possible_truncation)] // only 16 lines exist
+        let levels = self.page().irq_levels.load(Ordering::SeqCst) as u16;
+        levels
     }
 
     /// World: publishes counters.
@@ -266,6 +283,41 @@ impl Channel {
             .map(|counter| counter.load(Ordering::Relaxed))
             .collect()
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds through the vDSO (no system call on
+/// hosts with a TSC clock source; clock_gettime is on the world's
+/// allow-list for the others). The vDSO reads the TSC: a process whose
+/// RDTSC faults uses [`monotonic_ns_syscall`]. Async-signal-safe.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    timespec_ns(&now)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds through the system call, which works
+/// whatever PR_SET_TSC says. Async-signal-safe.
+#[must_use]
+pub fn monotonic_ns_syscall() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the clock_gettime system call writes one timespec into a
+    // live local.
+    unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &raw mut now) };
+    timespec_ns(&now)
+}
+
+fn timespec_ns(now: &libc::timespec) -> u64 {
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 fn write_message(page: &Page, text: &str) {

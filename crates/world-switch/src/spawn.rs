@@ -32,14 +32,53 @@ pub fn kick(world: &Child) -> Result<(), WorldError> {
     Ok(())
 }
 
+/// The CPU this thread runs on now.
+#[must_use]
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// Highest CPU number a `cpu_set_t` holds.
+const CPU_SETSIZE: usize = 8 * std::mem::size_of::<libc::cpu_set_t>();
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) -> Result<(), WorldError> {
+    if cpu >= CPU_SETSIZE {
+        return Err(WorldError::Host {
+            what: "pinning to a CPU",
+            source: std::io::Error::other("CPU number out of range"),
+        });
+    }
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // (cpu is below its size); sched_setaffinity reads it.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if result != 0 {
+        return Err(WorldError::Host {
+            what: "sched_setaffinity",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// Starts `exe args...` as the world process, with guest RAM on
 /// [`RAM_FD`] and the channel on [`CHANNEL_FD`]. The world dies with the
-/// host (PR_SET_PDEATHSIG).
+/// host (PR_SET_PDEATHSIG). With `cpu`, the world is pinned to that CPU:
+/// the host pins itself there too, so every handoff between them stays on
+/// one CPU (a cross-CPU futex handoff costs about three times more and
+/// wakes an idle CPU, DESIGN.md section 6).
 pub fn spawn(
     exe: &Path,
     args: &[String],
     ram: &GuestRam,
     channel: &Channel,
+    cpu: Option<usize>,
 ) -> Result<Child, WorldError> {
     let ram_fd = ram.fd().as_raw_fd();
     let channel_fd = channel.region().fd().as_raw_fd();
@@ -54,6 +93,18 @@ pub fn spawn(
             // other; dup2 leaves the new descriptors without CLOEXEC.
             let ram_copy = libc::fcntl(ram_fd, libc::F_DUPFD_CLOEXEC, 100);
             let channel_copy = libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 100);
+            if let Some(cpu) = cpu.filter(|&cpu| cpu < CPU_SETSIZE) {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(
+                    0,
+                    std::mem::size_of::<libc::cpu_set_t>(),
+                    &raw const set,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if ram_copy < 0
                 || channel_copy < 0
                 || libc::dup2(ram_copy, RAM_FD) < 0

@@ -13,6 +13,7 @@ use crate::channel::{CHANNEL_BYTES, Channel};
 use crate::shadow::LdtEntry;
 use crate::sys::memory::{GuestRam, SharedRegion};
 use crate::sys::perf::Breakpoints;
+use crate::sys::timer::KickTimer;
 use crate::sys::{ldt, maps, seccomp, signal};
 use crate::trap::{self, ENTER_SIGNAL, SIGNALS};
 
@@ -30,7 +31,12 @@ pub struct World {
     ram: GuestRam,
     channel: Channel,
     breakpoints: Breakpoints,
+    /// Sends the kick signal when the guest's timer chipset is due.
+    timer: KickTimer,
     cpuid_faults: bool,
+    /// RDTSC faults in this process (the guest's CR4.TSD): the vDSO clock,
+    /// which reads the TSC, cannot be used meanwhile.
+    timestamp_faulting: bool,
 }
 
 impl World {
@@ -60,6 +66,7 @@ impl World {
         // Before any guest mapping exists, nothing may lie below 4 GiB.
         maps::check_nothing_below_4g()?;
         let breakpoints = Breakpoints::open(BREAKPOINTS)?;
+        let timer = KickTimer::create(crate::trap::KICK_SIGNAL)?;
         // The LDT is where every guest segment lives: make sure the host
         // lets us write one before the guest needs it.
         ldt::write_entry(crate::shadow::FIRST_SLOT, &LdtEntry::EMPTY).map_err(
@@ -77,7 +84,9 @@ impl World {
             ram,
             channel,
             breakpoints,
+            timer,
             cpuid_faults,
+            timestamp_faulting: false,
         })
     }
 
@@ -171,8 +180,28 @@ impl WorldServices for World {
             .map_err(|error| error.to_string())
     }
 
-    fn interrupt_pending(&self) -> bool {
-        self.channel.interrupt_line()
+    fn irq_levels(&self) -> u16 {
+        self.channel.irq_levels()
+    }
+
+    fn now_ns(&self) -> u64 {
+        let now = if self.timestamp_faulting {
+            crate::channel::monotonic_ns_syscall()
+        } else {
+            crate::channel::monotonic_ns()
+        };
+        now.saturating_sub(self.channel.epoch_ns())
+    }
+
+    fn set_timer_deadline(&mut self, deadline_ns: Option<u64>) -> Result<(), String> {
+        let epoch = self.channel.epoch_ns();
+        self.timer
+            .arm(deadline_ns.map(|deadline| deadline.saturating_add(epoch)))
+            .map_err(|error| error.to_string())
+    }
+
+    fn wait_for_kick(&mut self) {
+        self.timer.wait();
     }
 
     fn breakpoint_count(&self) -> usize {
@@ -204,25 +233,45 @@ impl WorldServices for World {
     }
 
     fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String> {
-        let mode = if faulting {
-            libc::PR_TSC_SIGSEGV
-        } else {
-            libc::PR_TSC_ENABLE
-        };
-        // SAFETY: prctl(PR_SET_TSC) with an integer mode.
-        if unsafe { libc::prctl(libc::PR_SET_TSC, mode, 0, 0, 0) } == 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "prctl(PR_SET_TSC): {}",
-                std::io::Error::last_os_error()
-            ))
-        }
+        set_tsc_faulting(faulting)?;
+        self.timestamp_faulting = faulting;
+        Ok(())
     }
 
     fn timestamp(&self) -> u64 {
-        // SAFETY: RDTSC has no memory effects; user-space RDTSC is allowed
-        // on Linux hosts (CR4.TSD clear).
-        unsafe { std::arch::x86_64::_rdtsc() }
+        if self.timestamp_faulting {
+            // The monitor's own RDTSC would fault too: allow it for one
+            // read (rare: guest kernels that set CR4.TSD and still read
+            // the TSC in ring 0).
+            let _ = set_tsc_faulting(false);
+            let timestamp = read_tsc();
+            let _ = set_tsc_faulting(true);
+            return timestamp;
+        }
+        read_tsc()
+    }
+}
+
+fn read_tsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; the callers make sure this
+    // process may execute it (PR_SET_TSC enabled).
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// Makes RDTSC/RDTSCP in this process fault (SIGSEGV) or run.
+fn set_tsc_faulting(faulting: bool) -> Result<(), String> {
+    let mode = if faulting {
+        libc::PR_TSC_SIGSEGV
+    } else {
+        libc::PR_TSC_ENABLE
+    };
+    // SAFETY: prctl(PR_SET_TSC) with an integer mode.
+    if unsafe { libc::prctl(libc::PR_SET_TSC, mode, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "prctl(PR_SET_TSC): {}",
+            std::io::Error::last_os_error()
+        ))
     }
 }

@@ -4,7 +4,7 @@
 //! the guest's own); the emulator is only asked when one of these bits makes
 //! the instruction fault, and raises that fault.
 
-use iced_x86::{CpuidFeature, Instruction, Mnemonic, OpKind};
+use iced_x86::{CpuidFeature, Instruction, Mnemonic, OpCodeTableKind, OpKind};
 
 use crate::cpu::Cr0;
 use crate::exception::{Exception, Stop, vector};
@@ -32,6 +32,27 @@ pub enum FpuClass {
 /// The FPU-state class of an instruction, if it has one.
 #[must_use]
 pub fn fpu_class(instr: &Instruction) -> Option<FpuClass> {
+    if instr.mnemonic() == Mnemonic::Wait {
+        return Some(FpuClass::Wait);
+    }
+    // The common case first: a one-byte opcode outside the x87 escapes
+    // (D8-DF) touches no FPU/SIMD state; all of MMX/SSE lives in the 0F
+    // maps. Saves the feature lookup for most instructions.
+    // (x87 register forms are listed with both bytes, e.g. 0xDBE3.)
+    let op_code = instr.op_code();
+    let first_byte = if op_code.op_code() > 0xff {
+        op_code.op_code() >> 8
+    } else {
+        op_code.op_code()
+    };
+    if op_code.table() == OpCodeTableKind::Normal && !(0xd8..=0xdf).contains(&first_byte) {
+        return None;
+    }
+    fpu_class_by_features(instr)
+}
+
+/// [`fpu_class`] without the one-byte-opcode shortcut.
+fn fpu_class_by_features(instr: &Instruction) -> Option<FpuClass> {
     if instr.mnemonic() == Mnemonic::Wait {
         return Some(FpuClass::Wait);
     }
@@ -110,6 +131,27 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_one_byte_shortcut_never_hides_a_class() {
+        // Every one-byte opcode with every ModRM byte and SIB-free tails.
+        for first in 0u8..=0xff {
+            for modrm in 0u8..=0xff {
+                let bytes = [first, modrm, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let mut decoder =
+                    iced_x86::Decoder::with_ip(32, &bytes, 0, iced_x86::DecoderOptions::NONE);
+                let instr = decoder.decode();
+                if instr.is_invalid() {
+                    continue;
+                }
+                assert_eq!(
+                    fpu_class(&instr),
+                    fpu_class_by_features(&instr),
+                    "{first:02x} {modrm:02x}: {instr}"
+                );
+            }
+        }
+    }
+
     use iced_x86::{Decoder, DecoderOptions};
 
     use super::*;

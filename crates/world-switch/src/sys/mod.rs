@@ -8,3 +8,4 @@ pub mod memory;
 pub mod perf;
 pub mod seccomp;
 pub mod signal;
+pub mod timer;

@@ -1,0 +1,241 @@
+//! The PC's interrupt and timer chipset: the 8259A pair, the 8254 PIT and
+//! system control port B, with the PIT's counter 0 wired to IRQ 0.
+//!
+//! It runs inside the world process, next to the monitor: the guest
+//! programs these chips constantly (an EOI per interrupt, Linux's TSC
+//! calibration polls port 0x61 and the counters thousands of times), and
+//! none of them needs a host resource, so they cost no exit to the host.
+//! The host only reports the levels of the interrupt lines of its own
+//! devices (COM1); the world arms a host timer for [`Chipset::next_event`].
+
+use crate::pic::{Pic, PicChip};
+use crate::pit::Pit;
+
+/// The master PIC.
+pub const PIC_MASTER: u16 = 0x20;
+/// The slave PIC.
+pub const PIC_SLAVE: u16 = 0xa0;
+/// The PIT's first port (counters 0-2 and the control word at +3).
+pub const PIT: u16 = 0x40;
+/// System control port B (PIT gate 2, speaker, refresh, OUT2).
+pub const PORT_B: u16 = 0x61;
+/// The PIT's counter 0 drives this IRQ.
+pub const TIMER_IRQ: u8 = 0;
+
+/// PIC pair, PIT and port B.
+#[derive(Debug, Default)]
+pub struct Chipset {
+    /// The interrupt controllers.
+    pub pic: Pic,
+    /// The timer.
+    pub pit: Pit,
+    /// Levels of the host's interrupt lines last applied (bit n = IRQ n).
+    host_levels: u16,
+}
+
+impl Chipset {
+    /// Power-on state.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `port` belongs to the chipset.
+    #[must_use]
+    pub fn claims(port: u16) -> bool {
+        matches!(
+            port,
+            PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIT..=0x43 | PORT_B
+        )
+    }
+
+    /// IN of `size` bytes at time `now_ns`; `None` if the port is not the
+    /// chipset's. Wider accesses read consecutive byte ports, as on the
+    /// ISA bus.
+    pub fn read(&mut self, port: u16, size: u8, now_ns: u64) -> Option<u32> {
+        if !Self::claims(port) {
+            return None;
+        }
+        let mut value = 0u32;
+        for index in 0..size {
+            let byte = match port.wrapping_add(u16::from(index)) {
+                port @ (PIC_MASTER | 0x21) => self.pic.read(PicChip::Master, port - PIC_MASTER),
+                port @ (PIC_SLAVE | 0xa1) => self.pic.read(PicChip::Slave, port - PIC_SLAVE),
+                port @ PIT..=0x43 => self.pit.read(port - PIT, now_ns),
+                PORT_B => self.pit.read_port_b(now_ns),
+                _ => 0xff,
+            };
+            value |= u32::from(byte) << (8 * u32::from(index));
+        }
+        self.advance(now_ns);
+        Some(value)
+    }
+
+    /// OUT of `size` bytes at time `now_ns`; false if the port is not the
+    /// chipset's.
+    pub fn write(&mut self, port: u16, size: u8, value: u32, now_ns: u64) -> bool {
+        if !Self::claims(port) {
+            return false;
+        }
+        for (index, byte) in value
+            .to_le_bytes()
+            .into_iter()
+            .take(usize::from(size))
+            .enumerate()
+        {
+            #[allow(clippy::cast_possible_truncation)] // index < 4
+            match port.wrapping_add(index as u16) {
+                port @ (PIC_MASTER | 0x21) => {
+                    self.pic.write(PicChip::Master, port - PIC_MASTER, byte)
+                }
+                port @ (PIC_SLAVE | 0xa1) => self.pic.write(PicChip::Slave, port - PIC_SLAVE, byte),
+                port @ PIT..=0x43 => self.pit.write(port - PIT, byte, now_ns),
+                PORT_B => self.pit.write_port_b(byte, now_ns),
+                _ => {}
+            }
+        }
+        self.advance(now_ns);
+        true
+    }
+
+    /// Brings the timer to `now_ns`: if counter 0's output rose since the
+    /// last call, IRQ 0 gets an edge (the PIC latches one; a world that was
+    /// not scheduled for several periods takes one late tick, as a PC whose
+    /// CPU was stopped would).
+    pub fn advance(&mut self, now_ns: u64) {
+        if self.pit.take_rising_edges(0, now_ns) > 0 {
+            self.pic.set_irq(TIMER_IRQ, true);
+            self.pic.set_irq(TIMER_IRQ, false);
+        }
+    }
+
+    /// Applies the levels of the host's interrupt lines (bit n = IRQ n);
+    /// only lines that changed are touched.
+    pub fn set_host_levels(&mut self, levels: u16) {
+        let changed = levels ^ self.host_levels;
+        for line in 0..16u8 {
+            if changed & (1 << line) != 0 {
+                self.pic.set_irq(line, levels & (1 << line) != 0);
+            }
+        }
+        self.host_levels = levels;
+    }
+
+    /// When the host must next bring the chipset up to date: the next
+    /// rising edge of counter 0 (an edge already past but not taken yet is
+    /// due now). None while IRQ 0 is masked at the master: its edges are
+    /// taken lazily at the next access, with the same visible result
+    /// (advance runs before any register read and after every write).
+    pub fn next_event(&mut self, now_ns: u64) -> Option<u64> {
+        if self.pic.chip(PicChip::Master).imr() & (1 << TIMER_IRQ) != 0 {
+            return None;
+        }
+        let next = self.pit.next_rising_edge(0, now_ns);
+        if self.pit.pending_rising_edges(0) > 0 {
+            return Some(now_ns);
+        }
+        next
+    }
+
+    /// The CPU's INTR line.
+    #[must_use]
+    pub fn interrupt_pending(&self) -> bool {
+        self.pic.interrupt_pending()
+    }
+
+    /// The interrupt acknowledge cycle: the vector to deliver.
+    pub fn acknowledge(&mut self) -> u8 {
+        self.pic.acknowledge()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn program_pic(chipset: &mut Chipset) {
+        for (port, value) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0xa0, 0x11),
+            (0xa1, 0x28),
+            (0xa1, 0x02),
+            (0xa1, 0x01),
+            (0x21, 0xfe),
+            (0xa1, 0xff),
+        ] {
+            assert!(chipset.write(port, 1, value, 0));
+        }
+    }
+
+    #[test]
+    fn the_timer_interrupts_through_the_pic() {
+        let mut chipset = Chipset::new();
+        program_pic(&mut chipset);
+        // Counter 0, mode 2, LSB then MSB, 1193 -> ~1 kHz.
+        chipset.write(0x43, 1, 0x34, 0);
+        chipset.write(0x40, 1, 1193 & 0xff, 0);
+        chipset.write(0x40, 1, 1193 >> 8, 0);
+        assert!(!chipset.interrupt_pending());
+        let due = chipset
+            .next_event(0)
+            .expect("a programmed timer has a next edge");
+        assert!(due > 900_000 && due < 1_100_000, "{due}");
+        chipset.advance(due);
+        assert!(chipset.interrupt_pending());
+        assert_eq!(chipset.acknowledge(), 0x20);
+        assert!(!chipset.interrupt_pending());
+        chipset.write(0x20, 1, 0x20, due);
+        // An edge that passed without being taken is due at once.
+        assert_eq!(chipset.next_event(due + MS), Some(due + MS));
+        chipset.advance(due + MS);
+        assert!(chipset.interrupt_pending());
+    }
+
+    #[test]
+    fn masked_lines_and_host_levels() {
+        let mut chipset = Chipset::new();
+        program_pic(&mut chipset);
+        chipset.write(0x21, 1, 0xff, 0);
+        chipset.write(0x43, 1, 0x34, 0);
+        chipset.write(0x40, 1, 0xa9, 0);
+        chipset.write(0x40, 1, 0x04, 0);
+        assert_eq!(chipset.next_event(0), None, "IRQ 0 masked: no timer events");
+        chipset.advance(10 * MS);
+        assert!(!chipset.interrupt_pending());
+        chipset.write(0x21, 1, 0xef, 10 * MS);
+        assert!(!chipset.interrupt_pending(), "timer still masked");
+        chipset.set_host_levels(1 << 4);
+        assert!(chipset.interrupt_pending(), "COM1's level on IRQ 4");
+        assert_eq!(chipset.acknowledge(), 0x24);
+        // IRQ 4's edge was taken; the masked timer's edges stay requested.
+        assert_eq!(
+            chipset.read(0x20, 1, 10 * MS),
+            Some(0x01),
+            "IRR after the acknowledge"
+        );
+        assert_eq!(chipset.read(0x3f8, 1, 0), None);
+        assert!(!chipset.write(0x3f8, 1, 0, 0));
+    }
+
+    #[test]
+    fn pit_and_port_b() {
+        let mut chipset = Chipset::new();
+        // Linux's calibration: gate 2 on, speaker off, mode 0 on counter 2.
+        chipset.write(0x61, 1, 0x01, 0);
+        chipset.write(0x43, 1, 0xb0, 0);
+        chipset.write(0x42, 1, 0xff, 0);
+        chipset.write(0x42, 1, 0xff, 0);
+        assert_eq!(chipset.read(0x61, 1, 0).map(|value| value & 0x20), Some(0));
+        assert_eq!(
+            chipset.read(0x61, 1, 60 * MS).map(|value| value & 0x20),
+            Some(0x20)
+        );
+        // A word read of 0x40 reads counters 0 and 1.
+        assert!(chipset.read(0x40, 2, 60 * MS).is_some());
+    }
+}

@@ -1,0 +1,55 @@
+//! An idle guest sleeps: guests/bench/idle.c waits in HLT for a number of
+//! PIT ticks. Each wait must end with the tick that woke it (the world
+//! sleeps until its timer), never by spinning: the counters show one HLT
+//! wait and one injected interrupt per tick, and few traps. (How much host
+//! CPU that costs is a measurement, not a test: see the README.)
+
+use std::path::Path;
+use std::process::Command;
+
+/// The value of counter `name` in `btvmm run --stats` output.
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with("  "))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name:?} in:\n{stats}"))
+}
+
+#[test]
+fn an_idle_guest_sleeps_until_each_tick() {
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
+    let build = std::env::temp_dir().join(format!("btvmm-idle-{}", std::process::id()));
+    let made = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&guests)
+        .arg(format!("BUILD={}", build.display()))
+        .status()
+        .expect("make must be installed to build the guests");
+    assert!(made.success(), "building the guests failed");
+    let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--stats", "--kernel"])
+        .arg(build.join("bench/idle.elf"))
+        .args(["--cmdline", "hz=200 seconds=1"])
+        .output()
+        .expect("run btvmm");
+    let _ = std::fs::remove_dir_all(&build);
+    let console = String::from_utf8_lossy(&output.stdout);
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{console}\n{stats}");
+    assert!(
+        console.contains("# idle: 200 ticks at 200 Hz handled with hlt"),
+        "{console}"
+    );
+    let waits = counter(&stats, "hlt: waits for an interrupt");
+    let injected = counter(&stats, "interrupts injected");
+    let traps = counter(&stats, "traps");
+    assert!((200..=205).contains(&injected), "{injected} interrupts injected");
+    assert!(
+        (195..=205).contains(&waits),
+        "{waits} HLT waits for 200 ticks: the world must sleep until each tick"
+    );
+    assert!(traps < 2_000, "{traps} traps while idle");
+}
