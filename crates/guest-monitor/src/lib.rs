@@ -566,9 +566,17 @@ impl Monitor {
     }
 
     /// Arms the world's timer for the chipset's next event, if that
-    /// changed.
+    /// changed. With the virtual IF clear nothing is armed: the guest
+    /// cannot take an interrupt until an instruction sets IF, and every
+    /// such instruction (STI, POPF, IRET) comes to the monitor, which
+    /// publishes again then; the chipset's registers are brought up to
+    /// date at each port access anyway.
     fn publish_deadline(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
-        let deadline = self.chipset.next_event(world.now_ns());
+        let deadline = if self.cpu.interrupts_enabled() {
+            self.chipset.next_event(world.now_ns())
+        } else {
+            None
+        };
         if deadline != self.published_deadline {
             world
                 .set_timer_deadline(deadline)
@@ -750,7 +758,20 @@ impl Monitor {
         }
         let at = GuestVirt(self.cpu.linear_eip());
         let block = self.planner.block(&PlannerMemory(&*world), at);
-        (block.instructions <= INTERPRET_RUN).then_some(block)
+        // A block that ends in a backward branch closes a loop: it may
+        // spin for long, natively it costs nothing per round, and
+        // interpreting it would only repeat the loop slowly until the
+        // budget ran out.
+        let loops = match &block.end {
+            BlockEnd::Poi(poi) => match poi.kind {
+                PoiKind::CondBranch { taken: target } | PoiKind::DirectBranch { target, .. } => {
+                    target.0 <= poi.at.0
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        (block.instructions <= INTERPRET_RUN && !loops).then_some(block)
     }
 
     /// Interprets the block at EIP, its ending point of interest included,
