@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod calibrate;
 pub mod elf;
 pub mod image;
 pub mod multiboot;
@@ -78,6 +79,9 @@ pub enum LoaderError {
     /// A planner configuration problem.
     #[error(transparent)]
     Planner(#[from] cfg_planner::PlannerError),
+    /// A calibration measurement could not be made.
+    #[error("calibration: {0}")]
+    Calibrate(String),
     /// A Multiboot kernel that cannot be loaded.
     #[error("cannot boot this Multiboot kernel: {0}")]
     Multiboot(String),

@@ -53,6 +53,34 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Measure what each monitor path costs on this host against the bare
+    /// host trap(s) it needs, side by side in one run.
+    Calibrate {
+        /// Events per measurement round (bare) and per guest run.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+        iterations: u32,
+        /// Rounds per measurement; the median is reported.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print each generated guest's monitor counters to stderr.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// One bare host event measurement (started by `btvmm calibrate`).
+    #[command(name = "__bare", hide = true)]
+    Bare {
+        /// The event's name.
+        event: String,
+        /// Events per round.
+        #[arg(long)]
+        iterations: u32,
+        /// Rounds.
+        #[arg(long)]
+        rounds: u32,
+    },
     /// The world process (started by `btvmm run`, not by hand).
     #[command(name = "__world", hide = true)]
     World {
@@ -188,6 +216,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("btvmm: {message}");
             }
             std::process::exit(outcome.exit_status());
+        }
+        Command::Calibrate {
+            iterations,
+            rounds,
+            json,
+            stats,
+        } => {
+            let calibration =
+                host_loader::calibrate::calibrate(&host_loader::calibrate::CalibrateRequest {
+                    iterations,
+                    rounds,
+                    stats,
+                })?;
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&calibration).context("encoding the table")?;
+                println!("{text}");
+            } else {
+                print!("{}", host_loader::calibrate::render_text(&calibration));
+            }
+            Ok(())
+        }
+        Command::Bare {
+            event,
+            iterations,
+            rounds,
+        } => {
+            let event = world_switch::bare::BareEvent::from_name(&event)
+                .with_context(|| format!("no bare event named {event:?}"))?;
+            let ns = world_switch::bare::measure(event, iterations, rounds)?;
+            println!("{ns}");
+            Ok(())
         }
         Command::World { ram_size, trace } => {
             let error = world_main(ram_size, trace);

@@ -48,9 +48,9 @@ pub struct Handover {
 
 /// The header found in a kernel file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Header {
+pub(crate) struct Header {
     offset: usize,
-    flags: u32,
+    pub(crate) flags: u32,
     header_addr: u32,
     load_addr: u32,
     load_end_addr: u32,
@@ -63,7 +63,7 @@ fn word(data: &[u8], at: usize) -> Option<u32> {
         .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
-fn find_header(file: &[u8]) -> Result<Header, LoaderError> {
+pub(crate) fn find_header(file: &[u8]) -> Result<Header, LoaderError> {
     let limit = file.len().min(SEARCH_BYTES);
     let offset = (0..limit.saturating_sub(11))
         .step_by(4)

@@ -97,6 +97,19 @@ impl RunOutcome {
 /// Boots the kernel and serves the VM until it ends. Guest console output
 /// goes to `console`.
 pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOutcome, LoaderError> {
+    let kernel = crate::report::read_limited(&request.kernel)?;
+    run_image(request, &kernel, console, |_| {})
+}
+
+/// Boots the Multiboot kernel image `kernel` (`request.kernel` only names
+/// it) and serves the VM until it ends; then hands guest RAM to `inspect`
+/// (e.g. to read results the guest left there).
+pub fn run_image(
+    request: &RunRequest,
+    kernel: &[u8],
+    console: impl Write + 'static,
+    inspect: impl FnOnce(&GuestRam),
+) -> Result<RunOutcome, LoaderError> {
     if !(2..=3072).contains(&request.memory_mib) {
         return Err(LoaderError::Option(format!(
             "--memory {} is outside 2..=3072 MiB",
@@ -104,9 +117,8 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
         )));
     }
     let ram_size = request.memory_mib << 20;
-    let kernel = crate::report::read_limited(&request.kernel)?;
     let ram = GuestRam::create(ram_size as usize)?;
-    let handover = multiboot::load(&kernel, ram_size, &request.cmdline, &mut |phys, bytes| {
+    let handover = multiboot::load(kernel, ram_size, &request.cmdline, &mut |phys, bytes| {
         ram.write(phys, bytes)
     })?;
 
@@ -148,6 +160,7 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
     // The world exits on its own after Terminate; make sure it is gone.
     let _ = child.kill();
     let _ = child.wait();
+    inspect(&ram);
     Ok(RunOutcome {
         ending,
         counters: Counters::from_slice(&channel.counters()),

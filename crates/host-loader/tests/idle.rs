@@ -46,7 +46,10 @@ fn an_idle_guest_sleeps_until_each_tick() {
     let waits = counter(&stats, "hlt: waits for an interrupt");
     let injected = counter(&stats, "interrupts injected");
     let traps = counter(&stats, "traps");
-    assert!((200..=205).contains(&injected), "{injected} interrupts injected");
+    assert!(
+        (200..=205).contains(&injected),
+        "{injected} interrupts injected"
+    );
     assert!(
         (195..=205).contains(&waits),
         "{waits} HLT waits for 200 ticks: the world must sleep until each tick"

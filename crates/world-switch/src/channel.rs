@@ -314,6 +314,16 @@ pub fn monotonic_ns_syscall() -> u64 {
     timespec_ns(&now)
 }
 
+/// The host's time-stamp counter (for measurements against
+/// [`monotonic_ns`]).
+#[must_use]
+pub fn read_tsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; user-space RDTSC is allowed on
+    // Linux hosts unless a process asked otherwise (PR_SET_TSC), which
+    // the callers of this function do not.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
 fn timespec_ns(now: &libc::timespec) -> u64 {
     let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);

@@ -10,6 +10,7 @@
 //! monitor's vocabulary ([`btvmm_core::Trap`], [`btvmm_core::HostRegisters`])
 //! and back; [`world`] wires it together; [`spawn`] is the host side.
 
+pub mod bare;
 pub mod channel;
 pub mod shadow;
 pub mod spawn;
