@@ -758,19 +758,33 @@ impl Monitor {
         }
         let at = GuestVirt(self.cpu.linear_eip());
         let block = self.planner.block(&PlannerMemory(&*world), at);
-        // A block that ends in a backward branch closes a loop: it may
-        // spin for long, natively it costs nothing per round, and
-        // interpreting it would only repeat the loop slowly until the
-        // budget ran out.
-        let loops = match &block.end {
+        // A block that ends in a backward branch closes a loop. A loop
+        // whose head is a sensitive instruction or a pointer branch (a
+        // port polling loop, say) traps on every round anyway: cheaper
+        // interpreted. Any other loop may spin for long and natively
+        // costs nothing per round; interpreting it would only repeat it
+        // slowly until the budget ran out.
+        let loop_head = match &block.end {
             BlockEnd::Poi(poi) => match poi.kind {
-                PoiKind::CondBranch { taken: target } | PoiKind::DirectBranch { target, .. } => {
-                    target.0 <= poi.at.0
+                PoiKind::CondBranch { taken: target } | PoiKind::DirectBranch { target, .. }
+                    if target.0 <= poi.at.0 =>
+                {
+                    Some(target)
                 }
-                _ => false,
+                _ => None,
             },
-            _ => false,
+            _ => None,
         };
+        let loops = loop_head.is_some_and(|head| {
+            let head = self.planner.block(&PlannerMemory(&*world), head);
+            !matches!(
+                &head.end,
+                BlockEnd::Poi(poi) if matches!(
+                    poi.kind,
+                    PoiKind::Sensitive { .. } | PoiKind::PointerBranch(_)
+                )
+            )
+        });
         (block.instructions <= INTERPRET_RUN && !loops).then_some(block)
     }
 
