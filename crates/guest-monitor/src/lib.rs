@@ -518,6 +518,15 @@ impl Monitor {
         if terminate {
             return Err(Failure::Terminated);
         }
+        if self.cpu.paging() {
+            // Without the shadow MMU the world would keep running the guest
+            // on its physical addresses: wrong, and silently so.
+            return Err(StopReason::Unsupported(format!(
+                "guest paging (CR0.PG set at EIP {:#x}): the shadow MMU is not built yet",
+                self.cpu.eip
+            ))
+            .into());
+        }
         match result {
             Ok(Outcome::Halted) => {
                 self.halted = true;

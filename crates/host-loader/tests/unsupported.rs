@@ -1,0 +1,53 @@
+//! What btvmm does not do yet, it says at run time: a guest that turns on
+//! paging (the shadow MMU is not built yet) is stopped with one line and
+//! exit status 2, never run on with the wrong memory semantics.
+
+use std::process::Command;
+
+const LOAD: u32 = 0x0010_0000;
+
+/// A Multiboot (a.out kludge) kernel of `code` loaded at 1 MiB, entered at
+/// its first byte.
+fn multiboot_image(code: &[u8]) -> Vec<u8> {
+    const MAGIC: u32 = 0x1bad_b002;
+    const FLAGS: u32 = 1 << 16;
+    let end = LOAD + 32 + u32::try_from(code.len()).expect("small code");
+    let mut image = Vec::new();
+    for word in [
+        MAGIC,
+        FLAGS,
+        0u32.wrapping_sub(MAGIC).wrapping_sub(FLAGS),
+        LOAD,
+        LOAD,
+        end,
+        end,
+        LOAD + 32,
+    ] {
+        image.extend_from_slice(&word.to_le_bytes());
+    }
+    image.extend_from_slice(code);
+    image
+}
+
+#[test]
+fn a_guest_that_turns_paging_on_is_stopped_with_one_line() {
+    let code = [
+        0x0f, 0x20, 0xc0, // mov eax, cr0
+        0x0d, 0x00, 0x00, 0x00, 0x80, // or eax, 0x80000000
+        0x0f, 0x22, 0xc0, // mov cr0, eax
+        0xf4, // hlt
+    ];
+    let path = std::env::temp_dir().join(format!("btvmm-paging-{}.bin", std::process::id()));
+    std::fs::write(&path, multiboot_image(&code)).expect("write the kernel");
+    let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--kernel"])
+        .arg(&path)
+        .output()
+        .expect("run btvmm");
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("guest paging"), "{stderr}");
+    assert!(stderr.contains("not built yet"), "{stderr}");
+}
