@@ -1,0 +1,1309 @@
+//! The shadow of one guest address space (one world process in the VMM):
+//! which guest-virtual pages are host-mapped, to what, with what protection,
+//! and which guest-physical pages must stay read-only in every alias.
+//!
+//! Rules the shadow keeps:
+//!
+//! - **Host writable** only when the guest's tables allow writes on the
+//!   whole path (R/W=1), the leaf's Dirty bit is already set, and the
+//!   guest-physical page is not write-tracked. A clean page is mapped
+//!   read-only so that the first write traps and sets D, as DESIGN.md 4 asks.
+//!   CR0.WP never widens a shadow: a supervisor write that only WP=0 allows
+//!   is emulated ([`EmulateReason::SupervisorWriteReadOnly`]), because guest
+//!   user code shares the host mapping. So the shadow does not depend on
+//!   CR0.WP, and a change of WP needs no flush (a change of CR4.PSE does:
+//!   call [`Shadow::flush_all`]).
+//! - **Runs.** A hidden fault on a 4 KiB page also maps the pages after it,
+//!   up to [`ShadowConfig::max_run_pages`] in all, in the same host call,
+//!   while they are mapped by the same page table to consecutive RAM pages
+//!   with the same guest rights, have A already set (pre-mapping must not
+//!   make the guest see accesses it did not make: A is never set on them)
+//!   and get the same host protection (so a writable run stops at the first
+//!   page whose D is clear or that is tracked). A 4 MiB guest page is mapped
+//!   whole when it is touched: A is set once, for the whole page, by the
+//!   walk; its tracked pages are split out read-only.
+//! - **Write tracking.** The page directory and every page table a walk
+//!   uses are tracked ([`TrackReasons::PAGE_DIRECTORY`],
+//!   [`TrackReasons::PAGE_TABLE`]); so are the planner's code pages. When a
+//!   page becomes tracked, every writable alias of it is write-protected.
+//!   Untracking does not upgrade aliases: the next write takes a hidden
+//!   fault and is mapped writable then.
+//! - **Staleness.** An emulated write to a tracked table marks the shadow
+//!   entries it may change stale ([`Shadow::after_tracked_write`]); they are
+//!   dropped no later than the guest's next INVLPG of them or CR3 load, the
+//!   points where a real TLB would have to forget them too.
+//!
+//! Not here yet: segment truncation (the [`Protection::user`] flag is
+//! recorded for it), global pages (CR4.PGE: every CR3 load drops all), the
+//! root-table compare trick, untracking page tables the guest has freed.
+//!
+//! Memory bound: one [`ShadowEntry`] and one alias per shadow-mapped
+//! guest-virtual page (at most 2^20), and one table record per page table
+//! the walks used (at most the guest's RAM pages).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use btvmm_core::{GuestPhys, GuestVirt, PAGE_SIZE};
+use rustc_hash::FxHashMap;
+
+use crate::walk::{TableLevel, walk, walk_and_update};
+use crate::{
+    Access, HostMapper, PageFault, PageSize, PagingMode, PagingRegs, PhysMemory, Protection,
+    ShadowError, TrackReasons, Translation, WalkOutcome, WriteTracker,
+};
+
+/// Pages per 4 MiB guest page, and 32-bit entries per paging structure.
+const PAGES_PER_4M: u32 = 1024;
+
+/// Tunables of a [`Shadow`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowConfig {
+    /// Most pages one hidden fault on a 4 KiB page maps, the faulting page
+    /// included (at least 1).
+    pub max_run_pages: u32,
+    /// Lowest guest-virtual address the shadow may map. DESIGN.md 2 keeps
+    /// the low 64 KiB empty so that stray host-GDT selectors fault.
+    pub mappable_start: GuestVirt,
+    /// Highest guest-virtual address the shadow may map; the top 64 KiB stay
+    /// empty for the same reason.
+    pub mappable_last: GuestVirt,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            max_run_pages: 16,
+            mappable_start: GuestVirt(0x1_0000),
+            mappable_last: GuestVirt(0xfffe_ffff),
+        }
+    }
+}
+
+/// Why a fault must be completed by emulating the access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EmulateReason {
+    /// The guest page is not RAM (device memory is never mapped).
+    NotRam,
+    /// The guest-virtual page lies where the shadow never maps
+    /// ([`ShadowConfig::mappable_start`], [`ShadowConfig::mappable_last`]).
+    Unmappable,
+    /// A supervisor write to a page the tables make read-only, allowed only
+    /// because CR0.WP=0; mapping it writable would let guest user code write
+    /// it too.
+    SupervisorWriteReadOnly,
+}
+
+/// What a host fault in guest code turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultOutcome {
+    /// A hidden fault: the guest's tables map the address; `pages` pages
+    /// from `guest_virt` are now shadow-mapped. Resume the guest.
+    Mapped {
+        /// First page mapped (not always the faulting page for 4 MiB pages).
+        guest_virt: GuestVirt,
+        /// Pages mapped in all.
+        pages: u32,
+    },
+    /// The guest's tables refuse the access: deliver this #PF.
+    GuestFault(PageFault),
+    /// A write, allowed by the guest's tables, to a write-tracked page.
+    /// Emulate the instruction, then call [`Shadow::after_tracked_write`]
+    /// (and tell the planner when `reasons` has CODE).
+    TrackedWrite {
+        /// Where the write lands.
+        guest_phys: GuestPhys,
+        /// Why the page is tracked.
+        reasons: TrackReasons,
+    },
+    /// An access the guest's tables allow but the shadow will not map:
+    /// emulate it.
+    Emulate {
+        /// Where the access lands.
+        guest_phys: GuestPhys,
+        /// Why it is not mapped.
+        reason: EmulateReason,
+    },
+}
+
+/// One shadow-mapped guest-virtual page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShadowEntry {
+    /// The guest-physical page it is mapped to (page-aligned).
+    pub guest_phys: GuestPhys,
+    /// The host protection it has now.
+    pub prot: Protection,
+    /// Where the PDE it came through lies.
+    pub pde_guest_phys: GuestPhys,
+    /// Where the leaf it came from lies: the PTE, or the PDE of a 4 MiB page.
+    pub leaf_guest_phys: GuestPhys,
+    /// Part of a 4 MiB guest page.
+    pub large: bool,
+    /// A write to the guest's tables may have changed the translation; the
+    /// entry goes at the next INVLPG or CR3 load.
+    pub stale: bool,
+}
+
+/// The shadow state of one guest address space.
+#[derive(Clone, Debug)]
+pub struct Shadow {
+    config: ShadowConfig,
+    cr3: u32,
+    /// Guest-virtual page frame -> shadow entry.
+    entries: BTreeMap<u32, ShadowEntry>,
+    tracker: WriteTracker,
+    /// Page-table page frame -> directory indices seen pointing to it. Kept
+    /// until the next CR3 load so those tables can be untracked then; an
+    /// index whose PDE has since changed only costs extra stale marks.
+    tables: FxHashMap<u32, BTreeSet<u32>>,
+}
+
+impl Shadow {
+    /// An empty shadow of the address space whose CR3 is `cr3`, with the
+    /// default [`ShadowConfig`].
+    #[must_use]
+    pub fn new(cr3: u32) -> Self {
+        Self::with_config(cr3, ShadowConfig::default())
+    }
+
+    /// An empty shadow of the address space whose CR3 is `cr3`.
+    #[must_use]
+    pub fn with_config(cr3: u32, config: ShadowConfig) -> Self {
+        let mut tracker = WriteTracker::new();
+        tracker.add(directory_of(cr3), TrackReasons::PAGE_DIRECTORY);
+        Self {
+            config,
+            cr3,
+            entries: BTreeMap::new(),
+            tracker,
+            tables: FxHashMap::default(),
+        }
+    }
+
+    /// The CR3 this shadow mirrors.
+    #[must_use]
+    pub const fn cr3(&self) -> u32 {
+        self.cr3
+    }
+
+    /// The write tracker (tracked pages and aliases).
+    #[must_use]
+    pub const fn tracker(&self) -> &WriteTracker {
+        &self.tracker
+    }
+
+    /// The shadow entry of the page holding `guest_virt`.
+    #[must_use]
+    pub fn entry(&self, guest_virt: GuestVirt) -> Option<&ShadowEntry> {
+        self.entries.get(&guest_virt.page())
+    }
+
+    /// How many guest-virtual pages are shadow-mapped.
+    #[must_use]
+    pub fn mapped_pages(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Handles a host fault of guest code at `guest_virt`: walks the guest's
+    /// tables, sets A/D as the hardware would (for every outcome but
+    /// [`FaultOutcome::GuestFault`]: the access does happen, natively or
+    /// emulated), tracks the tables walked, and maps what may be mapped.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Cr3Mismatch`] when `regs.cr3` is not this shadow's;
+    /// [`ShadowError::OutsideRam`] when the guest's tables lie outside RAM;
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn handle_fault<M, H>(
+        &mut self,
+        mem: &mut M,
+        mapper: &mut H,
+        regs: PagingRegs,
+        guest_virt: GuestVirt,
+        access: Access,
+    ) -> Result<FaultOutcome, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        H: HostMapper + ?Sized,
+    {
+        if regs.cr3 != self.cr3 {
+            return Err(ShadowError::Cr3Mismatch {
+                shadow_cr3: self.cr3,
+                fault_cr3: regs.cr3,
+            });
+        }
+        let translation = match walk_and_update(mem, regs, guest_virt, access)? {
+            WalkOutcome::Fault(page_fault) => return Ok(FaultOutcome::GuestFault(page_fault)),
+            WalkOutcome::Translated(translation) => translation,
+        };
+        self.track_walked_table(mapper, &translation)?;
+        let guest_phys = translation.guest_phys;
+        let emulate = |reason| Ok(FaultOutcome::Emulate { guest_phys, reason });
+        if !mem.is_ram_page(guest_phys) {
+            return emulate(EmulateReason::NotRam);
+        }
+        let reasons = self.tracker.reasons(guest_phys);
+        if access.write && !reasons.is_empty() {
+            return Ok(FaultOutcome::TrackedWrite {
+                guest_phys,
+                reasons,
+            });
+        }
+        if access.write && !translation.writable {
+            return emulate(EmulateReason::SupervisorWriteReadOnly);
+        }
+        if !self.mappable(guest_virt.page()) {
+            return emulate(EmulateReason::Unmappable);
+        }
+        match translation.page_size {
+            PageSize::Size4K => self.map_run(mem, mapper, regs, &translation),
+            PageSize::Size4M => self.map_large(mem, mapper, &translation),
+        }
+    }
+
+    /// Marks stale the shadow entries that an emulated write of `len` bytes
+    /// at `guest_phys` (to a tracked page) may have changed: entries mapped
+    /// through a written PDE or from a written PTE. Returns how many entries
+    /// became stale. Writes to code pages change no entry; the planner hears
+    /// of them from [`FaultOutcome::TrackedWrite`].
+    pub fn after_tracked_write(&mut self, guest_phys: GuestPhys, len: u32) -> usize {
+        let Some(last_byte) = len
+            .checked_sub(1)
+            .map(|tail| guest_phys.0.saturating_add(tail))
+        else {
+            return 0;
+        };
+        let directory_page = directory_of(self.cr3).page();
+        let mut stale_pages = Vec::new();
+        for written_page in guest_phys.page()..=GuestPhys(last_byte).page() {
+            let page_start = written_page * PAGE_SIZE;
+            let first_index = guest_phys.0.max(page_start) % PAGE_SIZE / 4;
+            let last_index = last_byte.min(page_start + (PAGE_SIZE - 1)) % PAGE_SIZE / 4;
+            if written_page == directory_page {
+                for pde_index in first_index..=last_index {
+                    let region = pde_index * PAGES_PER_4M..(pde_index + 1) * PAGES_PER_4M;
+                    stale_pages.extend(self.entries.range(region).map(|(&virt_page, _)| virt_page));
+                }
+            }
+            if let Some(pde_indices) = self.tables.get(&written_page) {
+                for &pde_index in pde_indices {
+                    for pte_index in first_index..=last_index {
+                        let virt_page = pde_index * PAGES_PER_4M + pte_index;
+                        let from_this_table = self.entries.get(&virt_page).is_some_and(|entry| {
+                            !entry.large && entry.leaf_guest_phys.page() == written_page
+                        });
+                        if from_this_table {
+                            stale_pages.push(virt_page);
+                        }
+                    }
+                }
+            }
+        }
+        let mut marked = 0;
+        for virt_page in stale_pages {
+            if let Some(entry) = self.entries.get_mut(&virt_page)
+                && !entry.stale
+            {
+                entry.stale = true;
+                marked += 1;
+            }
+        }
+        marked
+    }
+
+    /// INVLPG: drops the shadow of the page holding `guest_virt` and, as a
+    /// 4 MiB TLB entry would go whole, every page of a 4 MiB guest page
+    /// covering it.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn invlpg<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        guest_virt: GuestVirt,
+    ) -> Result<(), ShadowError> {
+        let virt_page = guest_virt.page();
+        let region_start = virt_page - virt_page % PAGES_PER_4M;
+        let victims: Vec<u32> = self
+            .entries
+            .range(region_start..region_start + PAGES_PER_4M)
+            .filter(|&(&page, entry)| entry.large || page == virt_page)
+            .map(|(&page, _)| page)
+            .collect();
+        self.drop_pages(mapper, &victims)
+    }
+
+    /// A CR3 load: drops every shadow entry (there are no global pages
+    /// yet), untracks the old page directory and the page tables the walks
+    /// used, and tracks the new directory.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn set_cr3<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        new_cr3: u32,
+    ) -> Result<(), ShadowError> {
+        self.flush_all(mapper)?;
+        for (table_page, _) in self.tables.drain() {
+            self.tracker
+                .remove(GuestPhys(table_page * PAGE_SIZE), TrackReasons::PAGE_TABLE);
+        }
+        self.tracker
+            .remove(directory_of(self.cr3), TrackReasons::PAGE_DIRECTORY);
+        self.cr3 = new_cr3;
+        // Nothing is mapped now, so there are no aliases to protect.
+        self.tracker
+            .add(directory_of(new_cr3), TrackReasons::PAGE_DIRECTORY);
+        Ok(())
+    }
+
+    /// Drops every shadow entry, keeping the tracking; for a change of
+    /// CR4.PSE or any other full TLB flush that keeps CR3.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn flush_all<H: HostMapper + ?Sized>(&mut self, mapper: &mut H) -> Result<(), ShadowError> {
+        let victims: Vec<u32> = self.entries.keys().copied().collect();
+        self.drop_pages(mapper, &victims)
+    }
+
+    /// Drops every entry marked stale.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn flush_stale<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+    ) -> Result<(), ShadowError> {
+        let victims: Vec<u32> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.stale)
+            .map(|(&page, _)| page)
+            .collect();
+        self.drop_pages(mapper, &victims)
+    }
+
+    /// Tracks the page holding `guest_phys` as decoded code: every alias is
+    /// write-protected now, and later writes report
+    /// [`FaultOutcome::TrackedWrite`].
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn track_code_page<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        guest_phys: GuestPhys,
+    ) -> Result<(), ShadowError> {
+        self.track(mapper, guest_phys, TrackReasons::CODE)
+    }
+
+    /// Stops tracking the page holding `guest_phys` as code. Its aliases
+    /// stay read-only until a write fault upgrades them.
+    pub fn untrack_code_page(&mut self, guest_phys: GuestPhys) {
+        self.tracker.remove(guest_phys, TrackReasons::CODE);
+    }
+
+    fn mappable(&self, virt_page: u32) -> bool {
+        (self.config.mappable_start.page()..=self.config.mappable_last.page()).contains(&virt_page)
+    }
+
+    /// The host protection of a page with these guest rights.
+    fn host_prot(
+        &self,
+        guest_writable: bool,
+        user: bool,
+        dirty: bool,
+        guest_phys: GuestPhys,
+    ) -> Protection {
+        Protection {
+            writable: guest_writable && dirty && !self.tracker.is_tracked(guest_phys),
+            user,
+        }
+    }
+
+    fn track<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        guest_phys: GuestPhys,
+        reasons: TrackReasons,
+    ) -> Result<(), ShadowError> {
+        if !self.tracker.add(guest_phys, reasons) {
+            // Already tracked, so its aliases are already read-only.
+            return Ok(());
+        }
+        let aliases: Vec<GuestVirt> = self.tracker.aliases(guest_phys).collect();
+        for alias in aliases {
+            if let Some(entry) = self.entries.get_mut(&alias.page())
+                && entry.prot.writable
+            {
+                let read_only = Protection::read_only(entry.prot.user);
+                mapper.protect(alias, 1, read_only)?;
+                entry.prot = read_only;
+            }
+        }
+        Ok(())
+    }
+
+    fn track_walked_table<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        translation: &Translation,
+    ) -> Result<(), ShadowError> {
+        let Some(pte) = translation.path.at(TableLevel::Table) else {
+            return Ok(());
+        };
+        let table_page = pte.entry_guest_phys.page();
+        let pde_index = translation.guest_virt.page() / PAGES_PER_4M;
+        self.tables.entry(table_page).or_default().insert(pde_index);
+        self.track(mapper, pte.entry_guest_phys, TrackReasons::PAGE_TABLE)
+    }
+
+    /// Maps the faulting 4 KiB page and the run after it.
+    fn map_run<M, H>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        regs: PagingRegs,
+        translation: &Translation,
+    ) -> Result<FaultOutcome, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        H: HostMapper + ?Sized,
+    {
+        let (Some(pde), Some(pte)) = (
+            translation.path.at(TableLevel::Directory),
+            translation.path.at(TableLevel::Table),
+        ) else {
+            return Ok(FaultOutcome::Mapped {
+                guest_virt: translation.page_guest_virt(),
+                pages: 0,
+            });
+        };
+        let first = translation.page_guest_virt();
+        let first_phys = translation.page_guest_phys();
+        let prot = self.host_prot(
+            translation.writable,
+            translation.user,
+            translation.dirty,
+            first_phys,
+        );
+        let mut leaves = vec![pte.entry_guest_phys];
+        for k in 1..self.config.max_run_pages.max(1) {
+            let guest_virt = first.offset(k * PAGE_SIZE);
+            if guest_virt.page().is_multiple_of(PAGES_PER_4M) || !self.mappable(guest_virt.page()) {
+                break;
+            }
+            // A pure walk per page keeps the run independent of the entry
+            // format; a supervisor read never faults on rights.
+            let WalkOutcome::Translated(next) = walk(mem, regs, guest_virt, Access::read(false))?
+            else {
+                break;
+            };
+            let Some(next_pte) = next.path.at(TableLevel::Table) else {
+                break;
+            };
+            let joins = next.accessed
+                && next_pte.entry_guest_phys.page() == pte.entry_guest_phys.page()
+                && next
+                    .path
+                    .at(TableLevel::Directory)
+                    .map(|at| at.entry_guest_phys)
+                    == Some(pde.entry_guest_phys)
+                && next.guest_phys == first_phys.offset(k * PAGE_SIZE)
+                && next.writable == translation.writable
+                && next.user == translation.user
+                && mem.is_ram_page(next.guest_phys)
+                && self.host_prot(next.writable, next.user, next.dirty, next.guest_phys) == prot;
+            if !joins {
+                break;
+            }
+            leaves.push(next_pte.entry_guest_phys);
+        }
+        let pages = u32::try_from(leaves.len()).unwrap_or(1);
+        mapper.map(first, first_phys, pages, prot)?;
+        for (k, leaf_guest_phys) in (0..).zip(leaves) {
+            self.record(
+                first.offset(k * PAGE_SIZE),
+                ShadowEntry {
+                    guest_phys: first_phys.offset(k * PAGE_SIZE),
+                    prot,
+                    pde_guest_phys: pde.entry_guest_phys,
+                    leaf_guest_phys,
+                    large: false,
+                    stale: false,
+                },
+            );
+        }
+        Ok(FaultOutcome::Mapped {
+            guest_virt: first,
+            pages,
+        })
+    }
+
+    /// Maps the 4 MiB guest page around the fault: the part that is RAM and
+    /// mappable, contiguous with the faulting page, in as few host calls as
+    /// tracked pages inside it allow.
+    fn map_large<M, H>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        translation: &Translation,
+    ) -> Result<FaultOutcome, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        H: HostMapper + ?Sized,
+    {
+        let Some(pde) = translation.path.at(TableLevel::Directory) else {
+            return Ok(FaultOutcome::Mapped {
+                guest_virt: translation.page_guest_virt(),
+                pages: 0,
+            });
+        };
+        let pde_guest_phys = pde.entry_guest_phys;
+        let region_virt = translation.page_guest_virt();
+        let region_phys = translation.page_guest_phys();
+        let usable = |k: u32| {
+            self.mappable(region_virt.offset(k * PAGE_SIZE).page())
+                && mem.is_ram_page(region_phys.offset(k * PAGE_SIZE))
+        };
+        let fault_k = translation.guest_virt.page() - region_virt.page();
+        let mut start = fault_k;
+        while start > 0 && usable(start - 1) {
+            start -= 1;
+        }
+        let mut end = fault_k + 1;
+        while end < PAGES_PER_4M && usable(end) {
+            end += 1;
+        }
+        let prots: Vec<Protection> = (start..end)
+            .map(|k| {
+                self.host_prot(
+                    translation.writable,
+                    translation.user,
+                    translation.dirty,
+                    region_phys.offset(k * PAGE_SIZE),
+                )
+            })
+            .collect();
+        let mut k = start;
+        for group in prots.chunk_by(|a, b| a == b) {
+            let pages = u32::try_from(group.len()).unwrap_or(PAGES_PER_4M);
+            let prot = group[0];
+            let guest_virt = region_virt.offset(k * PAGE_SIZE);
+            let guest_phys = region_phys.offset(k * PAGE_SIZE);
+            mapper.map(guest_virt, guest_phys, pages, prot)?;
+            for i in 0..pages {
+                self.record(
+                    guest_virt.offset(i * PAGE_SIZE),
+                    ShadowEntry {
+                        guest_phys: guest_phys.offset(i * PAGE_SIZE),
+                        prot,
+                        pde_guest_phys,
+                        leaf_guest_phys: pde_guest_phys,
+                        large: true,
+                        stale: false,
+                    },
+                );
+            }
+            k += pages;
+        }
+        Ok(FaultOutcome::Mapped {
+            guest_virt: region_virt.offset(start * PAGE_SIZE),
+            pages: end - start,
+        })
+    }
+
+    fn record(&mut self, guest_virt: GuestVirt, entry: ShadowEntry) {
+        if let Some(old) = self.entries.insert(guest_virt.page(), entry)
+            && old.guest_phys != entry.guest_phys
+        {
+            self.tracker.remove_alias(old.guest_phys, guest_virt);
+        }
+        self.tracker.add_alias(entry.guest_phys, guest_virt);
+    }
+
+    /// Unmaps and forgets `victims` (guest-virtual page frames, ascending),
+    /// one host call per run of consecutive pages.
+    fn drop_pages<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        victims: &[u32],
+    ) -> Result<(), ShadowError> {
+        for run in victims.chunk_by(|a, b| a + 1 == *b) {
+            let first = GuestVirt(run[0] * PAGE_SIZE);
+            let pages = u32::try_from(run.len()).unwrap_or(u32::MAX);
+            mapper.unmap(first, pages)?;
+            for &virt_page in run {
+                let guest_virt = GuestVirt(virt_page * PAGE_SIZE);
+                if let Some(entry) = self.entries.remove(&virt_page) {
+                    self.tracker.remove_alias(entry.guest_phys, guest_virt);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The page directory of `cr3`. Only 2-level paging exists; PAE will make
+/// the shadow keep its mode.
+fn directory_of(cr3: u32) -> GuestPhys {
+    PagingMode::TwoLevel.root(cr3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{A, D, DIR, P, PS, RW, US, map_4k, pde_at, pte_at, read, write};
+    use crate::{FakeMapper, VecMemory};
+
+    const RAM: usize = 10 << 20;
+    const TABLE: u32 = 0x3000;
+    const USER_CODE: u32 = 0x0804_8000;
+    const DATA_PHYS: u32 = 0x0020_0000;
+
+    fn regs() -> PagingRegs {
+        PagingRegs {
+            cr3: DIR,
+            cr0_wp: true,
+            cr4_pse: true,
+        }
+    }
+
+    struct Rig {
+        mem: VecMemory,
+        mapper: FakeMapper,
+        shadow: Shadow,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Self {
+                mem: VecMemory::new(RAM),
+                mapper: FakeMapper::new(),
+                shadow: Shadow::new(DIR),
+            }
+        }
+
+        fn fault(&mut self, guest_virt: u32, access: Access) -> FaultOutcome {
+            self.shadow
+                .handle_fault(
+                    &mut self.mem,
+                    &mut self.mapper,
+                    regs(),
+                    GuestVirt(guest_virt),
+                    access,
+                )
+                .expect("no VMM error")
+        }
+
+        fn host(&self, guest_virt: u32) -> Option<(GuestPhys, Protection)> {
+            self.mapper.lookup(GuestVirt(guest_virt))
+        }
+
+        /// The shadow and the fake host agree page by page.
+        fn assert_consistent(&self) {
+            let shadow: BTreeMap<u32, (u32, Protection)> = self
+                .shadow
+                .entries
+                .iter()
+                .map(|(&virt_page, entry)| (virt_page, (entry.guest_phys.page(), entry.prot)))
+                .collect();
+            assert_eq!(shadow, self.mapper.pages);
+            assert_eq!(self.shadow.tracker.alias_count(), self.shadow.entries.len());
+        }
+    }
+
+    fn mapped(guest_virt: u32, pages: u32) -> FaultOutcome {
+        FaultOutcome::Mapped {
+            guest_virt: GuestVirt(guest_virt),
+            pages,
+        }
+    }
+
+    #[test]
+    fn read_of_a_clean_page_maps_read_only_and_the_first_write_sets_dirty() {
+        let mut rig = Rig::new();
+        let pte = DATA_PHYS | P | RW | US;
+        map_4k(&mut rig.mem, TABLE, P | RW | US, USER_CODE, pte);
+        assert_eq!(
+            rig.fault(USER_CODE + 0x10, Access::read(true)),
+            mapped(USER_CODE, 1)
+        );
+        assert_eq!(
+            rig.host(USER_CODE),
+            Some((GuestPhys(DATA_PHYS), Protection::read_only(true)))
+        );
+        assert_eq!(read(&rig.mem, pde_at(USER_CODE)), TABLE | P | RW | US | A);
+        assert_eq!(read(&rig.mem, pte_at(TABLE, USER_CODE)), pte | A);
+
+        assert_eq!(
+            rig.fault(USER_CODE + 0x10, Access::write(true)),
+            mapped(USER_CODE, 1)
+        );
+        assert_eq!(read(&rig.mem, pte_at(TABLE, USER_CODE)), pte | A | D);
+        assert_eq!(
+            rig.host(USER_CODE),
+            Some((GuestPhys(DATA_PHYS), Protection::read_write(true)))
+        );
+        assert_eq!(rig.mapper.map_calls, 2);
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn a_guest_fault_is_passed_on_and_changes_nothing() {
+        let mut rig = Rig::new();
+        map_4k(&mut rig.mem, TABLE, P | RW, USER_CODE, DATA_PHYS | P | RW);
+        let before = rig.mem.clone();
+        assert_eq!(
+            rig.fault(USER_CODE + 4, Access::write(true)),
+            FaultOutcome::GuestFault(PageFault {
+                cr2: GuestVirt(USER_CODE + 4),
+                error_code: PageFault::PRESENT | PageFault::WRITE | PageFault::USER,
+            })
+        );
+        assert_eq!(rig.mem, before);
+        assert_eq!(rig.mapper.calls(), 0);
+    }
+
+    /// Fills PTEs for `count` pages from USER_CODE, page k at DATA_PHYS + k
+    /// pages, with `flags(k)`.
+    fn fill(rig: &mut Rig, count: u32, flags: impl Fn(u32) -> u32) {
+        write(&mut rig.mem, pde_at(USER_CODE), TABLE | P | RW | US);
+        for k in 0..count {
+            let guest_virt = USER_CODE + k * PAGE_SIZE;
+            write(
+                &mut rig.mem,
+                pte_at(TABLE, guest_virt),
+                (DATA_PHYS + k * PAGE_SIZE) | flags(k),
+            );
+        }
+    }
+
+    #[test]
+    fn runs_of_accessed_contiguous_pages_are_mapped_in_one_call() {
+        const FULL: u32 = P | RW | US | A | D;
+        type PteFlags = fn(u32) -> u32;
+        let cases: [(&str, PteFlags, Access, u32, bool); 7] = [
+            (
+                "all accessed and dirty",
+                |_| FULL,
+                Access::write(true),
+                16,
+                true,
+            ),
+            (
+                "A clear at page 5",
+                |k| if k == 5 { FULL & !A } else { FULL },
+                Access::write(true),
+                5,
+                true,
+            ),
+            (
+                "D clear at page 3 stops a writable run",
+                |k| if k == 3 { FULL & !D } else { FULL },
+                Access::write(true),
+                3,
+                true,
+            ),
+            (
+                "a read of clean pages maps a read-only run",
+                |_| FULL & !D,
+                Access::read(true),
+                16,
+                false,
+            ),
+            (
+                "a read-only run stops where pages could be writable",
+                |k| if k < 4 { FULL & !D } else { FULL },
+                Access::read(true),
+                4,
+                false,
+            ),
+            (
+                "rights change at page 7",
+                |k| if k == 7 { FULL & !US } else { FULL },
+                Access::write(true),
+                7,
+                true,
+            ),
+            (
+                "not present at page 2",
+                |k| if k == 2 { 0 } else { FULL },
+                Access::write(true),
+                2,
+                true,
+            ),
+        ];
+        for (name, flags, access, pages, writable) in cases {
+            let mut rig = Rig::new();
+            // The run must not reach page 0 of the next table, nor more than 16.
+            fill(&mut rig, 20, flags);
+            let ptes_before: Vec<u32> = (1..20)
+                .map(|k| read(&rig.mem, pte_at(TABLE, USER_CODE + k * PAGE_SIZE)))
+                .collect();
+            let first_pte_before = read(&rig.mem, pte_at(TABLE, USER_CODE));
+            assert_eq!(
+                rig.fault(USER_CODE, access),
+                mapped(USER_CODE, pages),
+                "{name}"
+            );
+            assert_eq!(rig.mapper.map_calls, 1, "{name}");
+            let prot = Protection {
+                writable,
+                user: true,
+            };
+            for k in 0..pages {
+                assert_eq!(
+                    rig.host(USER_CODE + k * PAGE_SIZE),
+                    Some((GuestPhys(DATA_PHYS + k * PAGE_SIZE), prot)),
+                    "{name}: page {k}"
+                );
+            }
+            assert_eq!(rig.host(USER_CODE + pages * PAGE_SIZE), None, "{name}");
+            let ptes_after: Vec<u32> = (1..20)
+                .map(|k| read(&rig.mem, pte_at(TABLE, USER_CODE + k * PAGE_SIZE)))
+                .collect();
+            assert_eq!(ptes_after, ptes_before, "{name}: pre-mapping sets no A/D");
+            let first_pte_after = read(&rig.mem, pte_at(TABLE, USER_CODE));
+            assert_eq!(first_pte_after, first_pte_before | A, "{name}");
+            rig.assert_consistent();
+        }
+    }
+
+    #[test]
+    fn a_run_stops_at_discontiguous_frames_and_at_the_table_end() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 4, |_| P | RW | US | A | D);
+        write(
+            &mut rig.mem,
+            pte_at(TABLE, USER_CODE + 2 * PAGE_SIZE),
+            0x0050_0000 | P | RW | US | A | D,
+        );
+        assert_eq!(
+            rig.fault(USER_CODE, Access::read(true)),
+            mapped(USER_CODE, 2)
+        );
+
+        let mut rig = Rig::new();
+        let last_in_table = 0x083f_f000;
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            last_in_table,
+            DATA_PHYS | P | RW | US | A | D,
+        );
+        map_4k(
+            &mut rig.mem,
+            0x4000,
+            P | RW | US | A,
+            0x0840_0000,
+            (DATA_PHYS + PAGE_SIZE) | P | RW | US | A | D,
+        );
+        assert_eq!(
+            rig.fault(last_in_table, Access::read(true)),
+            mapped(last_in_table, 1)
+        );
+    }
+
+    #[test]
+    fn a_4m_page_is_mapped_whole_and_dropped_whole() {
+        let mut rig = Rig::new();
+        let pde = 0x0040_0000 | PS | P | RW | US;
+        write(&mut rig.mem, pde_at(0x0080_0000), pde);
+        assert_eq!(
+            rig.fault(0x0090_0000, Access::read(true)),
+            mapped(0x0080_0000, 1024)
+        );
+        assert_eq!(rig.mapper.map_calls, 1);
+        assert_eq!(read(&rig.mem, pde_at(0x0080_0000)), pde | A);
+        assert_eq!(
+            rig.host(0x00bf_f000),
+            Some((GuestPhys(0x007f_f000), Protection::read_only(true)))
+        );
+        assert_eq!(
+            rig.fault(0x0080_0000, Access::write(true)),
+            mapped(0x0080_0000, 1024)
+        );
+        assert_eq!(read(&rig.mem, pde_at(0x0080_0000)), pde | A | D);
+        assert_eq!(
+            rig.host(0x0080_0000),
+            Some((GuestPhys(0x0040_0000), Protection::read_write(true)))
+        );
+        rig.assert_consistent();
+
+        rig.shadow
+            .invlpg(&mut rig.mapper, GuestVirt(0x00a0_0000))
+            .expect("unmap works");
+        assert_eq!(rig.shadow.mapped_pages(), 0);
+        assert!(rig.mapper.pages.is_empty());
+        assert_eq!(rig.mapper.unmap_calls, 1);
+    }
+
+    #[test]
+    fn tracked_pages_inside_a_4m_page_stay_read_only() {
+        // Virtual 4 MiB at 0x0040_0000 maps physical 0, which holds the page
+        // directory (tracked from the start).
+        let mut rig = Rig::new();
+        write(&mut rig.mem, pde_at(0x0040_0000), PS | P | RW | A | D);
+        assert_eq!(
+            rig.fault(0x0040_0000, Access::write(false)),
+            mapped(0x0040_0000, 1024)
+        );
+        assert_eq!(rig.mapper.map_calls, 3);
+        assert_eq!(
+            rig.host(0x0040_0000).map(|(_, prot)| prot.writable),
+            Some(true)
+        );
+        assert_eq!(
+            rig.host(0x0040_0000 + DIR).map(|(_, prot)| prot.writable),
+            Some(false)
+        );
+        assert_eq!(
+            rig.host(0x0040_2000).map(|(_, prot)| prot.writable),
+            Some(true)
+        );
+        assert_eq!(
+            rig.fault(0x0040_0000 + DIR + 8, Access::write(false)),
+            FaultOutcome::TrackedWrite {
+                guest_phys: GuestPhys(DIR + 8),
+                reasons: TrackReasons::PAGE_DIRECTORY,
+            }
+        );
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn a_4m_page_leaves_out_what_cannot_be_mapped() {
+        // Identity 4 MiB at 0: the low 64 KiB stay unmapped.
+        let mut rig = Rig::new();
+        write(&mut rig.mem, pde_at(0), PS | P | RW | A | D);
+        assert_eq!(
+            rig.fault(0x0020_0000, Access::read(false)),
+            mapped(0x0001_0000, 1024 - 16)
+        );
+        // RAM ends at 10 MiB, inside this 4 MiB page.
+        let mut rig = Rig::new();
+        write(
+            &mut rig.mem,
+            pde_at(0x0080_0000),
+            0x0080_0000 | PS | P | RW | A | D,
+        );
+        assert_eq!(
+            rig.fault(0x0080_0000, Access::read(false)),
+            mapped(0x0080_0000, 512)
+        );
+        assert_eq!(
+            rig.fault(0x00a0_0000, Access::read(false)),
+            FaultOutcome::Emulate {
+                guest_phys: GuestPhys(0x00a0_0000),
+                reason: EmulateReason::NotRam,
+            }
+        );
+    }
+
+    #[test]
+    fn invlpg_drops_one_4k_page() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 3, |_| P | RW | US | A | D);
+        assert_eq!(
+            rig.fault(USER_CODE, Access::read(true)),
+            mapped(USER_CODE, 3)
+        );
+        rig.shadow
+            .invlpg(&mut rig.mapper, GuestVirt(USER_CODE + PAGE_SIZE + 0x123))
+            .expect("unmap works");
+        assert!(rig.host(USER_CODE).is_some());
+        assert!(rig.host(USER_CODE + PAGE_SIZE).is_none());
+        assert!(rig.host(USER_CODE + 2 * PAGE_SIZE).is_some());
+        assert_eq!(rig.shadow.mapped_pages(), 2);
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn set_cr3_drops_everything_and_moves_the_tracking() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 3, |_| P | RW | US | A | D);
+        rig.fault(USER_CODE, Access::read(true));
+        write(
+            &mut rig.mem,
+            pde_at(0x0080_0000),
+            0x0040_0000 | PS | P | RW | A,
+        );
+        rig.fault(0x0080_0000, Access::read(false));
+        assert_eq!(rig.shadow.mapped_pages(), 3 + 1024);
+        assert_eq!(
+            rig.shadow.tracker().reasons(GuestPhys(TABLE)),
+            TrackReasons::PAGE_TABLE
+        );
+
+        let new_dir = 0x9000;
+        rig.shadow
+            .set_cr3(&mut rig.mapper, new_dir | 0x18)
+            .expect("unmap works");
+        assert_eq!(rig.shadow.mapped_pages(), 0);
+        assert!(rig.mapper.pages.is_empty());
+        assert_eq!(rig.mapper.unmap_calls, 2, "one call per contiguous range");
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(TABLE)));
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(DIR)));
+        assert_eq!(
+            rig.shadow.tracker().reasons(GuestPhys(new_dir)),
+            TrackReasons::PAGE_DIRECTORY
+        );
+        assert_eq!(rig.shadow.cr3(), new_dir | 0x18);
+        assert!(matches!(
+            rig.shadow.handle_fault(
+                &mut rig.mem,
+                &mut rig.mapper,
+                regs(),
+                GuestVirt(USER_CODE),
+                Access::read(true)
+            ),
+            Err(ShadowError::Cr3Mismatch { .. })
+        ));
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn an_alias_of_a_tracked_page_is_mapped_read_only() {
+        // The kernel's direct map: virtual 0xc000_0000 + phys.
+        let mut rig = Rig::new();
+        let kernel_table = 0x5000;
+        let direct = |guest_phys: u32| 0xc000_0000 + guest_phys;
+        write(&mut rig.mem, pde_at(direct(0)), kernel_table | P | RW | A);
+        for guest_phys in [DIR, TABLE, DATA_PHYS] {
+            write(
+                &mut rig.mem,
+                pte_at(kernel_table, direct(guest_phys)),
+                guest_phys | P | RW | A | D,
+            );
+        }
+        rig.fault(direct(DIR), Access::read(false));
+        assert_eq!(
+            rig.host(direct(DIR)),
+            Some((GuestPhys(DIR), Protection::read_only(false))),
+            "the page directory"
+        );
+        assert_eq!(
+            rig.fault(direct(DIR) + 0x80, Access::write(false)),
+            FaultOutcome::TrackedWrite {
+                guest_phys: GuestPhys(DIR + 0x80),
+                reasons: TrackReasons::PAGE_DIRECTORY,
+            }
+        );
+        // The kernel's own page table is tracked by that walk: it is the
+        // page table of the direct map.
+        assert_eq!(
+            rig.shadow.tracker().reasons(GuestPhys(kernel_table)),
+            TrackReasons::PAGE_TABLE
+        );
+
+        // TABLE is mapped writable while it is plain data...
+        rig.fault(direct(TABLE), Access::write(false));
+        assert_eq!(
+            rig.host(direct(TABLE)).map(|(_, prot)| prot.writable),
+            Some(true)
+        );
+        // ...until a walk uses it as a page table: then every alias is
+        // protected.
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            USER_CODE,
+            DATA_PHYS | P | RW | US | A | D,
+        );
+        let protects_before = rig.mapper.protect_calls;
+        rig.fault(USER_CODE, Access::read(true));
+        assert_eq!(rig.mapper.protect_calls, protects_before + 1);
+        assert_eq!(
+            rig.host(direct(TABLE)).map(|(_, prot)| prot.writable),
+            Some(false)
+        );
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn tracked_writes_mark_exactly_the_affected_entries_stale() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 4, |_| P | RW | US | A | D);
+        assert_eq!(
+            rig.fault(USER_CODE, Access::read(true)),
+            mapped(USER_CODE, 4)
+        );
+        write(
+            &mut rig.mem,
+            pde_at(0x0080_0000),
+            0x0040_0000 | PS | P | RW | A,
+        );
+        rig.fault(0x0080_0000, Access::read(false));
+
+        // A write to the PTE of page 2 (as emulated after TrackedWrite).
+        let pte2 = pte_at(TABLE, USER_CODE + 2 * PAGE_SIZE);
+        assert_eq!(rig.shadow.after_tracked_write(pte2, 4), 1);
+        assert!(
+            rig.shadow
+                .entry(GuestVirt(USER_CODE + 2 * PAGE_SIZE))
+                .is_some_and(|entry| entry.stale)
+        );
+        assert!(
+            rig.shadow
+                .entry(GuestVirt(USER_CODE + PAGE_SIZE))
+                .is_some_and(|entry| !entry.stale)
+        );
+        // Writing PTEs 1 and 2 with one 8-byte store.
+        assert_eq!(
+            rig.shadow
+                .after_tracked_write(pte2.offset(0u32.wrapping_sub(4)), 8),
+            1
+        );
+        // A PDE write makes the whole 4 MiB page stale.
+        assert_eq!(rig.shadow.after_tracked_write(pde_at(0x0080_0000), 4), 1024);
+        // Nothing mapped through these entries.
+        assert_eq!(
+            rig.shadow
+                .after_tracked_write(pte_at(TABLE, USER_CODE + 8 * PAGE_SIZE), 4),
+            0
+        );
+        assert_eq!(rig.shadow.after_tracked_write(pde_at(0xc000_0000), 0), 0);
+
+        rig.shadow
+            .flush_stale(&mut rig.mapper)
+            .expect("unmap works");
+        assert_eq!(rig.shadow.mapped_pages(), 2);
+        assert!(rig.host(USER_CODE).is_some() && rig.host(USER_CODE + 3 * PAGE_SIZE).is_some());
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn code_pages_are_protected_in_every_alias() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 1, |_| P | RW | US | A | D);
+        let kernel_alias = 0xc000_0000 + DATA_PHYS;
+        map_4k(
+            &mut rig.mem,
+            0x5000,
+            P | RW | A,
+            kernel_alias,
+            DATA_PHYS | P | RW | A | D,
+        );
+        rig.fault(USER_CODE, Access::write(true));
+        rig.fault(kernel_alias, Access::write(false));
+        rig.shadow
+            .track_code_page(&mut rig.mapper, GuestPhys(DATA_PHYS + 0x42))
+            .expect("protect works");
+        assert_eq!(rig.mapper.protect_calls, 2);
+        assert_eq!(
+            rig.host(USER_CODE).map(|(_, prot)| prot),
+            Some(Protection::read_only(true))
+        );
+        assert_eq!(
+            rig.host(kernel_alias).map(|(_, prot)| prot),
+            Some(Protection::read_only(false))
+        );
+        assert_eq!(
+            rig.fault(kernel_alias + 5, Access::write(false)),
+            FaultOutcome::TrackedWrite {
+                guest_phys: GuestPhys(DATA_PHYS + 5),
+                reasons: TrackReasons::CODE,
+            }
+        );
+        rig.shadow.untrack_code_page(GuestPhys(DATA_PHYS));
+        assert_eq!(
+            rig.fault(USER_CODE, Access::write(true)),
+            mapped(USER_CODE, 1)
+        );
+        assert_eq!(
+            rig.host(USER_CODE).map(|(_, prot)| prot),
+            Some(Protection::read_write(true))
+        );
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn accesses_the_shadow_will_not_map_are_emulated() {
+        let mut rig = Rig::new();
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            0x8000,
+            DATA_PHYS | P | RW | US,
+        );
+        assert_eq!(
+            rig.fault(0x8000, Access::read(true)),
+            FaultOutcome::Emulate {
+                guest_phys: GuestPhys(DATA_PHYS),
+                reason: EmulateReason::Unmappable,
+            }
+        );
+        assert_eq!(
+            read(&rig.mem, pte_at(TABLE, 0x8000)) & A,
+            A,
+            "the access happens"
+        );
+
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            USER_CODE,
+            0x00fe_b000 | P | RW | US,
+        );
+        assert_eq!(
+            rig.fault(USER_CODE + 1, Access::read(true)),
+            FaultOutcome::Emulate {
+                guest_phys: GuestPhys(0x00fe_b001),
+                reason: EmulateReason::NotRam,
+            }
+        );
+
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            USER_CODE,
+            DATA_PHYS | P | US | A | D,
+        );
+        let wp_off = PagingRegs {
+            cr0_wp: false,
+            ..regs()
+        };
+        let outcome = rig
+            .shadow
+            .handle_fault(
+                &mut rig.mem,
+                &mut rig.mapper,
+                wp_off,
+                GuestVirt(USER_CODE),
+                Access::write(false),
+            )
+            .expect("no VMM error");
+        assert_eq!(
+            outcome,
+            FaultOutcome::Emulate {
+                guest_phys: GuestPhys(DATA_PHYS),
+                reason: EmulateReason::SupervisorWriteReadOnly,
+            }
+        );
+        assert_eq!(rig.mapper.calls(), 0);
+    }
+
+    #[test]
+    fn flush_all_keeps_the_tracking() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 2, |_| P | RW | US | A | D);
+        rig.fault(USER_CODE, Access::read(true));
+        rig.shadow.flush_all(&mut rig.mapper).expect("unmap works");
+        assert_eq!(rig.shadow.mapped_pages(), 0);
+        assert!(rig.shadow.tracker().is_tracked(GuestPhys(TABLE)));
+        assert!(rig.shadow.tracker().is_tracked(GuestPhys(DIR)));
+        rig.assert_consistent();
+    }
+}
