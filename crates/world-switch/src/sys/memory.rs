@@ -169,6 +169,49 @@ impl GuestRam {
     }
 }
 
+impl GuestRam {
+    /// Changes the protection of the shadow mappings in guest-virtual
+    /// `[virt, virt + len)` (page aligned, below 4 GiB).
+    pub fn protect_at(&self, virt: u32, len: u32, writable: bool) -> Result<(), WorldError> {
+        check_low_range(virt, len)?;
+        let protection =
+            libc::PROT_READ | libc::PROT_EXEC | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: changes the protection of guest shadow mappings below
+        // 4 GiB, where this process keeps nothing of its own (checked at
+        // start-up); no Rust reference points there.
+        let result =
+            unsafe { libc::mprotect(virt as usize as *mut libc::c_void, len as usize, protection) };
+        if result != 0 {
+            return Err(host_error("mprotect of a guest shadow mapping"));
+        }
+        Ok(())
+    }
+
+    /// Removes the shadow mappings in guest-virtual `[virt, virt + len)`
+    /// (page aligned, below 4 GiB); holes are fine.
+    pub fn unmap_at(&self, virt: u32, len: u32) -> Result<(), WorldError> {
+        check_low_range(virt, len)?;
+        // SAFETY: as in `protect_at`: only guest shadow mappings live there.
+        let result = unsafe { libc::munmap(virt as usize as *mut libc::c_void, len as usize) };
+        if result != 0 {
+            return Err(host_error("munmap of a guest shadow mapping"));
+        }
+        Ok(())
+    }
+}
+
+/// A shadow range must be whole pages below 4 GiB.
+fn check_low_range(virt: u32, len: u32) -> Result<(), WorldError> {
+    if !virt.is_multiple_of(4096)
+        || !len.is_multiple_of(4096)
+        || len == 0
+        || u64::from(virt) + u64::from(len) > 1 << 32
+    {
+        return Err(WorldError::BadMapping { virt, phys: 0, len });
+    }
+    Ok(())
+}
+
 impl Drop for GuestRam {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the window mapped in `map`; no reference
