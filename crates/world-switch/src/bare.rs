@@ -38,6 +38,8 @@ use nix::sched::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
 use nix::unistd::Pid;
 use seccompiler::{BpfProgram, sock_filter};
 
+use btvmm_core::descriptor::Descriptor;
+
 use crate::WorldError;
 use crate::shadow::LdtEntry;
 use crate::sys::perf::Breakpoints;
@@ -619,22 +621,18 @@ impl Drop for LowPages {
     }
 }
 
-/// Flat 4 GiB 32-bit code and data segments, DPL 3, in the host LDT.
+/// Flat 4 GiB 32-bit code and data segments, DPL 3, in the host LDT: the
+/// shadows of a guest's flat user segments, made as the world makes them.
 fn install_flat_segments() -> Result<(), WorldError> {
-    let code = LdtEntry {
-        base: 0,
-        limit: 0xf_ffff,
-        seg_32bit: true,
-        contents: 2,
-        read_exec_only: false,
-        limit_in_pages: true,
-        not_present: false,
-        useable: false,
+    let flat = |raw: u64| {
+        LdtEntry::shadow(&Descriptor::from_raw(raw)).ok_or(WorldError::AddressSpace(format!(
+            "descriptor {raw:#018x} has no LDT shadow"
+        )))
     };
-    let data = LdtEntry {
-        contents: 0,
-        ..code
-    };
+    // Present, DPL 3, 32-bit, 4 KiB granular, base 0, limit 4 GiB:
+    // execute/read code and read/write data.
+    let code = flat(0x00cf_fa00_0000_ffff)?;
+    let data = flat(0x00cf_f200_0000_ffff)?;
     ldt::write_entry(CODE_INDEX, &code)
         .and_then(|()| ldt::write_entry(DATA_INDEX, &data))
         .map_err(|error| match error {
