@@ -1,12 +1,14 @@
 //! The virtual CPU's identity: what CPUID tells the guest (DESIGN.md
-//! section 5): a plain i686 with FPU, TSC, MSRs, CX8, CMOV, MMX, FXSR, SSE
-//! and SSE2, and nothing the VMM does not implement (no APIC, PAE, PGE, SEP,
-//! PSE yet, no XSAVE/AVX, no SMEP/SMAP).
+//! section 5): a plain i686 with FPU, 4 MiB pages (PSE), TSC, MSRs, CX8,
+//! CMOV, MMX, FXSR, SSE and SSE2, and nothing the VMM does not implement
+//! (no APIC, PAE, PGE, SEP, no XSAVE/AVX, no SMEP/SMAP).
 
 /// CPUID leaf 1 EDX feature bits the virtual CPU reports.
 pub mod feature {
     /// x87 FPU on chip.
     pub const FPU: u32 = 1 << 0;
+    /// 4 MiB pages (CR4.PSE).
+    pub const PSE: u32 = 1 << 3;
     /// Time-stamp counter.
     pub const TSC: u32 = 1 << 4;
     /// RDMSR/WRMSR.
@@ -27,6 +29,7 @@ pub mod feature {
 
 /// Leaf 1 EDX.
 pub const FEATURES_EDX: u32 = feature::FPU
+    | feature::PSE
     | feature::TSC
     | feature::MSR
     | feature::CX8
@@ -96,7 +99,7 @@ mod tests {
         let [signature, _, ecx, edx] = cpuid(1, 0);
         assert_eq!(signature, 0x663);
         assert_eq!(ecx, 0);
-        assert_eq!(edx, 0x0780_8131);
+        assert_eq!(edx, 0x0780_8139);
     }
 
     #[test]

@@ -14,9 +14,11 @@ use super::interrupt::merge_flags;
 use super::segment::{read_descriptor, selector_error};
 use super::{Ctx, Outcome, cpuid};
 
-/// CR4 bits the virtual CPU implements: TSD, PCE, OSFXSR, OSXMMEXCPT (no
-/// VME, DE, PSE, PAE, MCE, PGE: CPUID does not offer them).
-pub const CR4_SUPPORTED: u32 = (1 << 2) | (1 << 8) | (1 << 9) | (1 << 10);
+/// CR4 bits the virtual CPU implements: TSD, PSE, PCE, OSFXSR, OSXMMEXCPT
+/// (no VME, DE, PAE, MCE, PGE: CPUID does not offer them).
+pub const CR4_SUPPORTED: u32 = (1 << 2) | CR4_PSE | (1 << 8) | (1 << 9) | (1 << 10);
+/// CR4.PSE: page-directory entries with PS set map 4 MiB pages.
+pub const CR4_PSE: u32 = 1 << 4;
 /// CR4.TSD: RDTSC is privileged.
 pub const CR4_TSD: u32 = 1 << 2;
 /// CR0 bits that exist.
