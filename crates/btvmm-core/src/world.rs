@@ -83,6 +83,22 @@ pub trait WorldServices {
     fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool;
     /// Bytes of guest RAM.
     fn ram_size(&self) -> u32;
+    /// Maps `len` bytes of guest RAM at `guest_phys` at the host address
+    /// `guest_virt` below 4 GiB (page aligned), read-only or writable,
+    /// replacing what was there: a shadow mapping.
+    fn map_guest(
+        &mut self,
+        guest_virt: u32,
+        guest_phys: u32,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), String>;
+    /// Changes the protection of the shadow mappings in
+    /// `[guest_virt, guest_virt + len)`.
+    fn protect_guest(&mut self, guest_virt: u32, len: u32, writable: bool) -> Result<(), String>;
+    /// Removes the shadow mappings in `[guest_virt, guest_virt + len)`;
+    /// holes are fine.
+    fn unmap_guest(&mut self, guest_virt: u32, len: u32) -> Result<(), String>;
     /// Writes host LDT entry `index` as the shadow of `descriptor` (a code
     /// or data descriptor), or empties it.
     fn write_ldt(&mut self, index: u16, descriptor: Option<&Descriptor>) -> Result<(), String>;

@@ -70,11 +70,22 @@ pub enum Counter {
     /// Cached blocks and plans dropped because guest code pages were
     /// written.
     CodeInvalidations,
+    /// Host #PF the shadow MMU served by mapping (the guest saw nothing).
+    HiddenFaults,
+    /// Host #PF that were the guest's own page faults, delivered.
+    GuestPageFaults,
+    /// Native writes to write-tracked pages (page tables, decoded code),
+    /// emulated.
+    TrackedWrites,
+    /// Hidden faults that repeated at once and were emulated instead.
+    RepeatedHiddenFaults,
+    /// Guest-virtual pages shadow-mapped now (a level, not a count).
+    ShadowPages,
 }
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 35] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -105,6 +116,11 @@ impl Counter {
         Counter::BlocksDecoded,
         Counter::PlansComputed,
         Counter::CodeInvalidations,
+        Counter::HiddenFaults,
+        Counter::GuestPageFaults,
+        Counter::TrackedWrites,
+        Counter::RepeatedHiddenFaults,
+        Counter::ShadowPages,
     ];
 
     /// Name for reports.
@@ -141,6 +157,11 @@ impl Counter {
             Self::BlocksDecoded => "planner: blocks decoded",
             Self::PlansComputed => "planner: plans computed",
             Self::CodeInvalidations => "planner: cache entries dropped by code writes",
+            Self::HiddenFaults => "shadow: hidden faults mapped",
+            Self::GuestPageFaults => "shadow: guest page faults delivered",
+            Self::TrackedWrites => "shadow: writes to tracked pages emulated",
+            Self::RepeatedHiddenFaults => "shadow: repeated hidden faults emulated",
+            Self::ShadowPages => "shadow: pages mapped now",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! 4. writes the vCPU back into host registers and resumes.
 
 pub mod counters;
+pub mod mmu;
 pub mod segments;
 pub mod view;
 
@@ -35,6 +36,7 @@ use devices::chipset::Chipset;
 use iced_x86::{Mnemonic, OpKind, Register};
 
 use crate::counters::{Counter, Counters};
+use crate::mmu::Mmu;
 use crate::segments::Shadows;
 use crate::view::{GuestView, PlannerMemory, read_physical};
 
@@ -121,6 +123,10 @@ pub struct Monitor {
     chipset: Chipset,
     /// The deadline the world's timer is armed for.
     published_deadline: Option<u64>,
+    /// Guest paging and the shadow of its address space.
+    mmu: Mmu,
+    /// The last hidden fault (EIP, address) and how often it repeated.
+    last_hidden_fault: (u32, u32, u32),
 }
 
 /// What went wrong while handling a trap.
@@ -166,6 +172,8 @@ impl Monitor {
             halted: false,
             chipset: Chipset::new(),
             published_deadline: None,
+            mmu: Mmu::default(),
+            last_hidden_fault: (0, 0, 0),
         })
     }
 
@@ -236,6 +244,9 @@ impl Monitor {
         world: &mut dyn WorldServices,
     ) -> Result<(), Failure> {
         if trap == Trap::Enter {
+            self.mmu
+                .start(world)
+                .map_err(|error| StopReason::Internal(format!("mapping guest RAM: {error}")))?;
             return Ok(());
         }
         let sysenter = matches!(trap, Trap::SystemCall { sysenter: true, .. });
@@ -270,6 +281,7 @@ impl Monitor {
                 counters: &mut self.counters,
                 chipset: &mut self.chipset,
                 terminate: &mut terminate,
+                mmu: &mut self.mmu,
             };
             self.shadows.sync_in(&mut self.cpu, host, &mut view)?
         };
@@ -296,8 +308,16 @@ impl Monitor {
                 self.single_step_trap(world)
             }
             Trap::Fault {
-                vector, error_code, ..
-            } => self.fault(world, vector, error_code),
+                vector,
+                error_code,
+                address,
+            } => {
+                // After a repair the host's fault address was computed with
+                // the host's segment base: only the emulator, with the
+                // guest's segment, knows what the access was.
+                let address = address.filter(|_| repairs == 0);
+                self.fault(world, vector, error_code, address)
+            }
             Trap::SoftwareBreakpoint => {
                 self.counters.bump(Counter::SoftwareBreakpoints);
                 // EIP is past the INT3: back up to it (cc, or cd 03).
@@ -332,13 +352,17 @@ impl Monitor {
         }
     }
 
+    /// The byte `distance` before EIP (the instruction that trapped), as
+    /// the guest's current mapping shows it; 0 when nothing is mapped
+    /// there.
     fn byte_before(&self, world: &dyn WorldServices, distance: u32) -> u8 {
         let mut byte = [0u8];
-        read_physical(
-            world,
-            self.cpu.linear_eip().wrapping_sub(distance),
-            &mut byte,
-        );
+        if let Some(phys) = self
+            .mmu
+            .peek(world, self.cpu.linear_eip().wrapping_sub(distance))
+        {
+            read_physical(world, phys, &mut byte);
+        }
         byte[0]
     }
 
@@ -348,6 +372,7 @@ impl Monitor {
         world: &mut dyn WorldServices,
         vector: u8,
         error_code: u32,
+        address: Option<u32>,
     ) -> Result<(), Failure> {
         let counter = match vector {
             vector::GP => Counter::GeneralProtection,
@@ -357,6 +382,12 @@ impl Monitor {
             _ => Counter::OtherFaults,
         };
         self.counters.bump(counter);
+        if vector == vector::PF
+            && self.mmu.paging()
+            && let Some(address) = address
+        {
+            return self.page_fault(world, error_code, address);
+        }
         match vector {
             // Faults: the instruction at EIP did not complete. Emulating it
             // gives its architectural result: done (a privileged or
@@ -389,6 +420,63 @@ impl Monitor {
         }
     }
 
+    /// A host #PF while guest paging is on: a hidden fault (map and resume),
+    /// the guest's own #PF, or an access to emulate (a tracked page, device
+    /// memory, a hole the shadow never maps).
+    fn page_fault(
+        &mut self,
+        world: &mut dyn WorldServices,
+        error_code: u32,
+        address: u32,
+    ) -> Result<(), Failure> {
+        // The host's error code: bit 1 a write, bit 4 an instruction fetch
+        // (the host runs with NX). User/supervisor is the guest's CPL: the
+        // host always sees CPL 3.
+        let access = shadow_mmu::Access {
+            write: error_code & 2 != 0,
+            user: self.cpu.cpl == 3,
+            fetch: error_code & 0x10 != 0,
+        };
+        let outcome = self.mmu.handle_fault(world, address, access).map_err(
+            |error| match error {
+                shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
+                    "guest paging structures outside guest RAM (access at {address:#x}: {error})"
+                )),
+                error => StopReason::Internal(format!("shadow MMU at {address:#x}: {error}")),
+            },
+        )?;
+        match outcome {
+            Some(shadow_mmu::FaultOutcome::Mapped { .. }) => {
+                self.counters.bump(Counter::HiddenFaults);
+                // The same access faulting again right after its mapping
+                // was made means the shadow cannot serve it natively (a
+                // VMM bug, or host state the shadow does not know): the
+                // emulator completes it rather than loop.
+                let (eip, at, count) = self.last_hidden_fault;
+                let repeat = if (eip, at) == (self.cpu.eip, address) {
+                    count + 1
+                } else {
+                    1
+                };
+                self.last_hidden_fault = (self.cpu.eip, address, repeat);
+                if repeat > 2 {
+                    self.counters.bump(Counter::RepeatedHiddenFaults);
+                    return self.emulate(world, true);
+                }
+                Ok(())
+            }
+            Some(shadow_mmu::FaultOutcome::GuestFault(fault)) => {
+                self.counters.bump(Counter::GuestPageFaults);
+                self.deliver(world, fault.to_exception())
+            }
+            Some(shadow_mmu::FaultOutcome::TrackedWrite { .. }) => {
+                self.counters.bump(Counter::TrackedWrites);
+                self.emulate(world, true)
+            }
+            Some(shadow_mmu::FaultOutcome::Emulate { .. }) | None => self.emulate(world, true),
+        }
+    }
+
     /// SYSENTER in guest user code went through the host's SYSENTER path,
     /// which keeps neither EIP nor ESP. With IA32_SYSENTER_CS set, SYSENTER
     /// needs neither; without, the guest must get #GP at an EIP we do not
@@ -413,6 +501,7 @@ impl Monitor {
                 counters: &mut self.counters,
                 chipset: &mut self.chipset,
                 terminate: &mut terminate,
+                mmu: &mut self.mmu,
             };
             emu::execute(&mut self.cpu, &mut view, &instr)
         };
@@ -468,6 +557,7 @@ impl Monitor {
                 counters: &mut self.counters,
                 chipset: &mut self.chipset,
                 terminate: &mut terminate,
+                mmu: &mut self.mmu,
             };
             match emu::fetch(&self.cpu, &mut view) {
                 Ok(instr) => {
@@ -518,11 +608,9 @@ impl Monitor {
         if terminate {
             return Err(Failure::Terminated);
         }
-        if self.cpu.paging() {
-            // Without the shadow MMU the world would keep running the guest
-            // on its physical addresses: wrong, and silently so.
-            return Err(StopReason::Unsupported(format!(
-                "guest paging (CR0.PG set at EIP {:#x}): the shadow MMU is not built yet",
+        if let Some(error) = self.mmu.take_failure() {
+            return Err(StopReason::Internal(format!(
+                "shadow MMU, after the instruction at EIP {:#x}: {error}",
                 self.cpu.eip
             ))
             .into());
@@ -630,6 +718,7 @@ impl Monitor {
                 counters: &mut self.counters,
                 chipset: &mut self.chipset,
                 terminate: &mut terminate,
+                mmu: &mut self.mmu,
             };
             btvmm_core::emu::interrupt::deliver_external(&mut self.cpu, &mut view, vector)
         };
@@ -661,6 +750,7 @@ impl Monitor {
                 counters: &mut self.counters,
                 chipset: &mut self.chipset,
                 terminate: &mut terminate,
+                mmu: &mut self.mmu,
             };
             deliver_exception(&mut self.cpu, &mut view, exception)
         };
@@ -709,14 +799,17 @@ impl Monitor {
             // Short stretches between sensitive instructions are cheaper to
             // interpret than to run natively up to the next breakpoint trap.
             if interpreted < INTERPRET_BUDGET
-                && let Some(block) = self.short_run_ahead(world)
+                && let Some(block) = self.short_run_ahead(world)?
             {
                 if self.interpret_run(world, &block, &mut interpreted)? {
                     continue;
                 }
                 interpreted = INTERPRET_BUDGET;
             }
-            let step = self.planner.step(&self.cpu, &PlannerMemory(&*world));
+            let memory = PlannerMemory::new(&*world, &self.mmu);
+            let step = self.planner.step(&self.cpu, &memory);
+            let pages = memory.into_pages();
+            self.track_decoded(world, pages)?;
             match step {
                 Step::Resume { breakpoints } => {
                     if self.trace {
@@ -741,12 +834,10 @@ impl Monitor {
                     self.cpu.eflags |= Eflags::TF;
                     return Ok(());
                 }
-                Step::Fault(fault) => {
-                    return Err(StopReason::Internal(format!(
-                        "guest code not readable with paging off: {fault}"
-                    ))
-                    .into());
-                }
+                // The code at EIP, or the stack a return pops, is not
+                // mapped: the emulator's own fetch or read gives the
+                // guest its #PF (or, outside RAM, open-bus bytes).
+                Step::Fault(_) => self.emulate(world, false)?,
             }
         }
         // Still emulating after the budget: resume natively only if a plan
@@ -761,12 +852,16 @@ impl Monitor {
     /// The block at EIP if its straight-line code runs into its next point
     /// of interest within [`INTERPRET_RUN`] instructions (so not a long
     /// stretch worth running natively, such as a loop body or a copy).
-    fn short_run_ahead(&mut self, world: &mut dyn WorldServices) -> Option<Arc<Block>> {
+    fn short_run_ahead(
+        &mut self,
+        world: &mut dyn WorldServices,
+    ) -> Result<Option<Arc<Block>>, Failure> {
         if self.cpu.eflags & Eflags::TF != 0 || !self.cpu.code_32bit() {
-            return None;
+            return Ok(None);
         }
         let at = GuestVirt(self.cpu.linear_eip());
-        let block = self.planner.block(&PlannerMemory(&*world), at);
+        let memory = PlannerMemory::new(&*world, &self.mmu);
+        let block = self.planner.block(&memory, at);
         // A block that ends in a backward branch closes a loop. A loop
         // whose head is a sensitive instruction or a pointer branch (a
         // port polling loop, say) traps on every round anyway: cheaper
@@ -785,7 +880,7 @@ impl Monitor {
             _ => None,
         };
         let loops = loop_head.is_some_and(|head| {
-            let head = self.planner.block(&PlannerMemory(&*world), head);
+            let head = self.planner.block(&memory, head);
             !matches!(
                 &head.end,
                 BlockEnd::Poi(poi) if matches!(
@@ -794,7 +889,25 @@ impl Monitor {
                 )
             )
         });
-        (block.instructions <= INTERPRET_RUN && !loops).then_some(block)
+        let pages = memory.into_pages();
+        self.track_decoded(world, pages)?;
+        Ok((block.instructions <= INTERPRET_RUN && !loops).then_some(block))
+    }
+
+    /// Write-protects the guest-physical pages the planner just decoded
+    /// code from, so that a write to them (native or emulated) drops what
+    /// was decoded before the guest can run it.
+    fn track_decoded(
+        &mut self,
+        world: &mut dyn WorldServices,
+        pages: Vec<u32>,
+    ) -> Result<(), Failure> {
+        for page in pages {
+            self.mmu
+                .track_code(world, page * btvmm_core::PAGE_SIZE)
+                .map_err(|error| StopReason::Internal(format!("tracking decoded code: {error}")))?;
+        }
+        Ok(())
     }
 
     /// Interprets the block at EIP, its ending point of interest included,
@@ -849,6 +962,15 @@ impl Monitor {
                 .map_err(StopReason::Internal)?;
             self.timestamp_faulting = tsd;
         }
+        self.mmu
+            .set_user_view(world, self.cpu.cpl == 3)
+            .map_err(|error| StopReason::Internal(format!("shadow MMU user view: {error}")))?;
+        self.counters.set(
+            Counter::ShadowPages,
+            self.mmu
+                .shadow()
+                .map_or(0, |shadow| shadow.mapped_pages() as u64),
+        );
         let (writes, selectors) = self.shadows.sync_out(&self.cpu, world)?;
         self.counters.add(Counter::LdtWrites, writes as u64);
         // Last: a timer edge since the last look is due at once (the host

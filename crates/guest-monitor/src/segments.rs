@@ -11,6 +11,7 @@
 //! are rewritten and every register gets its own slot.
 
 use btvmm_core::cpu::{Cpu, SegReg, Segment};
+use btvmm_core::descriptor::Descriptor;
 use btvmm_core::emu::segment::{load_data_segment, read_descriptor};
 use btvmm_core::exception::Exception;
 use btvmm_core::machine::Machine;
@@ -25,7 +26,11 @@ const HOST_USER_CS64: u16 = 0x33;
 /// What the register slots hold now.
 #[derive(Clone, Debug, Default)]
 pub struct Shadows {
+    /// The guest segment each register slot stands for.
     slots: [Option<Segment>; 6],
+    /// The descriptor each slot holds in the host LDT (the guest's, or its
+    /// truncated form in user mode).
+    written: [Option<Descriptor>; 6],
 }
 
 /// The outcome of reading a host selector back.
@@ -142,7 +147,8 @@ impl Shadows {
     }
 
     /// Writes the slots whose descriptor changed and returns the host
-    /// selectors and FS/GS bases for `cpu`'s segment registers.
+    /// selectors for `cpu`'s segment registers. At CPL 3 the slots hold
+    /// truncated descriptors ([`crate::mmu::truncate_user_segment`]).
     pub fn sync_out(
         &mut self,
         cpu: &Cpu,
@@ -156,11 +162,22 @@ impl Shadows {
                 selectors[seg as usize] = segment.selector & 3;
                 continue;
             }
-            let current = self.slots[seg as usize];
-            if current.map(|loaded| loaded.cache) != Some(segment.cache) {
+            let shadow = if cpu.cpl == 3 {
+                crate::mmu::truncate_user_segment(&segment.cache).ok_or_else(|| {
+                    StopReason::Unsupported(format!(
+                        "guest user code segment based at {:#x}, above the user-mode limit {:#x}",
+                        segment.cache.base,
+                        crate::mmu::USER_TOP
+                    ))
+                })?
+            } else {
+                segment.cache
+            };
+            if self.written[seg as usize] != Some(shadow) {
                 world
-                    .write_ldt(FIRST_SLOT + seg as u16, Some(&segment.cache))
+                    .write_ldt(FIRST_SLOT + seg as u16, Some(&shadow))
                     .map_err(StopReason::Internal)?;
+                self.written[seg as usize] = Some(shadow);
                 writes += 1;
             }
             self.slots[seg as usize] = Some(segment);

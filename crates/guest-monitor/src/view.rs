@@ -1,16 +1,19 @@
 //! Guest memory and I/O as the emulator and the planner reach them from the
-//! monitor: guest-physical memory through the world's window (paging is
-//! off: linear = physical), port I/O to the world's chipset or through
-//! exits to the host.
+//! monitor: guest-physical memory through the world's window, after a
+//! software walk of the guest's page tables when paging is on ([`Mmu`]);
+//! port I/O to the world's chipset or through exits to the host.
 
 use btvmm_core::exit::{Exit, Reply};
-use btvmm_core::machine::{Access, Machine};
+use std::cell::RefCell;
+
+use btvmm_core::machine::{Access, Event, Machine};
 use btvmm_core::mem::{GuestMemory, MemFault};
 use btvmm_core::{GuestPhys, GuestVirt, Stop, WorldServices};
 use cfg_planner::Planner;
 use devices::chipset::Chipset;
 
 use crate::counters::{Counter, Counters};
+use crate::mmu::{Mmu, TranslateError};
 
 /// Reads of guest-physical addresses that are not RAM return all ones, as
 /// on a PC bus with nothing there; writes there are dropped.
@@ -28,6 +31,8 @@ pub struct GuestView<'a> {
     pub chipset: &'a mut Chipset,
     /// Set when the host answered an exit with Terminate.
     pub terminate: &'a mut bool,
+    /// Guest paging and its shadow.
+    pub mmu: &'a mut Mmu,
 }
 
 /// Reads guest-physical memory with open-bus fill outside RAM.
@@ -72,30 +77,100 @@ impl GuestView<'_> {
     }
 }
 
+impl GuestView<'_> {
+    /// The guest-physical address of each page `len` bytes at `linear`
+    /// touch (one or two: emulated accesses are at most a few bytes, never
+    /// more than a page), all translated before any byte moves, as the
+    /// hardware checks both pages of a split access first.
+    fn translate(
+        &mut self,
+        linear: u32,
+        len: usize,
+        access: Access,
+    ) -> Result<[(u32, usize); 2], Stop> {
+        let first_len = len.min(GuestVirt(linear).bytes_to_page_end() as usize);
+        let mut pieces = [(0, 0); 2];
+        pieces[0] = (self.translate_one(linear, access)?, first_len);
+        if first_len < len {
+            #[allow(clippy::cast_possible_truncation)] // at most a page
+            let second = linear.wrapping_add(first_len as u32);
+            pieces[1] = (self.translate_one(second, access)?, len - first_len);
+        }
+        Ok(pieces)
+    }
+
+    fn translate_one(&mut self, linear: u32, access: Access) -> Result<u32, Stop> {
+        match self.mmu.translate(self.world, linear, access.into()) {
+            Ok(phys) => Ok(phys),
+            Err(TranslateError::Fault(fault)) => Err(Stop::Exception(fault.to_exception())),
+            Err(TranslateError::Broken(shadow_mmu::ShadowError::OutsideRam { .. })) => Err(
+                Stop::Unsupported("guest paging structures outside guest RAM"),
+            ),
+            Err(TranslateError::Broken(error)) => Err(Stop::Machine(format!(
+                "guest paging at linear {linear:#x}: {error}"
+            ))),
+        }
+    }
+}
+
 impl Machine for GuestView<'_> {
-    fn read_linear(&mut self, linear: u32, buf: &mut [u8], _access: Access) -> Result<(), Stop> {
-        read_physical(&*self.world, linear, buf);
+    fn read_linear(&mut self, linear: u32, buf: &mut [u8], access: Access) -> Result<(), Stop> {
+        let mut done = 0;
+        while done < buf.len() {
+            #[allow(clippy::cast_possible_truncation)] // buffers are small
+            let at = linear.wrapping_add(done as u32);
+            let end = buf.len().min(done + 4096);
+            for (phys, len) in self.translate(at, end - done, access)? {
+                if len > 0 {
+                    read_physical(&*self.world, phys, &mut buf[done..done + len]);
+                    done += len;
+                }
+            }
+        }
         Ok(())
     }
 
-    fn write_linear(&mut self, linear: u32, data: &[u8], _access: Access) -> Result<(), Stop> {
-        if !self.world.write_phys(linear, data) {
-            for (offset, byte) in data.iter().enumerate() {
-                #[allow(clippy::cast_possible_truncation)] // buffers are small
-                self.world
-                    .write_phys(linear.wrapping_add(offset as u32), &[*byte]);
+    fn write_linear(&mut self, linear: u32, data: &[u8], access: Access) -> Result<(), Stop> {
+        let mut done = 0;
+        while done < data.len() {
+            #[allow(clippy::cast_possible_truncation)] // buffers are small
+            let at = linear.wrapping_add(done as u32);
+            let end = data.len().min(done + 4096);
+            for (phys, len) in self.translate(at, end - done, access)? {
+                if len == 0 {
+                    continue;
+                }
+                let piece = &data[done..done + len];
+                if !self.world.write_phys(phys, piece) {
+                    // Partly outside RAM: what is RAM is written, the rest
+                    // is dropped (open bus).
+                    for (offset, byte) in piece.iter().enumerate() {
+                        #[allow(clippy::cast_possible_truncation)] // a page at most
+                        self.world
+                            .write_phys(phys.wrapping_add(offset as u32), &[*byte]);
+                    }
+                }
+                // The write may have changed decoded code or page tables.
+                #[allow(clippy::cast_possible_truncation)] // a page at most
+                self.mmu.written(self.planner, phys, len as u32);
+                done += len;
             }
         }
-        // The write may have changed decoded code.
-        let first = linear / 4096;
-        #[allow(clippy::cast_possible_truncation)] // buffers are small
-        let last = linear.wrapping_add(data.len().saturating_sub(1) as u32) / 4096;
-        self.planner.invalidate_phys_page(GuestPhys(first * 4096));
-        if last != first {
-            self.planner
-                .invalidate_phys_page(GuestPhys(last.wrapping_mul(4096)));
-        }
         Ok(())
+    }
+
+    fn notify(&mut self, event: Event) {
+        let result = match event {
+            Event::ControlRegisterWritten { register, value } => {
+                self.mmu
+                    .control_written(self.world, self.planner, register, value)
+            }
+            Event::InvalidatePage(linear) => self.mmu.invlpg(self.world, self.planner, linear),
+            Event::DescriptorTablesChanged => Ok(()),
+        };
+        if let Err(error) = result {
+            self.mmu.record_failure(error);
+        }
     }
 
     fn port_in(&mut self, port: u16, size: u8) -> Result<u32, Stop> {
@@ -124,18 +199,60 @@ impl Machine for GuestView<'_> {
     }
 }
 
-/// Guest memory for the planner: paging off, so every linear address is
-/// the guest-physical address of the same number, and memory outside RAM
-/// reads as open bus (what the CPU would fetch there).
-pub struct PlannerMemory<'a>(pub &'a dyn WorldServices);
+/// Guest memory for the planner: the guest's current mappings, read
+/// without setting A/D bits; memory outside RAM reads as open bus (what the
+/// CPU would fetch there). Every guest-physical page it translated is
+/// noted, so that the monitor write-tracks the code it decoded.
+pub struct PlannerMemory<'a> {
+    world: &'a dyn WorldServices,
+    mmu: &'a Mmu,
+    pages: RefCell<Vec<u32>>,
+}
+
+impl<'a> PlannerMemory<'a> {
+    /// The planner's view of the guest's memory now.
+    pub fn new(world: &'a dyn WorldServices, mmu: &'a Mmu) -> Self {
+        Self {
+            world,
+            mmu,
+            pages: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The guest-physical pages translated so far (page numbers, each once).
+    pub fn into_pages(self) -> Vec<u32> {
+        self.pages.into_inner()
+    }
+
+    fn note(&self, phys: u32) {
+        let page = phys / 4096;
+        let mut pages = self.pages.borrow_mut();
+        if !pages.contains(&page) {
+            pages.push(page);
+        }
+    }
+}
 
 impl GuestMemory for PlannerMemory<'_> {
     fn translate(&self, virt: GuestVirt) -> Result<GuestPhys, MemFault> {
-        Ok(GuestPhys(virt.0))
+        let phys = self
+            .mmu
+            .peek(self.world, virt.0)
+            .ok_or(MemFault::NotMapped(virt))?;
+        self.note(phys);
+        Ok(GuestPhys(phys))
     }
 
     fn read_virt(&self, virt: GuestVirt, buf: &mut [u8]) -> Result<(), MemFault> {
-        read_physical(self.0, virt.0, buf);
+        let mut done = 0;
+        while done < buf.len() {
+            #[allow(clippy::cast_possible_truncation)] // buffers are small
+            let at = virt.offset(done as u32);
+            let len = (buf.len() - done).min(at.bytes_to_page_end() as usize);
+            let phys = self.translate(at)?;
+            read_physical(self.world, phys.0, &mut buf[done..done + len]);
+            done += len;
+        }
         Ok(())
     }
 }

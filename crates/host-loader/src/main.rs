@@ -144,9 +144,6 @@ fn world_main(ram_size: usize, trace: bool) -> anyhow::Error {
         Ok(world) => world,
         Err(error) => return error.into(),
     };
-    if let Err(error) = world.map_identity() {
-        return error.into();
-    }
     let boot = world.channel().boot();
     let boot = guest_monitor::Boot {
         eip: boot.eip,

@@ -19,6 +19,13 @@ pub enum ShadowError {
         /// The first byte that could not be reached.
         guest_phys: GuestPhys,
     },
+    /// A walk that may only read guest memory was asked to write it (an
+    /// A/D update through a read-only view): a VMM bug.
+    #[error("a read-only walk tried to update guest-physical {guest_phys}")]
+    ReadOnly {
+        /// The entry it would have written.
+        guest_phys: GuestPhys,
+    },
     /// A fault was reported with paging registers whose CR3 is not the one
     /// the shadow was built for; the caller missed a [`crate::Shadow::set_cr3`].
     #[error("shadow built for CR3 {shadow_cr3:#010x}, fault reported with CR3 {fault_cr3:#010x}")]

@@ -33,8 +33,9 @@
 //!   dropped no later than the guest's next INVLPG of them or CR3 load, the
 //!   points where a real TLB would have to forget them too.
 //!
-//! Not here yet: segment truncation (the [`Protection::user`] flag is
-//! recorded for it), global pages (CR4.PGE: every CR3 load drops all), the
+//! Segment truncation is the caller's (guest-monitor); the shadow keeps
+//! [`Protection::user`] for it and drops supervisor pages from the user
+//! view ([`Shadow::drop_supervisor_below`]). Not here yet: global pages (CR4.PGE: every CR3 load drops all), the
 //! root-table compare trick, untracking page tables the guest has freed.
 //!
 //! Memory bound: one [`ShadowEntry`] and one alias per shadow-mapped
@@ -388,6 +389,29 @@ impl Shadow {
         self.drop_pages(mapper, &victims)
     }
 
+    /// Unmaps every supervisor page below `limit`: the view of guest user
+    /// mode, whose truncated segments reach everything below the limit
+    /// while host protection has no user/supervisor bit. Returns how many
+    /// pages went.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn drop_supervisor_below<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        limit: GuestVirt,
+    ) -> Result<usize, ShadowError> {
+        let victims: Vec<u32> = self
+            .entries
+            .range(..limit.page())
+            .filter(|(_, entry)| !entry.prot.user)
+            .map(|(&page, _)| page)
+            .collect();
+        self.drop_pages(mapper, &victims)?;
+        Ok(victims.len())
+    }
+
     /// Tracks the page holding `guest_phys` as decoded code: every alias is
     /// write-protected now, and later writes report
     /// [`FaultOutcome::TrackedWrite`].
@@ -724,6 +748,53 @@ mod tests {
             guest_virt: GuestVirt(guest_virt),
             pages,
         }
+    }
+
+    #[test]
+    fn the_user_view_drops_supervisor_pages_below_the_limit_only() {
+        let mut rig = Rig::new();
+        let limit = 0xc000_0000;
+        // A supervisor page and a user page below the limit, a supervisor
+        // 4 MiB page above it.
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            0x0040_0000,
+            DATA_PHYS | P | RW,
+        );
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            0x0040_1000,
+            (DATA_PHYS + 0x1000) | P | RW | US,
+        );
+        write(&mut rig.mem, pde_at(limit), PS | P | RW | A | D);
+        for guest_virt in [0x0040_0000, 0x0040_1000, limit] {
+            assert!(matches!(
+                rig.fault(guest_virt, Access::read(false)),
+                FaultOutcome::Mapped { .. }
+            ));
+        }
+        let before = rig.shadow.mapped_pages();
+        let dropped = rig
+            .shadow
+            .drop_supervisor_below(&mut rig.mapper, GuestVirt(limit))
+            .expect("unmap");
+        assert_eq!(dropped, 1);
+        assert_eq!(rig.shadow.mapped_pages(), before - 1);
+        assert_eq!(rig.host(0x0040_0000), None);
+        assert!(rig.host(0x0040_1000).is_some(), "the user page stays");
+        assert!(rig.host(limit).is_some(), "pages above the limit stay");
+        rig.assert_consistent();
+        // A user access to the supervisor page is the guest's fault, and
+        // maps nothing.
+        assert!(matches!(
+            rig.fault(0x0040_0000, Access::read(true)),
+            FaultOutcome::GuestFault(_)
+        ));
+        assert_eq!(rig.host(0x0040_0000), None);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 
 pub mod bare;
 pub mod channel;
-pub mod mapper;
 pub mod shadow;
 pub mod spawn;
 pub mod sys;

@@ -19,11 +19,6 @@ use crate::trap::{self, ENTER_SIGNAL, SIGNALS};
 
 /// Hardware breakpoints on x86.
 pub const BREAKPOINTS: usize = 4;
-/// Guest-physical memory below this is never mapped natively (nor is the
-/// top 64 KiB of the 4 GiB space): accesses there trap and are emulated
-/// (DESIGN.md section 2).
-pub const LOW_HOLE: u32 = 0x1_0000;
-
 /// The world's resources, which the monitor reaches through
 /// [`WorldServices`].
 #[derive(Debug)]
@@ -103,19 +98,6 @@ impl World {
         &self.channel
     }
 
-    /// Maps guest-physical memory at the same guest-virtual addresses, as
-    /// the guest sees it with paging off, leaving the low 64 KiB hole.
-    pub fn map_identity(&self) -> Result<(), WorldError> {
-        let top = u32::try_from(self.ram.size())
-            .unwrap_or(u32::MAX)
-            .min(0xffff_0000)
-            & !0xfff;
-        if top > LOW_HOLE {
-            self.ram.map_at(LOW_HOLE, LOW_HOLE, top - LOW_HOLE, true)?;
-        }
-        Ok(())
-    }
-
     /// Installs `monitor` as the handler of every world signal, locks the
     /// process down with seccomp and enters the guest. Returns only if
     /// set-up fails.
@@ -165,6 +147,30 @@ impl WorldServices for World {
 
     fn ram_size(&self) -> u32 {
         u32::try_from(self.ram.size()).unwrap_or(u32::MAX)
+    }
+
+    fn map_guest(
+        &mut self,
+        guest_virt: u32,
+        guest_phys: u32,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), String> {
+        self.ram
+            .map_at(guest_virt, guest_phys, len, writable)
+            .map_err(|error| error.to_string())
+    }
+
+    fn protect_guest(&mut self, guest_virt: u32, len: u32, writable: bool) -> Result<(), String> {
+        self.ram
+            .protect_at(guest_virt, len, writable)
+            .map_err(|error| error.to_string())
+    }
+
+    fn unmap_guest(&mut self, guest_virt: u32, len: u32) -> Result<(), String> {
+        self.ram
+            .unmap_at(guest_virt, len)
+            .map_err(|error| error.to_string())
     }
 
     fn write_ldt(&mut self, index: u16, descriptor: Option<&Descriptor>) -> Result<(), String> {

@@ -261,3 +261,80 @@ impl SharedRegion {
         self.0.fd()
     }
 }
+
+#[cfg(test)]
+mod shadow_mapping_tests {
+    use super::*;
+
+    /// The protection of the mapping holding `host_virt`, from
+    /// /proc/self/maps (e.g. "rw-s").
+    fn protection_at(host_virt: u64) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+        maps.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            (start..end)
+                .contains(&host_virt)
+                .then(|| fields.next().map(str::to_owned))?
+        })
+    }
+
+    /// A free 64 KiB stretch below 4 GiB in this test process.
+    fn free_low_range() -> u32 {
+        // SAFETY: a fresh private reservation where the kernel finds room
+        // below 2 GiB, released at once: only its address is used.
+        let reservation = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1_0000,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(reservation, libc::MAP_FAILED);
+        // SAFETY: releases the reservation just made.
+        unsafe { libc::munmap(reservation, 0x1_0000) };
+        u32::try_from(reservation as usize).expect("below 4 GiB")
+    }
+
+    #[test]
+    fn shadow_mappings_show_guest_ram_and_follow_protection_changes() {
+        let ram = GuestRam::create(1 << 20).expect("guest RAM");
+        assert!(ram.write(0x3000, b"guest page 3"));
+        assert!(ram.write(0x4000, b"guest page 4"));
+        let guest_virt = free_low_range();
+        ram.map_at(guest_virt, 0x3000, 0x2000, true)
+            .expect("map two pages");
+        let host_virt = u64::from(guest_virt);
+        // SAFETY: the two pages at guest_virt were just mapped readable.
+        let seen = unsafe { std::slice::from_raw_parts(host_virt as *const u8, 0x2000) };
+        assert_eq!(&seen[..12], b"guest page 3");
+        assert_eq!(&seen[0x1000..0x100c], b"guest page 4");
+        assert_eq!(protection_at(host_virt).as_deref(), Some("rwxs"));
+
+        ram.protect_at(guest_virt, 0x1000, false)
+            .expect("write-protect one page");
+        assert_eq!(protection_at(host_virt).as_deref(), Some("r-xs"));
+        assert_eq!(protection_at(host_virt + 0x1000).as_deref(), Some("rwxs"));
+
+        ram.unmap_at(guest_virt, 0x2000).expect("unmap");
+        assert_eq!(protection_at(host_virt), None);
+        assert_eq!(protection_at(host_virt + 0x1000), None);
+    }
+
+    #[test]
+    fn requests_the_host_cannot_take_are_errors() {
+        let ram = GuestRam::create(1 << 20).expect("guest RAM");
+        // Past the end of guest RAM.
+        assert!(ram.map_at(0x4000_0000, 0xff000, 0x2000, false).is_err());
+        // Past 4 GiB.
+        assert!(ram.unmap_at(0xffff_f000, 0x2000).is_err());
+        assert!(ram.protect_at(0x1000, 0xffff_f000, false).is_err());
+        // Not page aligned.
+        assert!(ram.map_at(0x4000_0800, 0, 0x1000, false).is_err());
+    }
+}

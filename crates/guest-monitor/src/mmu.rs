@@ -1,0 +1,646 @@
+//! Guest paging as the monitor keeps it: the world's address space below
+//! 4 GiB holds the guest's physical memory at the same addresses while
+//! paging is off (the identity view), and the shadow of the current guest
+//! address space once the guest sets CR0.PG (shadow-mmu decides what, the
+//! world's mmap/mprotect/munmap do it).
+//!
+//! Every emulated access translates through the guest's own tables with the
+//! hardware's A/D updates and #PF error codes; the planner's reads walk
+//! without updating anything (the hardware sets A only on real accesses).
+//! The decode caches follow the guest's TLB rules: what was decoded through
+//! a mapping is dropped at the INVLPG of its page or at a CR3 load, and
+//! every guest-physical page the planner decoded is write-tracked, so a
+//! write to decoded code, natively or emulated, drops it at once.
+//!
+//! Guest user mode: host protection has no user/supervisor bit, so the
+//! shadow segments of user mode are truncated below [`USER_TOP`] (see
+//! [`truncate_user_segment`]) and, while the guest runs at CPL 3, no
+//! supervisor page below [`USER_TOP`] is mapped. User pages at or above it
+//! lie beyond the truncated limits: accesses there raise #GP natively and
+//! are emulated.
+
+use btvmm_core::cpu::Cr0;
+use btvmm_core::descriptor::Descriptor;
+use btvmm_core::emu::system::CR4_PSE;
+use btvmm_core::{GuestPhys, GuestVirt, PAGE_SIZE, WorldServices};
+use cfg_planner::Planner;
+use shadow_mmu::{
+    Access, FaultOutcome, HostMapper, PagingRegs, PhysMemory, Protection, Shadow, ShadowError,
+    WalkOutcome, walk, walk_and_update,
+};
+
+/// The lowest guest-virtual address guest user code never reaches
+/// natively: user-mode shadow segments end below it. 3 GiB is where the
+/// i386 Linux kernel's own mapping starts (PAGE_OFFSET), so ordinary user
+/// programs never meet the limit.
+pub const USER_TOP: u32 = 0xc000_0000;
+
+/// Guest-physical memory below this is never mapped natively (nor is the
+/// top 64 KiB of the 4 GiB space): DESIGN.md section 2.
+pub const LOW_HOLE: u32 = 0x1_0000;
+/// The first address of the top hole.
+const HIGH_HOLE: u32 = 0xffff_0000;
+
+/// Why a translation failed.
+#[derive(Debug)]
+pub enum TranslateError {
+    /// The guest's tables refuse the access: the guest gets this #PF.
+    Fault(shadow_mmu::PageFault),
+    /// The guest's tables lie outside RAM, or the host refused a mapping.
+    Broken(ShadowError),
+}
+
+/// Guest RAM through the world's window, for walks that only read.
+pub struct PhysWindow<'a>(pub &'a dyn WorldServices);
+
+impl PhysMemory for PhysWindow<'_> {
+    fn read_u32(&self, guest_phys: GuestPhys) -> Result<u32, ShadowError> {
+        let mut bytes = [0u8; 4];
+        if self.0.read_phys(guest_phys.0, &mut bytes) {
+            Ok(u32::from_le_bytes(bytes))
+        } else {
+            Err(ShadowError::OutsideRam { guest_phys })
+        }
+    }
+
+    fn write_u32(&mut self, guest_phys: GuestPhys, _value: u32) -> Result<(), ShadowError> {
+        Err(ShadowError::ReadOnly { guest_phys })
+    }
+
+    fn is_ram_page(&self, guest_phys: GuestPhys) -> bool {
+        is_ram_page(self.0, guest_phys)
+    }
+}
+
+/// Guest RAM through the world's window, for walks that set A/D bits.
+pub struct PhysWindowMut<'a>(pub &'a mut dyn WorldServices);
+
+impl PhysMemory for PhysWindowMut<'_> {
+    fn read_u32(&self, guest_phys: GuestPhys) -> Result<u32, ShadowError> {
+        PhysWindow(&*self.0).read_u32(guest_phys)
+    }
+
+    fn write_u32(&mut self, guest_phys: GuestPhys, value: u32) -> Result<(), ShadowError> {
+        if self.0.write_phys(guest_phys.0, &value.to_le_bytes()) {
+            Ok(())
+        } else {
+            Err(ShadowError::OutsideRam { guest_phys })
+        }
+    }
+
+    fn is_ram_page(&self, guest_phys: GuestPhys) -> bool {
+        is_ram_page(self.0, guest_phys)
+    }
+}
+
+fn is_ram_page(world: &dyn WorldServices, guest_phys: GuestPhys) -> bool {
+    u64::from(guest_phys.page()) * u64::from(PAGE_SIZE) + u64::from(PAGE_SIZE)
+        <= u64::from(world.ram_size())
+}
+
+/// The world's shadow mappings as shadow-mmu's host mapper.
+pub struct WorldMapper<'a>(pub &'a mut dyn WorldServices);
+
+fn host_error(guest_virt: GuestVirt, pages: u32, what: String) -> ShadowError {
+    ShadowError::Host {
+        guest_virt,
+        pages,
+        source: std::io::Error::other(what),
+    }
+}
+
+fn byte_len(guest_virt: GuestVirt, pages: u32) -> Result<u32, ShadowError> {
+    pages
+        .checked_mul(PAGE_SIZE)
+        .ok_or_else(|| host_error(guest_virt, pages, "the range passes 4 GiB".into()))
+}
+
+impl HostMapper for WorldMapper<'_> {
+    fn map(
+        &mut self,
+        guest_virt: GuestVirt,
+        guest_phys: GuestPhys,
+        pages: u32,
+        prot: Protection,
+    ) -> Result<(), ShadowError> {
+        let len = byte_len(guest_virt, pages)?;
+        self.0
+            .map_guest(guest_virt.0, guest_phys.0, len, prot.writable)
+            .map_err(|what| host_error(guest_virt, pages, what))
+    }
+
+    fn protect(
+        &mut self,
+        guest_virt: GuestVirt,
+        pages: u32,
+        prot: Protection,
+    ) -> Result<(), ShadowError> {
+        let len = byte_len(guest_virt, pages)?;
+        self.0
+            .protect_guest(guest_virt.0, len, prot.writable)
+            .map_err(|what| host_error(guest_virt, pages, what))
+    }
+
+    fn unmap(&mut self, guest_virt: GuestVirt, pages: u32) -> Result<(), ShadowError> {
+        let len = byte_len(guest_virt, pages)?;
+        self.0
+            .unmap_guest(guest_virt.0, len)
+            .map_err(|what| host_error(guest_virt, pages, what))
+    }
+}
+
+/// One mapping change a [`DeferredMapper`] holds.
+#[derive(Clone, Copy, Debug)]
+enum MapChange {
+    Map(GuestVirt, GuestPhys, u32, Protection),
+    Protect(GuestVirt, u32, Protection),
+    Unmap(GuestVirt, u32),
+}
+
+/// A host mapper that collects changes to make later, in order (for calls
+/// that also need the world for guest memory).
+#[derive(Debug, Default)]
+struct DeferredMapper {
+    changes: Vec<MapChange>,
+}
+
+impl DeferredMapper {
+    fn apply(self, mapper: &mut dyn HostMapper) -> Result<(), ShadowError> {
+        for change in self.changes {
+            match change {
+                MapChange::Map(guest_virt, guest_phys, pages, prot) => {
+                    mapper.map(guest_virt, guest_phys, pages, prot)?;
+                }
+                MapChange::Protect(guest_virt, pages, prot) => {
+                    mapper.protect(guest_virt, pages, prot)?;
+                }
+                MapChange::Unmap(guest_virt, pages) => mapper.unmap(guest_virt, pages)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HostMapper for DeferredMapper {
+    fn map(
+        &mut self,
+        guest_virt: GuestVirt,
+        guest_phys: GuestPhys,
+        pages: u32,
+        prot: Protection,
+    ) -> Result<(), ShadowError> {
+        self.changes
+            .push(MapChange::Map(guest_virt, guest_phys, pages, prot));
+        Ok(())
+    }
+
+    fn protect(
+        &mut self,
+        guest_virt: GuestVirt,
+        pages: u32,
+        prot: Protection,
+    ) -> Result<(), ShadowError> {
+        self.changes
+            .push(MapChange::Protect(guest_virt, pages, prot));
+        Ok(())
+    }
+
+    fn unmap(&mut self, guest_virt: GuestVirt, pages: u32) -> Result<(), ShadowError> {
+        self.changes.push(MapChange::Unmap(guest_virt, pages));
+        Ok(())
+    }
+}
+
+/// The guest's paging state and the shadow of its current address space.
+#[derive(Debug, Default)]
+pub struct Mmu {
+    cr0: u32,
+    cr3: u32,
+    cr4: u32,
+    /// The shadow of the current address space; Some exactly while the
+    /// guest's CR0.PG is set.
+    shadow: Option<Shadow>,
+    /// The identity view of guest RAM is mapped (paging off).
+    identity: Option<(u32, u32)>,
+    /// Supervisor pages below [`USER_TOP`] are kept unmapped: the guest
+    /// runs (or is about to run) at CPL 3.
+    user_view: bool,
+    /// A host mapping failed inside an emulated instruction (where
+    /// `Machine::notify` cannot return it); the monitor stops the VM.
+    failure: Option<ShadowError>,
+}
+
+impl Mmu {
+    /// Whether guest paging is on.
+    #[must_use]
+    pub fn paging(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// The shadow of the current address space, while paging is on.
+    #[must_use]
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref()
+    }
+
+    /// The paging registers walks use.
+    #[must_use]
+    pub fn regs(&self) -> PagingRegs {
+        PagingRegs::from_control_registers(self.cr0, self.cr3, self.cr4)
+    }
+
+    /// Maps guest RAM at its own addresses, as a guest with paging off sees
+    /// it (the Multiboot hand-over state).
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses the mapping.
+    pub fn start(&mut self, world: &mut dyn WorldServices) -> Result<(), ShadowError> {
+        self.map_identity(world)
+    }
+
+    fn map_identity(&mut self, world: &mut dyn WorldServices) -> Result<(), ShadowError> {
+        let top = world.ram_size().min(HIGH_HOLE) & !(PAGE_SIZE - 1);
+        if top > LOW_HOLE {
+            let len = top - LOW_HOLE;
+            world
+                .map_guest(LOW_HOLE, LOW_HOLE, len, true)
+                .map_err(|what| host_error(GuestVirt(LOW_HOLE), len / PAGE_SIZE, what))?;
+            self.identity = Some((LOW_HOLE, len));
+        }
+        Ok(())
+    }
+
+    fn unmap_identity(&mut self, world: &mut dyn WorldServices) -> Result<(), ShadowError> {
+        if let Some((start, len)) = self.identity.take() {
+            world
+                .unmap_guest(start, len)
+                .map_err(|what| host_error(GuestVirt(start), len / PAGE_SIZE, what))?;
+        }
+        Ok(())
+    }
+
+    /// The failure recorded while handling an event, if any.
+    pub fn take_failure(&mut self) -> Option<ShadowError> {
+        self.failure.take()
+    }
+
+    /// Records a failure seen where it cannot be returned.
+    pub fn record_failure(&mut self, error: ShadowError) {
+        self.failure.get_or_insert(error);
+    }
+
+    /// Translates `guest_virt` for an emulated access, with the A/D updates
+    /// the hardware makes.
+    ///
+    /// # Errors
+    ///
+    /// The guest's #PF, or a broken table.
+    pub fn translate(
+        &mut self,
+        world: &mut dyn WorldServices,
+        guest_virt: u32,
+        access: Access,
+    ) -> Result<u32, TranslateError> {
+        if self.shadow.is_none() {
+            return Ok(guest_virt);
+        }
+        match walk_and_update(
+            &mut PhysWindowMut(world),
+            self.regs(),
+            GuestVirt(guest_virt),
+            access,
+        ) {
+            Ok(WalkOutcome::Translated(translation)) => Ok(translation.guest_phys.0),
+            Ok(WalkOutcome::Fault(fault)) => Err(TranslateError::Fault(fault)),
+            Err(error) => Err(TranslateError::Broken(error)),
+        }
+    }
+
+    /// Translates without changing guest memory (the planner's view).
+    #[must_use]
+    pub fn peek(&self, world: &dyn WorldServices, guest_virt: u32) -> Option<u32> {
+        if self.shadow.is_none() {
+            return Some(guest_virt);
+        }
+        match walk(
+            &PhysWindow(world),
+            self.regs(),
+            GuestVirt(guest_virt),
+            Access::fetch(false),
+        ) {
+            Ok(WalkOutcome::Translated(translation)) => Some(translation.guest_phys.0),
+            _ => None,
+        }
+    }
+
+    /// A control register was written (CR0, CR3 or CR4).
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses a mapping change.
+    pub fn control_written(
+        &mut self,
+        world: &mut dyn WorldServices,
+        planner: &mut Planner,
+        register: u8,
+        value: u32,
+    ) -> Result<(), ShadowError> {
+        match register {
+            0 => {
+                let was = self.cr0 & Cr0::PG != 0;
+                self.cr0 = value;
+                let now = value & Cr0::PG != 0;
+                if was != now {
+                    planner.invalidate_all();
+                    if now {
+                        self.unmap_identity(world)?;
+                        self.shadow = Some(Shadow::new(self.cr3));
+                    } else {
+                        if let Some(mut shadow) = self.shadow.take() {
+                            shadow.flush_all(&mut WorldMapper(world))?;
+                        }
+                        self.map_identity(world)?;
+                    }
+                }
+                // CR0.WP does not change what the shadow maps (shadow-mmu's
+                // shadow module says why).
+            }
+            3 => {
+                self.cr3 = value;
+                if let Some(shadow) = &mut self.shadow {
+                    // A CR3 load flushes the guest's TLB: what was decoded
+                    // through old mappings goes too. The kernel half of an
+                    // address space usually survives a switch; the planner
+                    // decodes it again for now.
+                    shadow.set_cr3(&mut WorldMapper(world), value)?;
+                    planner.invalidate_all();
+                }
+            }
+            4 => {
+                let pse_changed = (self.cr4 ^ value) & CR4_PSE != 0;
+                self.cr4 = value;
+                if pse_changed && let Some(shadow) = &mut self.shadow {
+                    shadow.flush_all(&mut WorldMapper(world))?;
+                    planner.invalidate_all();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// INVLPG of the page holding `guest_virt`.
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses a mapping change.
+    pub fn invlpg(
+        &mut self,
+        world: &mut dyn WorldServices,
+        planner: &mut Planner,
+        guest_virt: u32,
+    ) -> Result<(), ShadowError> {
+        let regs = self.regs();
+        let Some(shadow) = &mut self.shadow else {
+            return Ok(());
+        };
+        // A 4 MiB TLB entry goes whole: so does what was decoded through it,
+        // whether the shadow or the tables say the page is large.
+        let large_now = match walk(
+            &PhysWindow(&*world),
+            regs,
+            GuestVirt(guest_virt),
+            Access::read(false),
+        ) {
+            Ok(WalkOutcome::Translated(translation)) => {
+                translation.page_size == shadow_mmu::PageSize::Size4M
+            }
+            _ => false,
+        };
+        let large_shadow = shadow
+            .entry(GuestVirt(guest_virt))
+            .is_some_and(|entry| entry.large);
+        shadow.invlpg(&mut WorldMapper(world), GuestVirt(guest_virt))?;
+        if large_now || large_shadow {
+            let region = guest_virt & !((4 << 20) - 1);
+            for page in 0..1024 {
+                planner.invalidate_virt_page(GuestVirt(region + page * PAGE_SIZE));
+            }
+        } else {
+            planner.invalidate_virt_page(GuestVirt(guest_virt));
+        }
+        Ok(())
+    }
+
+    /// An emulated instruction wrote `len` bytes at `guest_phys`: page-table
+    /// writes make shadow entries stale (dropped at the next INVLPG or CR3
+    /// load), and decoded code on the page is dropped; the page stops being
+    /// tracked as code until the planner decodes it again, so a page that
+    /// mixes code and busy data does not trap on every write.
+    pub fn written(&mut self, planner: &mut Planner, guest_phys: u32, len: u32) {
+        let first = guest_phys / PAGE_SIZE;
+        let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
+        for page in [first, last] {
+            planner.invalidate_phys_page(GuestPhys(page * PAGE_SIZE));
+            if let Some(shadow) = &mut self.shadow {
+                shadow.untrack_code_page(GuestPhys(page * PAGE_SIZE));
+            }
+            if first == last {
+                break;
+            }
+        }
+        if let Some(shadow) = &mut self.shadow
+            && shadow.tracker().is_tracked(GuestPhys(guest_phys))
+                | shadow
+                    .tracker()
+                    .is_tracked(GuestPhys(guest_phys.wrapping_add(len.saturating_sub(1))))
+        {
+            shadow.after_tracked_write(GuestPhys(guest_phys), len);
+        }
+    }
+
+    /// Write-protects a guest-physical page the planner decoded code from.
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses a protection change.
+    pub fn track_code(
+        &mut self,
+        world: &mut dyn WorldServices,
+        guest_phys: u32,
+    ) -> Result<(), ShadowError> {
+        match &mut self.shadow {
+            Some(shadow) => shadow.track_code_page(&mut WorldMapper(world), GuestPhys(guest_phys)),
+            None => Ok(()),
+        }
+    }
+
+    /// A host page fault of natively running guest code at `guest_virt`;
+    /// None while paging is off (the identity view never faults on RAM).
+    ///
+    /// # Errors
+    ///
+    /// A broken table, or a host mapping failure.
+    pub fn handle_fault(
+        &mut self,
+        world: &mut dyn WorldServices,
+        guest_virt: u32,
+        access: Access,
+    ) -> Result<Option<FaultOutcome>, ShadowError> {
+        let regs = self.regs();
+        let Some(shadow) = &mut self.shadow else {
+            return Ok(None);
+        };
+        // In the user view the walk itself keeps supervisor pages out: a
+        // user access to one is the guest's #PF. The walk updates guest RAM
+        // through the world while the shadow asks for mapping changes: the
+        // changes are collected and made after it.
+        let mut deferred = DeferredMapper::default();
+        let outcome = shadow.handle_fault(
+            &mut PhysWindowMut(&mut *world),
+            &mut deferred,
+            regs,
+            GuestVirt(guest_virt),
+            access,
+        )?;
+        deferred.apply(&mut WorldMapper(world))?;
+        Ok(Some(outcome))
+    }
+
+    /// Switches between the kernel view (every page the tables map may be
+    /// mapped) and the user view (no supervisor page below [`USER_TOP`]),
+    /// as the guest is about to run at CPL 0 or CPL 3.
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses to unmap.
+    pub fn set_user_view(
+        &mut self,
+        world: &mut dyn WorldServices,
+        user: bool,
+    ) -> Result<(), ShadowError> {
+        if user == self.user_view {
+            return Ok(());
+        }
+        self.user_view = user;
+        if user && let Some(shadow) = &mut self.shadow {
+            shadow.drop_supervisor_below(&mut WorldMapper(world), GuestVirt(USER_TOP))?;
+        }
+        Ok(())
+    }
+}
+
+/// The shadow of a guest user-mode segment descriptor: the same, with its
+/// limit cut so that no offset reaches [`USER_TOP`] (segment truncation,
+/// DESIGN.md section 2). A data segment that cannot be cut that way (it
+/// starts at or above [`USER_TOP`], or grows down past it) becomes one with
+/// no valid offset at all: every access through it raises #GP natively and
+/// is emulated against the guest's own descriptor. None for a code segment
+/// that starts at or above [`USER_TOP`]: no shadow of it is safe.
+#[must_use]
+pub fn truncate_user_segment(descriptor: &Descriptor) -> Option<Descriptor> {
+    let mut truncated = *descriptor;
+    if !descriptor.code_or_data || !descriptor.present {
+        return Some(truncated);
+    }
+    let highest_allowed = USER_TOP - 1;
+    let base = descriptor.base;
+    let expand_down = !descriptor.is_code()
+        && descriptor.kind & btvmm_core::descriptor::TYPE_EXPAND_DOWN_CONFORMING != 0;
+    if expand_down {
+        let upper = if descriptor.big { u32::MAX } else { 0xffff };
+        if u64::from(base) + u64::from(upper) > u64::from(highest_allowed) {
+            set_limit(&mut truncated, upper);
+        }
+        return Some(truncated);
+    }
+    if base > highest_allowed {
+        if descriptor.is_code() {
+            return None;
+        }
+        // Expand-down, 32-bit, limit at the top: offsets above 4 GiB - 1
+        // only, which is none.
+        truncated.kind |= btvmm_core::descriptor::TYPE_EXPAND_DOWN_CONFORMING;
+        truncated.big = true;
+        set_limit(&mut truncated, u32::MAX);
+        return Some(truncated);
+    }
+    let room = highest_allowed - base;
+    if descriptor.limit > room {
+        set_limit(&mut truncated, room);
+    }
+    Some(truncated)
+}
+
+/// Sets a byte limit no higher than `limit` that the descriptor format can
+/// hold: byte-granular up to 1 MiB, 4 KiB-granular (rounded down) above.
+fn set_limit(descriptor: &mut Descriptor, limit: u32) {
+    if limit <= 0xf_ffff {
+        descriptor.granular = false;
+        descriptor.limit = limit;
+    } else {
+        descriptor.granular = true;
+        descriptor.limit = if limit & 0xfff == 0xfff {
+            limit
+        } else {
+            (limit & !0xfff) - 1
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(access_kind: u8, base: u32, limit: u32) -> Descriptor {
+        Descriptor {
+            base,
+            limit,
+            kind: access_kind,
+            code_or_data: true,
+            dpl: 3,
+            present: true,
+            available: false,
+            big: true,
+            granular: limit > 0xf_ffff,
+        }
+    }
+
+    #[test]
+    fn flat_user_segments_end_below_user_top() {
+        let code = truncate_user_segment(&flat(0xb, 0, u32::MAX)).expect("code");
+        assert_eq!(
+            (code.base, code.limit, code.granular),
+            (0, USER_TOP - 1, true)
+        );
+        let data = truncate_user_segment(&flat(0x3, 0, u32::MAX)).expect("data");
+        assert_eq!(data.limit, USER_TOP - 1);
+    }
+
+    #[test]
+    fn small_segments_are_kept() {
+        let tls = flat(0x3, 0x0804_a000, 0xfff);
+        assert_eq!(truncate_user_segment(&tls), Some(tls));
+    }
+
+    #[test]
+    fn an_unaligned_base_rounds_the_limit_down_to_what_the_format_holds() {
+        let tls = truncate_user_segment(&flat(0x3, 0x0804_a123, u32::MAX)).expect("data");
+        assert!(u64::from(tls.base) + u64::from(tls.limit) < u64::from(USER_TOP));
+        assert_eq!(tls.limit & 0xfff, 0xfff, "4 KiB-granular");
+        assert!(u64::from(tls.base) + u64::from(tls.limit) >= u64::from(USER_TOP) - 4096);
+        let near_top = truncate_user_segment(&flat(0x3, 0xbfff_f800, u32::MAX)).expect("data");
+        assert_eq!((near_top.limit, near_top.granular), (0x7ff, false));
+    }
+
+    #[test]
+    fn segments_above_user_top_have_no_usable_offset() {
+        let data = truncate_user_segment(&flat(0x3, USER_TOP, 0xfff)).expect("data");
+        assert_ne!(data.kind & 4, 0, "expand-down");
+        assert_eq!((data.limit, data.big), (u32::MAX, true));
+        assert_eq!(truncate_user_segment(&flat(0xb, USER_TOP, 0xfff)), None);
+        let down = truncate_user_segment(&flat(0x7, 0x1000_0000, 0xfff)).expect("data");
+        assert_eq!(down.limit, u32::MAX);
+    }
+}
