@@ -55,6 +55,17 @@ const TSS_SELECTOR: u32 = 0x28;
 const PADDING: usize = 32;
 /// Guest RAM for the calibration kernels, MiB.
 const MEMORY_MIB: u32 = 16;
+/// The paging guests' two page directories and page tables: 4 MiB
+/// identity pages for the first 16 MiB, and one 4 KiB page at
+/// [`TEST_PAGE`] (a different physical page in each).
+const PAGE_DIRECTORIES: [(u32, u32, u32); 2] = [
+    (0x0018_4000, 0x0018_5000, 0x0020_0000),
+    (0x0018_6000, 0x0018_7000, 0x0020_1000),
+];
+/// The page the paging guests read.
+const TEST_PAGE: u32 = 0x4000_0000;
+/// An address no page table maps.
+const UNMAPPED: u32 = 0x5000_0000;
 
 /// A monitor path measured through a generated guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,16 +89,33 @@ pub enum GuestPath {
     /// OUT to an unclaimed port in guest kernel code: #GP, emulation,
     /// exit to the host process and back.
     HostExit,
+    /// With guest paging on: a read of a page the guest's tables map but
+    /// the shadow does not (a hidden fault: walk, mmap), then INVLPG of it
+    /// (#GP, emulation, munmap), so that the next read faults again.
+    HiddenFault,
+    /// With guest paging on: a read of an address the guest's tables do
+    /// not map: the host #PF becomes the guest's #PF, delivered through
+    /// its IDT; the handler skips the read and IRETs.
+    GuestPageFault,
+    /// With guest paging on: MOV to CR3 alternating between two page
+    /// directories, each followed by a read through a page mapped in both.
+    /// There is no pool of address spaces yet: every switch flushes the
+    /// one shadow and the decode caches, and the code, stack and data
+    /// pages fault back in.
+    AddressSpaceSwitch,
 }
 
 impl GuestPath {
     /// The paths measured, in report order.
-    pub const MEASURED: [GuestPath; 5] = [
+    pub const MEASURED: [GuestPath; 8] = [
         GuestPath::CliSti,
         GuestPath::Pushf,
         GuestPath::SystemCall,
         GuestPath::Interrupt,
         GuestPath::HostExit,
+        GuestPath::HiddenFault,
+        GuestPath::GuestPageFault,
+        GuestPath::AddressSpaceSwitch,
     ];
 
     fn name(self) -> &'static str {
@@ -98,6 +126,9 @@ impl GuestPath {
             Self::SystemCall => "guest int 0x80 + iret",
             Self::Interrupt => "interrupt injected",
             Self::HostExit => "exit to the host and back",
+            Self::HiddenFault => "hidden fault + invlpg",
+            Self::GuestPageFault => "guest #PF delivered + iret",
+            Self::AddressSpaceSwitch => "cr3 switch (no pool: flush)",
         }
     }
 
@@ -114,15 +145,34 @@ impl GuestPath {
                 (BareEvent::GeneralProtection, 1),
                 (BareEvent::FutexHandoff, 2),
             ],
+            Self::HiddenFault => &[
+                (BareEvent::PageFaultMap, 1),
+                (BareEvent::GeneralProtection, 1),
+            ],
+            Self::GuestPageFault => &[(BareEvent::PageFault, 1)],
+            // What a pooled switch would need: the trapping MOV and one
+            // handoff to the world process of the other address space.
+            Self::AddressSpaceSwitch => &[
+                (BareEvent::GeneralProtection, 1),
+                (BareEvent::FutexHandoff, 1),
+            ],
         }
     }
 
     /// Events per loop iteration.
     fn events_per_iteration(self) -> u32 {
         match self {
-            Self::CliSti => 2,
+            Self::CliSti | Self::AddressSpaceSwitch => 2,
             _ => 1,
         }
+    }
+
+    /// Whether the path's guest turns paging on.
+    fn paging(self) -> bool {
+        matches!(
+            self,
+            Self::HiddenFault | Self::GuestPageFault | Self::AddressSpaceSwitch
+        )
     }
 }
 
@@ -670,8 +720,15 @@ fn debug_exit(asm: &mut CodeAssembler) -> Result<(), IcedError> {
 /// The kernel for one path (not [`GuestPath::Interrupt`]).
 fn kernel_image(path: GuestPath, iterations: u32) -> Result<Vec<u8>, IcedError> {
     assemble(|asm, labels, named| {
-        let gates = [(0x80, labels.handler, 3), (0x81, labels.finish_handler, 3)];
+        let gates = if path == GuestPath::GuestPageFault {
+            vec![(14, labels.handler, 0)]
+        } else {
+            vec![(0x80, labels.handler, 3), (0x81, labels.finish_handler, 3)]
+        };
         prologue(asm, labels, named, &gates)?;
+        if path.paging() {
+            paging_on(asm)?;
+        }
         let mut body = asm.create_label();
         let event = |asm: &mut CodeAssembler| -> Result<(), IcedError> {
             match path {
@@ -687,9 +744,34 @@ fn kernel_image(path: GuestPath, iterations: u32) -> Result<Vec<u8>, IcedError> 
                 }
                 GuestPath::SystemCall => asm.int(0x80)?,
                 GuestPath::HostExit => asm.out(0x80, al)?,
+                GuestPath::HiddenFault => {
+                    asm.mov(eax, dword_ptr(TEST_PAGE))?;
+                    padding(asm)?;
+                    asm.invlpg(iced_x86::code_asm::byte_ptr(TEST_PAGE))?;
+                }
+                // `mov ebx, [disp32]`: 6 bytes, which the handler skips.
+                GuestPath::GuestPageFault => asm.mov(ebx, dword_ptr(UNMAPPED))?,
+                GuestPath::AddressSpaceSwitch => {
+                    for (directory, _, _) in PAGE_DIRECTORIES.iter().rev() {
+                        asm.mov(eax, *directory)?;
+                        asm.mov(iced_x86::code_asm::cr3, eax)?;
+                        asm.mov(eax, dword_ptr(TEST_PAGE))?;
+                        padding(asm)?;
+                    }
+                }
             }
             Ok(())
         };
+        if path == GuestPath::GuestPageFault {
+            // The #PF handler: drop the error code, skip the read.
+            let mut past = asm.create_label();
+            asm.jmp(past)?;
+            named.place(asm, 1)?;
+            asm.add(esp, 4)?;
+            asm.add(dword_ptr(esp), 6)?;
+            asm.iretd()?;
+            asm.set_label(&mut past)?;
+        }
         if path == GuestPath::SystemCall {
             // To user mode (IF clear: nothing to take).
             asm.mov(eax, USER_DS)?;
@@ -727,6 +809,39 @@ fn kernel_image(path: GuestPath, iterations: u32) -> Result<Vec<u8>, IcedError> 
         }
         named.finish(asm)
     })
+}
+
+/// Turns paging on with the tables of [`PAGE_DIRECTORIES`] (the first in
+/// CR3), CR4.PSE and CR0.WP. Every entry has A and D set already, so the
+/// measured loops cause no A/D writes.
+fn paging_on(asm: &mut CodeAssembler) -> Result<(), IcedError> {
+    const P_W_U_A_D: u32 = 0x67;
+    const PS: u32 = 0x80;
+    for (directory, table, page) in PAGE_DIRECTORIES {
+        for index in 0..(MEMORY_MIB / 4) {
+            asm.mov(
+                dword_ptr(directory + index * 4),
+                index << 22 | PS | P_W_U_A_D,
+            )?;
+        }
+        asm.mov(
+            dword_ptr(directory + (TEST_PAGE >> 22) * 4),
+            table | P_W_U_A_D,
+        )?;
+        asm.mov(
+            dword_ptr(table + (TEST_PAGE >> 12 & 0x3ff) * 4),
+            page | P_W_U_A_D,
+        )?;
+    }
+    asm.mov(eax, iced_x86::code_asm::cr4)?;
+    asm.or(eax, 0x10)?;
+    asm.mov(iced_x86::code_asm::cr4, eax)?;
+    asm.mov(eax, PAGE_DIRECTORIES[0].0)?;
+    asm.mov(iced_x86::code_asm::cr3, eax)?;
+    asm.mov(eax, iced_x86::code_asm::cr0)?;
+    asm.or(eax, 0x8001_0000u32 as i32)?;
+    asm.mov(iced_x86::code_asm::cr0, eax)?;
+    Ok(())
 }
 
 /// The interrupt guest: PIC and PIT programmed, then, with interrupts on,

@@ -6,22 +6,26 @@
 
 use std::process::Command;
 
-const BARE: [&str; 7] = [
+const BARE: [&str; 8] = [
     "gp",
     "db",
     "pf",
+    "pf-map",
     "sigsys",
     "bp-move",
     "futex-handoff",
     "signal",
 ];
 
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 8] = [
     "cli/sti emulated",
     "breakpoint + pushf + re-plan",
     "guest int 0x80 + iret",
     "interrupt injected",
     "exit to the host and back",
+    "hidden fault + invlpg",
+    "guest #PF delivered + iret",
+    "cr3 switch (no pool: flush)",
 ];
 
 fn measured(ns: f64, what: &str) {

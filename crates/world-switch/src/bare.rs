@@ -28,6 +28,7 @@
 //! child (`btvmm __bare NAME`).
 
 use std::ffi::{c_int, c_void};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64};
@@ -57,6 +58,11 @@ pub enum BareEvent {
     /// #PF from 32-bit code reading a PROT_NONE page -> SIGSEGV -> handler
     /// skips -> sigreturn.
     PageFault,
+    /// #PF from 32-bit code reading an unmapped page -> SIGSEGV -> handler
+    /// unmaps the page read before and maps a memfd page at this one (mmap
+    /// MAP_FIXED) -> sigreturn, the read completes: what a hidden fault and
+    /// the INVLPG that undoes it cannot do without.
+    PageFaultMap,
     /// `int $0x80` from 32-bit code under a seccomp filter that traps i386
     /// system calls -> SIGSYS -> sigreturn.
     SeccompSigsys,
@@ -76,10 +82,11 @@ pub enum BareEvent {
 
 impl BareEvent {
     /// Every event, in report order.
-    pub const ALL: [BareEvent; 7] = [
+    pub const ALL: [BareEvent; 8] = [
         BareEvent::GeneralProtection,
         BareEvent::HardwareBreakpoint,
         BareEvent::PageFault,
+        BareEvent::PageFaultMap,
         BareEvent::SeccompSigsys,
         BareEvent::BreakpointMove,
         BareEvent::FutexHandoff,
@@ -93,6 +100,7 @@ impl BareEvent {
             BareEvent::GeneralProtection => "gp",
             BareEvent::HardwareBreakpoint => "db",
             BareEvent::PageFault => "pf",
+            BareEvent::PageFaultMap => "pf-map",
             BareEvent::SeccompSigsys => "sigsys",
             BareEvent::BreakpointMove => "bp-move",
             BareEvent::FutexHandoff => "futex-handoff",
@@ -112,6 +120,9 @@ impl BareEvent {
             }
             BareEvent::PageFault => {
                 "#PF (read of a PROT_NONE page) in 32-bit code -> SIGSEGV -> skip -> sigreturn"
+            }
+            BareEvent::PageFaultMap => {
+                "#PF (unmapped page) -> SIGSEGV -> munmap + mmap of a memfd page -> sigreturn"
             }
             BareEvent::SeccompSigsys => {
                 "int $0x80 in 32-bit code -> seccomp SECCOMP_RET_TRAP -> SIGSYS -> sigreturn"
@@ -165,6 +176,7 @@ pub fn measure(event: BareEvent, iterations: u32, rounds: u32) -> Result<f64, Wo
         BareEvent::GeneralProtection
         | BareEvent::HardwareBreakpoint
         | BareEvent::PageFault
+        | BareEvent::PageFaultMap
         | BareEvent::SeccompSigsys => trapping(event, iterations, rounds),
         BareEvent::AsyncSignal => async_signal(iterations, rounds),
         BareEvent::BreakpointMove => breakpoint_move(iterations, rounds),
@@ -214,6 +226,24 @@ const PF_LOOP: GuestLoop = GuestLoop {
     event: 0,
     skip: 3,
     exit: 6,
+};
+
+/// #PF with a mapping made in the handler: EBP points at two pages that
+/// are not mapped; the loop reads them in turn (EDI toggles between 0 and
+/// one page), and the handler maps the page that faulted and unmaps the
+/// other, so each read faults once and the read is retried. (Not munmap
+/// from the loop: `int $0x80` is itself a slow exception on our hosts.)
+const PF_MAP_LOOP: GuestLoop = GuestLoop {
+    code: &[
+        0x8b, 0x44, 0x3d, 0x00, //             0: mov eax, [ebp+edi]
+        0x81, 0xf7, 0x00, 0x10, 0x00, 0x00, // 4: xor edi, 0x1000
+        0x49, //                              10: dec ecx
+        0x75, 0xf3, //                        11: jnz 0
+        0xf4, //                              13: hlt     (exit, #GP)
+    ],
+    event: 0,
+    skip: 0,
+    exit: 13,
 };
 
 /// #DB: the perf breakpoint sits on the NOP; a hit reports its EIP (a
@@ -333,6 +363,8 @@ struct Run {
     entry_esi: AtomicU64,
     /// EDI when the loop was left: the gap loop's count.
     exit_edi: AtomicU64,
+    /// The memfd the page-fault-and-map handler maps (-1: none).
+    map_fd: AtomicI32,
     event_eip: AtomicU64,
     skip: AtomicU64,
     exit_eip: AtomicU64,
@@ -360,6 +392,7 @@ static RUN: Run = Run {
     entry_ebp: AtomicU64::new(0),
     entry_esi: AtomicU64::new(0),
     exit_edi: AtomicU64::new(0),
+    map_fd: AtomicI32::new(-1),
     event_eip: AtomicU64::new(0),
     skip: AtomicU64::new(0),
     exit_eip: AtomicU64::new(0),
@@ -430,7 +463,9 @@ fn handle(signal: c_int, code: c_int, gregs: &mut Gregs) {
         Some(BareEvent::GeneralProtection) => {
             signal == libc::SIGSEGV && vector == GP_VECTOR && at_event
         }
-        Some(BareEvent::PageFault) => signal == libc::SIGSEGV && vector == PF_VECTOR && at_event,
+        Some(BareEvent::PageFault | BareEvent::PageFaultMap) => {
+            signal == libc::SIGSEGV && vector == PF_VECTOR && at_event
+        }
         Some(BareEvent::HardwareBreakpoint) => {
             signal == libc::SIGTRAP && code == libc::TRAP_PERF && at_event
         }
@@ -449,6 +484,13 @@ fn handle(signal: c_int, code: c_int, gregs: &mut Gregs) {
     if skip != 0 {
         set_greg(gregs, libc::REG_RIP, eip + skip);
     }
+    if event == Some(BareEvent::PageFaultMap) && !map_fault_page(greg(gregs, libc::REG_CR2)) {
+        RUN.stray_signal.store(signal, SeqCst);
+        RUN.stray_vector.store(vector, SeqCst);
+        RUN.stray_eip.store(eip, SeqCst);
+        leave(gregs);
+        return;
+    }
     if event == Some(BareEvent::HardwareBreakpoint) {
         // Resume on the breakpointed instruction without hitting it again.
         let eflags = greg(gregs, libc::REG_EFL);
@@ -457,6 +499,41 @@ fn handle(signal: c_int, code: c_int, gregs: &mut Gregs) {
     let hits = RUN.hits.fetch_add(1, SeqCst) + 1;
     if hits >= RUN.cap.load(SeqCst) {
         stop_timer(RUN.timer.load(SeqCst));
+    }
+}
+
+/// Maps the memfd page where the loop's read faulted (`fault_address`)
+/// and unmaps the other of its two pages (async-signal-safe: two system
+/// calls). False if the host refused, or the fault was elsewhere.
+fn map_fault_page(fault_address: u64) -> bool {
+    let first = RUN.entry_ebp.load(SeqCst);
+    let page = fault_address & !(PAGE as u64 - 1);
+    if page != first && page != first + PAGE as u64 {
+        return false;
+    }
+    let other = if page == first {
+        first + PAGE as u64
+    } else {
+        first
+    };
+    let (Ok(page), Ok(other)) = (usize::try_from(page), usize::try_from(other)) else {
+        return false;
+    };
+    // SAFETY: both pages lie in the range this module mapped below 4 GiB
+    // for the loop and no Rust reference points into them; MAP_FIXED
+    // replaces only the page that faulted.
+    unsafe {
+        if libc::munmap(other as *mut c_void, PAGE) != 0 {
+            return false;
+        }
+        libc::mmap(
+            page as *mut c_void,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            RUN.map_fd.load(SeqCst),
+            0,
+        ) != libc::MAP_FAILED
     }
 }
 
@@ -574,6 +651,19 @@ impl LowPages {
         pages.protect(0, libc::PROT_READ | libc::PROT_EXEC)?;
         pages.protect(2, libc::PROT_NONE)?;
         Ok(pages)
+    }
+
+    /// Unmaps the two fault pages (the page-fault-and-map loop's starting
+    /// state; the second is the gap buffer's first page, unused then).
+    fn unmap_fault_page(&self) -> Result<(), WorldError> {
+        // SAFETY: unmaps two pages of our own mapping, which no Rust
+        // reference points into; Drop's munmap of the whole range copes
+        // with the hole.
+        let result = unsafe { libc::munmap(self.base.byte_add(2 * PAGE), 2 * PAGE) };
+        if result != 0 {
+            return Err(host_error("munmap of the fault page"));
+        }
+        Ok(())
     }
 
     fn protect(&self, page: usize, protection: c_int) -> Result<(), WorldError> {
@@ -886,9 +976,19 @@ fn trapping(event: BareEvent, iterations: u32, rounds: u32) -> Result<f64, World
         BareEvent::GeneralProtection => &GP_LOOP,
         BareEvent::HardwareBreakpoint => &DB_LOOP,
         BareEvent::PageFault => &PF_LOOP,
+        BareEvent::PageFaultMap => &PF_MAP_LOOP,
         _ => &SIGSYS_LOOP,
     };
     let prepared = prepare(event, guest)?;
+    // Kept until the rounds are over: the handler maps it.
+    let _map_page = if event == BareEvent::PageFaultMap {
+        let page = crate::sys::memory::SharedRegion::create(PAGE)?;
+        RUN.map_fd.store(page.fd().as_raw_fd(), SeqCst);
+        prepared.pages.unmap_fault_page()?;
+        Some(page)
+    } else {
+        None
+    };
     // Kept until the rounds are over: dropping it closes the perf event.
     let _breakpoint = if event == BareEvent::HardwareBreakpoint {
         let mut slots = Breakpoints::open(1)?;
@@ -1312,6 +1412,11 @@ mod tests {
     #[test]
     fn a_page_fault_costs_something() {
         measure_in_child(BareEvent::PageFault, 500, 3);
+    }
+
+    #[test]
+    fn a_page_fault_served_by_a_mapping_costs_something() {
+        measure_in_child(BareEvent::PageFaultMap, 300, 3);
     }
 
     #[test]
