@@ -324,6 +324,19 @@ impl<K: Copy + Eq + std::hash::Hash, V> PageKeyedCache<K, V> {
         }
     }
 
+    pub(crate) fn invalidate_virt_range(&mut self, virt_pages: std::ops::Range<u32>) {
+        let mut pages: Vec<u32> = self
+            .by_virt_page
+            .keys()
+            .copied()
+            .filter(|page| virt_pages.contains(page))
+            .collect();
+        pages.sort_unstable();
+        for page in pages {
+            self.invalidate_virt_page(page);
+        }
+    }
+
     /// Removes one entry and its index references, so the indexes never
     /// hold more references than the live entries have pages.
     fn remove(&mut self, key: &K) -> bool {
@@ -596,6 +609,24 @@ mod tests {
         assert!(cache.len() <= 2);
         assert_eq!(cache.stats.overflows, 1);
         assert_eq!(cache.get(&5).as_deref(), Some(&50));
+    }
+
+    #[test]
+    fn a_virtual_range_drops_every_entry_with_a_page_inside_it() {
+        let mut cache: PageKeyedCache<u32, u32> = PageKeyedCache::new(16);
+        let page = |virt_page| CodePage {
+            virt_page,
+            phys_page: Some(virt_page + 100),
+        };
+        cache.insert(1, Arc::new(1), &[page(0x3ff)]);
+        cache.insert(2, Arc::new(2), &[page(0x3ff), page(0x400)]);
+        cache.insert(3, Arc::new(3), &[page(0x7ff)]);
+        cache.insert(4, Arc::new(4), &[page(0x800)]);
+        cache.invalidate_virt_range(0x400..0x800);
+        assert_eq!(cache.get(&1).as_deref(), Some(&1));
+        assert!(cache.get(&2).is_none(), "one of its pages is in the range");
+        assert!(cache.get(&3).is_none());
+        assert_eq!(cache.get(&4).as_deref(), Some(&4));
     }
 
     #[test]

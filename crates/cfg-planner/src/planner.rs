@@ -362,6 +362,13 @@ impl Planner {
         self.plans.invalidate_virt_page(page.page());
     }
 
+    /// The mappings of the guest-virtual pages in `pages` (page numbers)
+    /// changed: drop what was decoded through them.
+    pub fn invalidate_virt_range(&mut self, pages: std::ops::Range<u32>) {
+        self.blocks.invalidate_virt_range(pages.clone());
+        self.plans.invalidate_virt_range(pages);
+    }
+
     /// Everything may have changed (e.g. paging switched on).
     pub fn invalidate_all(&mut self) {
         self.blocks.clear();

@@ -837,7 +837,13 @@ impl Monitor {
                 // The code at EIP, or the stack a return pops, is not
                 // mapped: the emulator's own fetch or read gives the
                 // guest its #PF (or, outside RAM, open-bus bytes).
-                Step::Fault(_) => self.emulate(world, false)?,
+                // The planner may have seen the page unmapped before the
+                // guest mapped it (no INVLPG is needed for that): forget.
+                Step::Fault(_) => {
+                    self.planner
+                        .invalidate_virt_page(GuestVirt(self.cpu.linear_eip()));
+                    self.emulate(world, false)?;
+                }
             }
         }
         // Still emulating after the budget: resume natively only if a plan
@@ -894,9 +900,10 @@ impl Monitor {
         Ok((block.instructions <= INTERPRET_RUN && !loops).then_some(block))
     }
 
-    /// Write-protects the guest-physical pages the planner just decoded
-    /// code from, so that a write to them (native or emulated) drops what
-    /// was decoded before the guest can run it.
+    /// Records the translations the planner just decoded code through
+    /// (guest-virtual page numbers) and write-protects the code and the
+    /// tables: a write to them, native or emulated, drops what was decoded
+    /// before the guest can run it.
     fn track_decoded(
         &mut self,
         world: &mut dyn WorldServices,
@@ -904,8 +911,13 @@ impl Monitor {
     ) -> Result<(), Failure> {
         for page in pages {
             self.mmu
-                .track_code(world, page * btvmm_core::PAGE_SIZE)
-                .map_err(|error| StopReason::Internal(format!("tracking decoded code: {error}")))?;
+                .note_decoded(world, page * btvmm_core::PAGE_SIZE)
+                .map_err(|error| match error {
+                    shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
+                        "guest paging structures outside guest RAM ({error})"
+                    )),
+                    error => StopReason::Internal(format!("tracking decoded code: {error}")),
+                })?;
         }
         Ok(())
     }

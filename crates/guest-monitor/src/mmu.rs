@@ -67,6 +67,21 @@ impl PhysMemory for PhysWindow<'_> {
         Err(ShadowError::ReadOnly { guest_phys })
     }
 
+    fn read_table(
+        &self,
+        guest_phys: GuestPhys,
+        entries: &mut [u32; 1024],
+    ) -> Result<(), ShadowError> {
+        let mut bytes = [0u8; 4096];
+        if !self.0.read_phys(guest_phys.0, &mut bytes) {
+            return Err(ShadowError::OutsideRam { guest_phys });
+        }
+        for (entry, word) in entries.iter_mut().zip(bytes.chunks_exact(4)) {
+            *entry = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        Ok(())
+    }
+
     fn is_ram_page(&self, guest_phys: GuestPhys) -> bool {
         is_ram_page(self.0, guest_phys)
     }
@@ -369,12 +384,17 @@ impl Mmu {
             3 => {
                 self.cr3 = value;
                 if let Some(shadow) = &mut self.shadow {
-                    // A CR3 load flushes the guest's TLB: what was decoded
-                    // through old mappings goes too. The kernel half of an
-                    // address space usually survives a switch; the planner
-                    // decodes it again for now.
-                    shadow.set_cr3(&mut WorldMapper(world), value)?;
-                    planner.invalidate_all();
+                    let mut deferred = DeferredMapper::default();
+                    let switch = shadow.set_cr3(&PhysWindow(&*world), &mut deferred, value)?;
+                    deferred.apply(&mut WorldMapper(world))?;
+                    // What was decoded through a mapping the switch dropped
+                    // goes too; regions whose PDE stayed keep their code.
+                    for region in switch.dropped_regions {
+                        planner.invalidate_virt_range(region * 1024..(region + 1) * 1024);
+                    }
+                    for page in switch.dropped_decoded {
+                        planner.invalidate_virt_page(GuestVirt(page * PAGE_SIZE));
+                    }
                 }
             }
             4 => {
@@ -460,20 +480,31 @@ impl Mmu {
         }
     }
 
-    /// Write-protects a guest-physical page the planner decoded code from.
+    /// Records that the planner decoded code through the page holding
+    /// `guest_virt` (see `Shadow::note_decoded`): the code page and the
+    /// tables mapping it become write-tracked.
     ///
     /// # Errors
     ///
-    /// When the host refuses a protection change.
-    pub fn track_code(
+    /// When the host refuses a protection change, or the tables lie
+    /// outside RAM.
+    pub fn note_decoded(
         &mut self,
         world: &mut dyn WorldServices,
-        guest_phys: u32,
+        guest_virt: u32,
     ) -> Result<(), ShadowError> {
-        match &mut self.shadow {
-            Some(shadow) => shadow.track_code_page(&mut WorldMapper(world), GuestPhys(guest_phys)),
-            None => Ok(()),
-        }
+        let regs = self.regs();
+        let Some(shadow) = &mut self.shadow else {
+            return Ok(());
+        };
+        let mut deferred = DeferredMapper::default();
+        shadow.note_decoded(
+            &PhysWindow(&*world),
+            &mut deferred,
+            regs,
+            GuestVirt(guest_virt),
+        )?;
+        deferred.apply(&mut WorldMapper(world))
     }
 
     /// A host page fault of natively running guest code at `guest_virt`;

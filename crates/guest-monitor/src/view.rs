@@ -201,8 +201,9 @@ impl Machine for GuestView<'_> {
 
 /// Guest memory for the planner: the guest's current mappings, read
 /// without setting A/D bits; memory outside RAM reads as open bus (what the
-/// CPU would fetch there). Every guest-physical page it translated is
-/// noted, so that the monitor write-tracks the code it decoded.
+/// CPU would fetch there). Every guest-virtual page it translated is
+/// noted, so that the monitor records the translations and write-tracks
+/// the code it decoded.
 pub struct PlannerMemory<'a> {
     world: &'a dyn WorldServices,
     mmu: &'a Mmu,
@@ -219,13 +220,13 @@ impl<'a> PlannerMemory<'a> {
         }
     }
 
-    /// The guest-physical pages translated so far (page numbers, each once).
+    /// The guest-virtual pages translated so far (page numbers, each once).
     pub fn into_pages(self) -> Vec<u32> {
         self.pages.into_inner()
     }
 
-    fn note(&self, phys: u32) {
-        let page = phys / 4096;
+    fn note(&self, virt: u32) {
+        let page = virt / 4096;
         let mut pages = self.pages.borrow_mut();
         if !pages.contains(&page) {
             pages.push(page);
@@ -239,7 +240,7 @@ impl GuestMemory for PlannerMemory<'_> {
             .mmu
             .peek(self.world, virt.0)
             .ok_or(MemFault::NotMapped(virt))?;
-        self.note(phys);
+        self.note(virt.0);
         Ok(GuestPhys(phys))
     }
 

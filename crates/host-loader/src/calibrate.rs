@@ -98,10 +98,11 @@ pub enum GuestPath {
     /// its IDT; the handler skips the read and IRETs.
     GuestPageFault,
     /// With guest paging on: MOV to CR3 alternating between two page
-    /// directories, each followed by a read through a page mapped in both.
-    /// There is no pool of address spaces yet: every switch flushes the
-    /// one shadow and the decode caches, and the code, stack and data
-    /// pages fault back in.
+    /// directories that share the kernel's PDEs and differ in the one
+    /// mapping the read after each switch uses. There is no pool of
+    /// address spaces yet: the one shadow keeps the regions whose PDE is
+    /// the same (root compare), the other region is unmapped and the read
+    /// faults it back in.
     AddressSpaceSwitch,
 }
 
@@ -128,7 +129,7 @@ impl GuestPath {
             Self::HostExit => "exit to the host and back",
             Self::HiddenFault => "hidden fault + invlpg",
             Self::GuestPageFault => "guest #PF delivered + iret",
-            Self::AddressSpaceSwitch => "cr3 switch (no pool: flush)",
+            Self::AddressSpaceSwitch => "cr3 switch (one process)",
         }
     }
 

@@ -25,7 +25,7 @@ const PATHS: [&str; 8] = [
     "exit to the host and back",
     "hidden fault + invlpg",
     "guest #PF delivered + iret",
-    "cr3 switch (no pool: flush)",
+    "cr3 switch (one process)",
 ];
 
 fn measured(ns: f64, what: &str) {

@@ -30,7 +30,7 @@ pub mod walk;
 pub use error::ShadowError;
 pub use mapper::{FakeMapper, HostMapper, Protection};
 pub use phys::{PhysMemory, VecMemory};
-pub use shadow::{EmulateReason, FaultOutcome, Shadow, ShadowConfig};
+pub use shadow::{Cr3Switch, EmulateReason, FaultOutcome, Shadow, ShadowConfig};
 pub use tracking::{TrackReasons, WriteTracker};
 pub use walk::{
     Access, EntryRef, PageFault, PageSize, PagingMode, PagingRegs, Translation, WalkOutcome,

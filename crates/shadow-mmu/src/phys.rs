@@ -16,6 +16,24 @@ pub trait PhysMemory {
     /// any of its bytes is not RAM (nothing is written then).
     fn write_u32(&mut self, guest_phys: GuestPhys, value: u32) -> Result<(), ShadowError>;
 
+    /// Reads the 1024 32-bit entries of the paging structure at
+    /// `guest_phys` (page aligned). The default reads entry by entry;
+    /// memories that can copy a page at once should.
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::OutsideRam`] when the page is not RAM.
+    fn read_table(
+        &self,
+        guest_phys: GuestPhys,
+        entries: &mut [u32; 1024],
+    ) -> Result<(), ShadowError> {
+        for (index, entry) in (0u32..).zip(entries.iter_mut()) {
+            *entry = self.read_u32(guest_phys.offset(index * 4))?;
+        }
+        Ok(())
+    }
+
     /// Whether the whole 4 KiB page holding `guest_phys` is RAM. Only RAM
     /// may be shadow-mapped; anything else is device memory, emulated.
     fn is_ram_page(&self, guest_phys: GuestPhys) -> bool;

@@ -35,8 +35,15 @@
 //!
 //! Segment truncation is the caller's (guest-monitor); the shadow keeps
 //! [`Protection::user`] for it and drops supervisor pages from the user
-//! view ([`Shadow::drop_supervisor_below`]). Not here yet: global pages (CR4.PGE: every CR3 load drops all), the
-//! root-table compare trick, untracking page tables the guest has freed.
+//! view ([`Shadow::drop_supervisor_below`]).
+//! - **CR3 loads** compare the old and new page directories entry by entry
+//!   and keep the regions whose PDE did not change ([`Shadow::set_cr3`]).
+//! - **Decoded code** ([`Shadow::note_decoded`]): the translations the
+//!   planner decoded through are kept like TLB entries too, so the caller
+//!   learns when the planner must forget a page.
+//!
+//! Not here yet: global pages (CR4.PGE is not offered), untracking page
+//! tables the guest has freed while their region's PDE stays.
 //!
 //! Memory bound: one [`ShadowEntry`] and one alias per shadow-mapped
 //! guest-virtual page (at most 2^20), and one table record per page table
@@ -126,6 +133,16 @@ pub enum FaultOutcome {
     },
 }
 
+/// What a CR3 load dropped that the decode caches must drop too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cr3Switch {
+    /// 4 MiB regions (directory indices, ascending) whose PDE differs
+    /// between the old and new directory: everything in them goes.
+    pub dropped_regions: Vec<u32>,
+    /// Decoded pages (guest-virtual page frames) whose tables changed.
+    pub dropped_decoded: Vec<u32>,
+}
+
 /// One shadow-mapped guest-virtual page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ShadowEntry {
@@ -151,6 +168,11 @@ pub struct Shadow {
     cr3: u32,
     /// Guest-virtual page frame -> shadow entry.
     entries: BTreeMap<u32, ShadowEntry>,
+    /// Guest-virtual page frame -> the translation the planner decoded
+    /// code through (no host mapping; `prot` unused). Kept and dropped
+    /// like TLB entries, so the planner's caches follow the guest's
+    /// mappings as the hardware's instruction fetches would.
+    decoded: BTreeMap<u32, ShadowEntry>,
     tracker: WriteTracker,
     /// Page-table page frame -> directory indices seen pointing to it. Kept
     /// until the next CR3 load so those tables can be untracked then; an
@@ -175,6 +197,7 @@ impl Shadow {
             config,
             cr3,
             entries: BTreeMap::new(),
+            decoded: BTreeMap::new(),
             tracker,
             tables: FxHashMap::default(),
         }
@@ -274,41 +297,105 @@ impl Shadow {
             return 0;
         };
         let directory_page = directory_of(self.cr3).page();
-        let mut stale_pages = Vec::new();
-        for written_page in guest_phys.page()..=GuestPhys(last_byte).page() {
-            let page_start = written_page * PAGE_SIZE;
-            let first_index = guest_phys.0.max(page_start) % PAGE_SIZE / 4;
-            let last_index = last_byte.min(page_start + (PAGE_SIZE - 1)) % PAGE_SIZE / 4;
-            if written_page == directory_page {
-                for pde_index in first_index..=last_index {
-                    let region = pde_index * PAGES_PER_4M..(pde_index + 1) * PAGES_PER_4M;
-                    stale_pages.extend(self.entries.range(region).map(|(&virt_page, _)| virt_page));
+        let mut marked = 0;
+        for map in [&mut self.entries, &mut self.decoded] {
+            let mut stale_pages = Vec::new();
+            for written_page in guest_phys.page()..=GuestPhys(last_byte).page() {
+                let page_start = written_page * PAGE_SIZE;
+                let first_index = guest_phys.0.max(page_start) % PAGE_SIZE / 4;
+                let last_index = last_byte.min(page_start + (PAGE_SIZE - 1)) % PAGE_SIZE / 4;
+                if written_page == directory_page {
+                    for pde_index in first_index..=last_index {
+                        let region = pde_index * PAGES_PER_4M..(pde_index + 1) * PAGES_PER_4M;
+                        stale_pages.extend(map.range(region).map(|(&virt_page, _)| virt_page));
+                    }
                 }
-            }
-            if let Some(pde_indices) = self.tables.get(&written_page) {
-                for &pde_index in pde_indices {
-                    for pte_index in first_index..=last_index {
-                        let virt_page = pde_index * PAGES_PER_4M + pte_index;
-                        let from_this_table = self.entries.get(&virt_page).is_some_and(|entry| {
-                            !entry.large && entry.leaf_guest_phys.page() == written_page
-                        });
-                        if from_this_table {
-                            stale_pages.push(virt_page);
+                if let Some(pde_indices) = self.tables.get(&written_page) {
+                    for &pde_index in pde_indices {
+                        for pte_index in first_index..=last_index {
+                            let virt_page = pde_index * PAGES_PER_4M + pte_index;
+                            let from_this_table = map.get(&virt_page).is_some_and(|entry| {
+                                !entry.large && entry.leaf_guest_phys.page() == written_page
+                            });
+                            if from_this_table {
+                                stale_pages.push(virt_page);
+                            }
                         }
                     }
                 }
             }
-        }
-        let mut marked = 0;
-        for virt_page in stale_pages {
-            if let Some(entry) = self.entries.get_mut(&virt_page)
-                && !entry.stale
-            {
-                entry.stale = true;
-                marked += 1;
+            for virt_page in stale_pages {
+                if let Some(entry) = map.get_mut(&virt_page)
+                    && !entry.stale
+                {
+                    entry.stale = true;
+                    marked += 1;
+                }
             }
         }
         marked
+    }
+
+    /// Records that the planner decodes code through the translation of
+    /// `guest_virt`, as an instruction fetch would use it: the page tables
+    /// walked and the code page become write-tracked, and the translation
+    /// is dropped (the planner must forget the page) at the next INVLPG or
+    /// CR3 load after its tables change. Returns where the page lies, or
+    /// None when the tables do not map it (nothing is recorded).
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Cr3Mismatch`], [`ShadowError::OutsideRam`] or
+    /// [`ShadowError::Host`] as for [`Shadow::handle_fault`].
+    pub fn note_decoded<M, H>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        regs: PagingRegs,
+        guest_virt: GuestVirt,
+    ) -> Result<Option<GuestPhys>, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        H: HostMapper + ?Sized,
+    {
+        if regs.cr3 != self.cr3 {
+            return Err(ShadowError::Cr3Mismatch {
+                shadow_cr3: self.cr3,
+                fault_cr3: regs.cr3,
+            });
+        }
+        let WalkOutcome::Translated(translation) =
+            walk(mem, regs, guest_virt, Access::fetch(false))?
+        else {
+            return Ok(None);
+        };
+        self.track_walked_table(mapper, &translation)?;
+        let page_guest_phys = GuestPhys(translation.guest_phys.0 & !(PAGE_SIZE - 1));
+        self.track(mapper, page_guest_phys, TrackReasons::CODE)?;
+        let (Some(pde), Some(leaf)) = (
+            translation.path.at(TableLevel::Directory),
+            translation.path.leaf(),
+        ) else {
+            return Ok(Some(page_guest_phys));
+        };
+        self.decoded.insert(
+            guest_virt.page(),
+            ShadowEntry {
+                guest_phys: page_guest_phys,
+                prot: Protection::read_only(translation.user),
+                pde_guest_phys: pde.entry_guest_phys,
+                leaf_guest_phys: leaf.entry_guest_phys,
+                large: translation.page_size == PageSize::Size4M,
+                stale: false,
+            },
+        );
+        Ok(Some(page_guest_phys))
+    }
+
+    /// How many decoded translations are recorded.
+    #[must_use]
+    pub fn decoded_pages(&self) -> usize {
+        self.decoded.len()
     }
 
     /// INVLPG: drops the shadow of the page holding `guest_virt` and, as a
@@ -331,33 +418,87 @@ impl Shadow {
             .filter(|&(&page, entry)| entry.large || page == virt_page)
             .map(|(&page, _)| page)
             .collect();
+        let decoded_victims: Vec<u32> = self
+            .decoded
+            .range(region_start..region_start + PAGES_PER_4M)
+            .filter(|&(&page, entry)| entry.large || page == virt_page)
+            .map(|(&page, _)| page)
+            .collect();
+        for page in decoded_victims {
+            self.decoded.remove(&page);
+        }
         self.drop_pages(mapper, &victims)
     }
 
-    /// A CR3 load: drops every shadow entry (there are no global pages
-    /// yet), untracks the old page directory and the page tables the walks
-    /// used, and tracks the new directory.
+    /// A CR3 load. Entries made stale by table writes go, as from a TLB
+    /// (there are no global pages: nothing else survives a flush). When
+    /// the page directory changes, its 1024 entries are compared with the
+    /// old directory's (the dissertation's root-table compare: the old
+    /// directory is write-tracked, so its memory is what the remaining
+    /// entries came from): a 4 MiB region whose PDE is the same in both
+    /// keeps its shadow (the same table, itself tracked, maps it), every
+    /// other region is dropped and the tables only it used are untracked.
+    /// Returns what the caller must drop from the decode caches.
     ///
     /// # Errors
     ///
+    /// [`ShadowError::OutsideRam`] when a directory lies outside RAM;
     /// [`ShadowError::Host`] when the mapper fails.
-    pub fn set_cr3<H: HostMapper + ?Sized>(
+    pub fn set_cr3<M, H>(
         &mut self,
+        mem: &M,
         mapper: &mut H,
         new_cr3: u32,
-    ) -> Result<(), ShadowError> {
-        self.flush_all(mapper)?;
-        for (table_page, _) in self.tables.drain() {
+    ) -> Result<Cr3Switch, ShadowError>
+    where
+        M: PhysMemory + ?Sized,
+        H: HostMapper + ?Sized,
+    {
+        let mut switch = Cr3Switch {
+            dropped_regions: Vec::new(),
+            dropped_decoded: self.flush_stale(mapper)?,
+        };
+        let old_directory = directory_of(self.cr3);
+        let new_directory = directory_of(new_cr3);
+        if old_directory != new_directory {
+            let mut old_entries = [0u32; 1024];
+            let mut new_entries = [0u32; 1024];
+            mem.read_table(old_directory, &mut old_entries)?;
+            mem.read_table(new_directory, &mut new_entries)?;
+            switch.dropped_regions = (0..PAGES_PER_4M)
+                .zip(old_entries.iter().zip(&new_entries))
+                .filter(|(_, (old, new))| old != new)
+                .map(|(pde_index, _)| pde_index)
+                .collect();
+            let mut victims = Vec::new();
+            for &pde_index in &switch.dropped_regions {
+                let region = pde_index * PAGES_PER_4M..(pde_index + 1) * PAGES_PER_4M;
+                victims.extend(self.entries.range(region.clone()).map(|(&page, _)| page));
+                let decoded: Vec<u32> = self.decoded.range(region).map(|(&page, _)| page).collect();
+                for page in decoded {
+                    self.decoded.remove(&page);
+                }
+            }
+            self.drop_pages(mapper, &victims)?;
+            let mut unused_tables = Vec::new();
+            for (&table_page, pde_indices) in &mut self.tables {
+                pde_indices.retain(|index| switch.dropped_regions.binary_search(index).is_err());
+                if pde_indices.is_empty() {
+                    unused_tables.push(table_page);
+                }
+            }
+            for table_page in unused_tables {
+                self.tables.remove(&table_page);
+                self.tracker
+                    .remove(GuestPhys(table_page * PAGE_SIZE), TrackReasons::PAGE_TABLE);
+            }
             self.tracker
-                .remove(GuestPhys(table_page * PAGE_SIZE), TrackReasons::PAGE_TABLE);
+                .remove(old_directory, TrackReasons::PAGE_DIRECTORY);
+            // The new directory may be mapped writable in a kept region.
+            self.track(mapper, new_directory, TrackReasons::PAGE_DIRECTORY)?;
         }
-        self.tracker
-            .remove(directory_of(self.cr3), TrackReasons::PAGE_DIRECTORY);
         self.cr3 = new_cr3;
-        // Nothing is mapped now, so there are no aliases to protect.
-        self.tracker
-            .add(directory_of(new_cr3), TrackReasons::PAGE_DIRECTORY);
-        Ok(())
+        Ok(switch)
     }
 
     /// Drops every shadow entry, keeping the tracking; for a change of
@@ -368,10 +509,13 @@ impl Shadow {
     /// [`ShadowError::Host`] when the mapper fails.
     pub fn flush_all<H: HostMapper + ?Sized>(&mut self, mapper: &mut H) -> Result<(), ShadowError> {
         let victims: Vec<u32> = self.entries.keys().copied().collect();
+        self.decoded.clear();
         self.drop_pages(mapper, &victims)
     }
 
-    /// Drops every entry marked stale.
+    /// Drops every entry marked stale, host-mapped or decoded; returns the
+    /// decoded pages dropped (guest-virtual page frames), which the
+    /// planner must forget.
     ///
     /// # Errors
     ///
@@ -379,14 +523,24 @@ impl Shadow {
     pub fn flush_stale<H: HostMapper + ?Sized>(
         &mut self,
         mapper: &mut H,
-    ) -> Result<(), ShadowError> {
+    ) -> Result<Vec<u32>, ShadowError> {
         let victims: Vec<u32> = self
             .entries
             .iter()
             .filter(|(_, entry)| entry.stale)
             .map(|(&page, _)| page)
             .collect();
-        self.drop_pages(mapper, &victims)
+        let decoded: Vec<u32> = self
+            .decoded
+            .iter()
+            .filter(|(_, entry)| entry.stale)
+            .map(|(&page, _)| page)
+            .collect();
+        for page in &decoded {
+            self.decoded.remove(page);
+        }
+        self.drop_pages(mapper, &victims)?;
+        Ok(decoded)
     }
 
     /// Unmaps every supervisor page below `limit`: the view of guest user
@@ -1098,7 +1252,146 @@ mod tests {
     }
 
     #[test]
-    fn set_cr3_drops_everything_and_moves_the_tracking() {
+    fn set_cr3_keeps_the_regions_whose_directory_entry_is_the_same() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 2, |_| P | RW | US | A | D);
+        let kernel = 0xc000_0000;
+        let kernel_pde = 0x0040_0000 | PS | P | RW | A | D;
+        write(&mut rig.mem, pde_at(kernel), kernel_pde);
+        rig.fault(USER_CODE, Access::read(true));
+        rig.fault(kernel, Access::read(false));
+        let kernel_pages = rig.shadow.mapped_pages() - 2;
+        // A second directory: the same kernel PDE, another user table.
+        let new_dir = 0x9000;
+        let other_table = 0xa000;
+        write(
+            &mut rig.mem,
+            GuestPhys(new_dir + (kernel >> 22) * 4),
+            kernel_pde,
+        );
+        write(
+            &mut rig.mem,
+            GuestPhys(new_dir + (USER_CODE >> 22) * 4),
+            other_table | P | RW | US,
+        );
+        let unmaps = rig.mapper.unmap_calls;
+        let switch = rig
+            .shadow
+            .set_cr3(&rig.mem, &mut rig.mapper, new_dir)
+            .expect("switch");
+        assert_eq!(switch.dropped_regions, vec![USER_CODE >> 22]);
+        assert_eq!(
+            rig.shadow.mapped_pages(),
+            kernel_pages,
+            "the kernel region stays"
+        );
+        assert!(rig.host(kernel).is_some());
+        assert_eq!(rig.host(USER_CODE), None);
+        assert_eq!(rig.mapper.unmap_calls, unmaps + 1);
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(TABLE)));
+        assert_eq!(
+            rig.shadow.tracker().reasons(GuestPhys(new_dir)),
+            TrackReasons::PAGE_DIRECTORY
+        );
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(DIR)));
+        rig.assert_consistent();
+        // And back: the old directory's user region comes back by faults.
+        let switch = rig
+            .shadow
+            .set_cr3(&rig.mem, &mut rig.mapper, DIR)
+            .expect("switch back");
+        assert_eq!(switch.dropped_regions, vec![USER_CODE >> 22]);
+        assert!(rig.host(kernel).is_some());
+    }
+
+    #[test]
+    fn a_cr3_reload_drops_only_stale_entries() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 2, |_| P | RW | US | A | D);
+        rig.fault(USER_CODE, Access::read(true));
+        rig.fault(USER_CODE + PAGE_SIZE, Access::read(true));
+        assert_eq!(rig.shadow.mapped_pages(), 2);
+        // The guest rewrites the second PTE (an emulated, tracked write).
+        write(
+            &mut rig.mem,
+            pte_at(TABLE, USER_CODE + PAGE_SIZE),
+            (DATA_PHYS + 0x10_0000) | P | RW | US | A | D,
+        );
+        rig.shadow
+            .after_tracked_write(pte_at(TABLE, USER_CODE + PAGE_SIZE), 4);
+        let switch = rig
+            .shadow
+            .set_cr3(&rig.mem, &mut rig.mapper, DIR)
+            .expect("reload");
+        assert!(switch.dropped_regions.is_empty());
+        assert!(rig.host(USER_CODE).is_some(), "untouched: kept");
+        assert_eq!(rig.host(USER_CODE + PAGE_SIZE), None, "stale: dropped");
+        assert_eq!(
+            rig.shadow.tracker().reasons(GuestPhys(DIR)),
+            TrackReasons::PAGE_DIRECTORY
+        );
+        rig.assert_consistent();
+    }
+
+    #[test]
+    fn decoded_translations_are_tracked_and_dropped_like_tlb_entries() {
+        let mut rig = Rig::new();
+        fill(&mut rig, 2, |_| P | US | A);
+        let code = rig
+            .shadow
+            .note_decoded(
+                &rig.mem,
+                &mut rig.mapper,
+                regs(),
+                GuestVirt(USER_CODE + 0x10),
+            )
+            .expect("walk");
+        assert_eq!(code, Some(GuestPhys(DATA_PHYS)));
+        assert_eq!(rig.shadow.decoded_pages(), 1);
+        assert!(
+            rig.shadow
+                .tracker()
+                .reasons(GuestPhys(DATA_PHYS))
+                .contains(TrackReasons::CODE)
+        );
+        assert!(
+            rig.shadow
+                .tracker()
+                .reasons(GuestPhys(TABLE))
+                .contains(TrackReasons::PAGE_TABLE)
+        );
+        assert_eq!(rig.mapper.calls(), 0, "no host mapping for a decoded page");
+        // Nothing mapped: not recorded.
+        assert_eq!(
+            rig.shadow
+                .note_decoded(&rig.mem, &mut rig.mapper, regs(), GuestVirt(0x5000_0000))
+                .expect("walk"),
+            None
+        );
+        // A write to its PTE makes it stale; the next flush point drops it.
+        rig.shadow.after_tracked_write(pte_at(TABLE, USER_CODE), 4);
+        assert_eq!(
+            rig.shadow.flush_stale(&mut rig.mapper).expect("flush"),
+            vec![USER_CODE >> 12]
+        );
+        assert_eq!(rig.shadow.decoded_pages(), 0);
+        // INVLPG drops one too.
+        rig.shadow
+            .note_decoded(
+                &rig.mem,
+                &mut rig.mapper,
+                regs(),
+                GuestVirt(USER_CODE + PAGE_SIZE),
+            )
+            .expect("walk");
+        rig.shadow
+            .invlpg(&mut rig.mapper, GuestVirt(USER_CODE + PAGE_SIZE))
+            .expect("invlpg");
+        assert_eq!(rig.shadow.decoded_pages(), 0);
+    }
+
+    #[test]
+    fn set_cr3_to_an_empty_directory_drops_everything_and_moves_the_tracking() {
         let mut rig = Rig::new();
         fill(&mut rig, 3, |_| P | RW | US | A | D);
         rig.fault(USER_CODE, Access::read(true));
@@ -1115,9 +1408,15 @@ mod tests {
         );
 
         let new_dir = 0x9000;
-        rig.shadow
-            .set_cr3(&mut rig.mapper, new_dir | 0x18)
+        let switch = rig
+            .shadow
+            .set_cr3(&rig.mem, &mut rig.mapper, new_dir | 0x18)
             .expect("unmap works");
+        assert_eq!(
+            switch.dropped_regions,
+            vec![0x0080_0000 >> 22, USER_CODE >> 22],
+            "the new directory is empty: every region the old one mapped differs"
+        );
         assert_eq!(rig.shadow.mapped_pages(), 0);
         assert!(rig.mapper.pages.is_empty());
         assert_eq!(rig.mapper.unmap_calls, 2, "one call per contiguous range");
