@@ -23,4 +23,4 @@ pub use exception::{Exception, Stop};
 pub use exit::{Exit, Reply, StopReason};
 pub use machine::{Access, AccessKind, Event, Machine};
 pub use mem::{GuestMemory, MemFault, RegionMemory};
-pub use world::{Action, HostRegisters, Trap, WorldServices};
+pub use world::{Action, AddressSpaces, HostRegisters, PoolEvent, Trap, WorldServices};

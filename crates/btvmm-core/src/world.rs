@@ -130,6 +130,121 @@ pub trait WorldServices {
     /// Makes RDTSC and RDTSCP fault (#GP) in guest code, or run natively:
     /// how the guest's CR4.TSD takes effect in untraced user mode.
     fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String>;
+    /// The pool of world processes this one belongs to (one guest address
+    /// space each), if there is more than one.
+    fn address_spaces(&self) -> Option<&dyn AddressSpaces> {
+        None
+    }
+}
+
+/// Something one world process of the pool did that the others must
+/// learn before they run the guest again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// The guest-physical page frame `page` became write-tracked (a page
+    /// table, directory or decoded code page of some address space): every
+    /// process write-protects its aliases of it.
+    Tracked {
+        /// Guest-physical page frame.
+        page: u32,
+    },
+    /// No address space tracks `page` any more.
+    Untracked {
+        /// Guest-physical page frame.
+        page: u32,
+    },
+    /// An emulated write of `len` bytes at `guest_phys`, to a page some
+    /// address space tracks.
+    Written {
+        /// First byte written.
+        guest_phys: u32,
+        /// Bytes written.
+        len: u16,
+    },
+}
+
+impl PoolEvent {
+    const KIND_SHIFT: u32 = 48;
+    const AUTHOR_SHIFT: u32 = 52;
+
+    /// The event and the pool member that published it, as one word.
+    #[must_use]
+    pub fn encode(self, author: u8) -> u64 {
+        let (kind, low, len) = match self {
+            Self::Tracked { page } => (1u64, page, 0),
+            Self::Untracked { page } => (2, page, 0),
+            Self::Written { guest_phys, len } => (3, guest_phys, len),
+        };
+        u64::from(low)
+            | u64::from(len) << 32
+            | kind << Self::KIND_SHIFT
+            | u64::from(author & 0xf) << Self::AUTHOR_SHIFT
+    }
+
+    /// The event and its author from [`PoolEvent::encode`]'s word.
+    #[must_use]
+    pub fn decode(word: u64) -> Option<(u8, Self)> {
+        #[allow(clippy::cast_possible_truncation)] // masked fields
+        let (low, len, author) = (
+            word as u32,
+            (word >> 32) as u16,
+            ((word >> Self::AUTHOR_SHIFT) & 0xf) as u8,
+        );
+        let event = match (word >> Self::KIND_SHIFT) & 0xf {
+            1 => Self::Tracked { page: low },
+            2 => Self::Untracked { page: low },
+            3 => Self::Written {
+                guest_phys: low,
+                len,
+            },
+            _ => return None,
+        };
+        Some((author, event))
+    }
+}
+
+/// The pool of world processes, one per recently used guest address space
+/// (DESIGN.md section 2): which process shadows which CR3, the handoff of
+/// the vCPU between them, the log of [`PoolEvent`]s and how many address
+/// spaces track each guest-physical page. Exactly one member runs the
+/// guest at a time; the others wait inside [`AddressSpaces::hand_over`].
+pub trait AddressSpaces {
+    /// Members in the pool.
+    fn members(&self) -> usize;
+    /// This process's member index.
+    fn member(&self) -> usize;
+    /// The CR3 `member` shadows, if any.
+    fn key(&self, member: usize) -> Option<u32>;
+    /// Records the CR3 `member` shadows.
+    fn set_key(&self, member: usize, cr3: Option<u32>);
+    /// Marks `member` used now (for [`AddressSpaces::least_recent`]).
+    fn touch(&self, member: usize);
+    /// The member used longest ago, other than `except`.
+    fn least_recent(&self, except: usize) -> usize;
+    /// A counter bumped whenever every other shadow becomes untrustworthy
+    /// (the guest turned paging off: writes are not tracked then).
+    fn epoch(&self) -> u64;
+    /// Bumps [`AddressSpaces::epoch`].
+    fn bump_epoch(&self);
+    /// Gives the vCPU (`state`) to member `to` and waits until some member
+    /// gives it back; then `back` holds the state handed in.
+    fn hand_over(&self, to: usize, state: &[u8], back: &mut Vec<u8>);
+    /// Waits for this member's first turn; `back` as for `hand_over`.
+    fn wait_turn(&self, back: &mut Vec<u8>);
+    /// Appends an event to the log.
+    fn publish(&self, event: PoolEvent);
+    /// The sequence number the next event will get.
+    fn log_head(&self) -> u64;
+    /// Calls `each` with every event (and its author) from sequence number
+    /// `from` on; returns the sequence number to continue from, or None
+    /// when events from `from` on were overwritten (the log is a ring).
+    fn events_since(&self, from: u64, each: &mut dyn FnMut(u8, PoolEvent)) -> Option<u64>;
+    /// One more (or one fewer) address space tracks guest-physical page
+    /// frame `page`; true when the page went from untracked to tracked (or
+    /// from tracked to untracked).
+    fn count_tracking(&self, page: u32, tracked: bool) -> bool;
+    /// Whether any address space tracks `page`.
+    fn tracked_anywhere(&self, page: u32) -> bool;
 }
 
 /// Layout of the host LDT: the last eight entries are register slots (one
@@ -174,5 +289,31 @@ pub mod ldt_layout {
             assert_eq!(slot_of(0x23), None, "a GDT selector");
             assert_eq!(slot_of(0x0f), None, "a guest LDT shadow");
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_event_tests {
+    use super::PoolEvent;
+
+    #[test]
+    fn events_round_trip_through_their_word() {
+        for (author, event) in [
+            (0, PoolEvent::Tracked { page: 0xf_ffff }),
+            (7, PoolEvent::Untracked { page: 1 }),
+            (
+                3,
+                PoolEvent::Written {
+                    guest_phys: 0xffff_fffc,
+                    len: 512,
+                },
+            ),
+        ] {
+            assert_eq!(
+                PoolEvent::decode(event.encode(author)),
+                Some((author, event))
+            );
+        }
+        assert_eq!(PoolEvent::decode(0), None, "an empty slot is no event");
     }
 }

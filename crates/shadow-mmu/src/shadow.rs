@@ -178,6 +178,14 @@ pub struct Shadow {
     /// until the next CR3 load so those tables can be untracked then; an
     /// index whose PDE has since changed only costs extra stale marks.
     tables: FxHashMap<u32, BTreeSet<u32>>,
+    /// Pages (of `entries`, then of `decoded`) marked stale since the last
+    /// flush, so that a flush need not look at every entry.
+    stale_entries: Vec<u32>,
+    stale_decoded: Vec<u32>,
+    /// Guest-physical page frames whose own tracking (any of
+    /// [`TrackReasons::OWN`]) started (true) or ended (false), in order,
+    /// until [`Shadow::take_tracking_changes`].
+    journal: Vec<(u32, bool)>,
 }
 
 impl Shadow {
@@ -200,6 +208,9 @@ impl Shadow {
             decoded: BTreeMap::new(),
             tracker,
             tables: FxHashMap::default(),
+            stale_entries: Vec::new(),
+            stale_decoded: Vec::new(),
+            journal: vec![(directory_of(cr3).page(), true)],
         }
     }
 
@@ -298,7 +309,10 @@ impl Shadow {
         };
         let directory_page = directory_of(self.cr3).page();
         let mut marked = 0;
-        for map in [&mut self.entries, &mut self.decoded] {
+        for (map, stale_list) in [
+            (&mut self.entries, &mut self.stale_entries),
+            (&mut self.decoded, &mut self.stale_decoded),
+        ] {
             let mut stale_pages = Vec::new();
             for written_page in guest_phys.page()..=GuestPhys(last_byte).page() {
                 let page_start = written_page * PAGE_SIZE;
@@ -329,6 +343,7 @@ impl Shadow {
                     && !entry.stale
                 {
                     entry.stale = true;
+                    stale_list.push(virt_page);
                     marked += 1;
                 }
             }
@@ -489,11 +504,9 @@ impl Shadow {
             }
             for table_page in unused_tables {
                 self.tables.remove(&table_page);
-                self.tracker
-                    .remove(GuestPhys(table_page * PAGE_SIZE), TrackReasons::PAGE_TABLE);
+                self.untrack(GuestPhys(table_page * PAGE_SIZE), TrackReasons::PAGE_TABLE);
             }
-            self.tracker
-                .remove(old_directory, TrackReasons::PAGE_DIRECTORY);
+            self.untrack(old_directory, TrackReasons::PAGE_DIRECTORY);
             // The new directory may be mapped writable in a kept region.
             self.track(mapper, new_directory, TrackReasons::PAGE_DIRECTORY)?;
         }
@@ -510,6 +523,8 @@ impl Shadow {
     pub fn flush_all<H: HostMapper + ?Sized>(&mut self, mapper: &mut H) -> Result<(), ShadowError> {
         let victims: Vec<u32> = self.entries.keys().copied().collect();
         self.decoded.clear();
+        self.stale_entries.clear();
+        self.stale_decoded.clear();
         self.drop_pages(mapper, &victims)
     }
 
@@ -524,18 +539,20 @@ impl Shadow {
         &mut self,
         mapper: &mut H,
     ) -> Result<Vec<u32>, ShadowError> {
-        let victims: Vec<u32> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.stale)
-            .map(|(&page, _)| page)
+        // The lists may name pages dropped (or replaced) since they were
+        // marked: only entries still marked go.
+        let mut victims: Vec<u32> = std::mem::take(&mut self.stale_entries)
+            .into_iter()
+            .filter(|page| self.entries.get(page).is_some_and(|entry| entry.stale))
             .collect();
-        let decoded: Vec<u32> = self
-            .decoded
-            .iter()
-            .filter(|(_, entry)| entry.stale)
-            .map(|(&page, _)| page)
+        victims.sort_unstable();
+        victims.dedup();
+        let mut decoded: Vec<u32> = std::mem::take(&mut self.stale_decoded)
+            .into_iter()
+            .filter(|page| self.decoded.get(page).is_some_and(|entry| entry.stale))
             .collect();
+        decoded.sort_unstable();
+        decoded.dedup();
         for page in &decoded {
             self.decoded.remove(page);
         }
@@ -584,7 +601,52 @@ impl Shadow {
     /// Stops tracking the page holding `guest_phys` as code. Its aliases
     /// stay read-only until a write fault upgrades them.
     pub fn untrack_code_page(&mut self, guest_phys: GuestPhys) {
-        self.tracker.remove(guest_phys, TrackReasons::CODE);
+        self.untrack(guest_phys, TrackReasons::CODE);
+    }
+
+    /// Tracks the page holding `guest_phys` because another address space
+    /// of the pool does ([`TrackReasons::FOREIGN`]): aliases become
+    /// read-only, writes report [`FaultOutcome::TrackedWrite`].
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn track_foreign<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        guest_phys: GuestPhys,
+    ) -> Result<(), ShadowError> {
+        self.track(mapper, guest_phys, TrackReasons::FOREIGN)
+    }
+
+    /// No other address space tracks the page holding `guest_phys` now.
+    pub fn untrack_foreign(&mut self, guest_phys: GuestPhys) {
+        self.untrack(guest_phys, TrackReasons::FOREIGN);
+    }
+
+    /// The pages whose own tracking started (true) or ended (false) since
+    /// the last call, in order: what the other address spaces of a pool
+    /// must hear of.
+    pub fn take_tracking_changes(&mut self) -> Vec<(u32, bool)> {
+        std::mem::take(&mut self.journal)
+    }
+
+    fn untrack(&mut self, guest_phys: GuestPhys, reasons: TrackReasons) {
+        let before = self.tracker.reasons(guest_phys);
+        self.tracker.remove(guest_phys, reasons);
+        self.note_change(guest_phys, before);
+    }
+
+    /// Journals a change of the page's own tracking since `before`.
+    fn note_change(&mut self, guest_phys: GuestPhys, before: TrackReasons) {
+        let own_before = before.intersects(TrackReasons::OWN);
+        let own_now = self
+            .tracker
+            .reasons(guest_phys)
+            .intersects(TrackReasons::OWN);
+        if own_before != own_now {
+            self.journal.push((guest_phys.page(), own_now));
+        }
     }
 
     fn mappable(&self, virt_page: u32) -> bool {
@@ -611,7 +673,10 @@ impl Shadow {
         guest_phys: GuestPhys,
         reasons: TrackReasons,
     ) -> Result<(), ShadowError> {
-        if !self.tracker.add(guest_phys, reasons) {
+        let before = self.tracker.reasons(guest_phys);
+        let newly_tracked = self.tracker.add(guest_phys, reasons);
+        self.note_change(guest_phys, before);
+        if !newly_tracked {
             // Already tracked, so its aliases are already read-only.
             return Ok(());
         }
@@ -1302,6 +1367,41 @@ mod tests {
             .expect("switch back");
         assert_eq!(switch.dropped_regions, vec![USER_CODE >> 22]);
         assert!(rig.host(kernel).is_some());
+    }
+
+    #[test]
+    fn own_tracking_changes_are_journaled_and_foreign_tracking_protects_without_them() {
+        let mut rig = Rig::new();
+        assert_eq!(rig.shadow.take_tracking_changes(), vec![(DIR >> 12, true)]);
+        fill(&mut rig, 1, |_| P | RW | US | A | D);
+        rig.fault(USER_CODE, Access::write(true));
+        assert_eq!(
+            rig.shadow.take_tracking_changes(),
+            vec![(TABLE >> 12, true)]
+        );
+        assert!(rig.host(USER_CODE).expect("mapped").1.writable);
+        // Another address space tracks the data page: read-only here, and
+        // writes are reported, but nothing is journaled.
+        rig.shadow
+            .track_foreign(&mut rig.mapper, GuestPhys(DATA_PHYS))
+            .expect("protect");
+        assert!(!rig.host(USER_CODE).expect("mapped").1.writable);
+        assert!(matches!(
+            rig.fault(USER_CODE, Access::write(true)),
+            FaultOutcome::TrackedWrite { reasons, .. } if reasons == TrackReasons::FOREIGN
+        ));
+        assert!(rig.shadow.take_tracking_changes().is_empty());
+        rig.shadow.untrack_foreign(GuestPhys(DATA_PHYS));
+        assert!(rig.shadow.take_tracking_changes().is_empty());
+        rig.shadow
+            .set_cr3(&rig.mem, &mut rig.mapper, 0x9000)
+            .expect("switch");
+        let mut changes = rig.shadow.take_tracking_changes();
+        changes.sort_unstable();
+        assert_eq!(
+            changes,
+            vec![(DIR >> 12, false), (TABLE >> 12, false), (0x9, true)]
+        );
     }
 
     #[test]

@@ -32,11 +32,17 @@ impl TrackReasons {
     pub const PAGE_DIRECTORY: Self = Self(1 << 1);
     /// The page holds code the planner has decoded.
     pub const CODE: Self = Self(1 << 2);
+    /// Another address space (another world process of the pool) tracks
+    /// the page: writes here must be seen so that it can hear of them.
+    pub const FOREIGN: Self = Self(1 << 3);
+    /// The reasons this address space has of its own.
+    pub const OWN: Self = Self(Self::PAGE_TABLE.0 | Self::PAGE_DIRECTORY.0 | Self::CODE.0);
 
-    const NAMES: [(Self, &'static str); 3] = [
+    const NAMES: [(Self, &'static str); 4] = [
         (Self::PAGE_TABLE, "PAGE_TABLE"),
         (Self::PAGE_DIRECTORY, "PAGE_DIRECTORY"),
         (Self::CODE, "CODE"),
+        (Self::FOREIGN, "FOREIGN"),
     ];
 
     /// The raw bits.
@@ -166,6 +172,12 @@ impl WriteTracker {
     #[must_use]
     pub fn tracked_pages(&self) -> usize {
         self.reasons.len()
+    }
+
+    /// Every tracked page (guest-physical page frame) with its reasons, in
+    /// no particular order.
+    pub fn pages(&self) -> impl Iterator<Item = (u32, TrackReasons)> + '_ {
+        self.reasons.iter().map(|(&page, &reasons)| (page, reasons))
     }
 
     /// Records that the guest-virtual page holding `guest_virt` is now

@@ -12,6 +12,7 @@
 
 pub mod bare;
 pub mod channel;
+pub mod pool;
 pub mod shadow;
 pub mod spawn;
 pub mod sys;
