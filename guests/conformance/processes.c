@@ -1,18 +1,19 @@
 /*
- * Two CPL 3 processes, each in its own address space (its own page
+ * Three CPL 3 processes, each in its own address space (its own page
  * directory; the kernel's 16 MiB identity mapping shared, supervisor-only),
  * switched by the timer (PIT channel 0, 1 kHz) as a preemptive kernel
  * does: the IRQ 0 handler saves the running process's frame, loads the
- * other's CR3 and frame, and IRETs into it.
+ * next one's CR3 and frame, and IRETs into it. (Three, so that a VMM that
+ * keeps fewer address spaces at hand must also give one up.)
  *
- * Both run the same code page at the same virtual addresses: a loop that
+ * All run the same code page at the same virtual addresses: a loop that
  * counts to ITERATIONS in its data page at 0x0804a000, after first
  * touching DEMAND_PAGES pages at 0x08050000 that nothing maps yet (the
  * kernel's #PF handler maps a zeroed page of that process on demand, so
  * page faults arrive at CPL 3 between switches), writing its own id into
  * each. It exits with `int $0x80`, returning a checksum of what it reads
  * back. The kernel then checks each process's pages through the identity
- * map: its own id everywhere, its own count, so no write went to the other
+ * map: its own id everywhere, its own count, so no write went to another
  * address space. How many switches happened depends on timing and is not
  * printed; that there were some is checked.
  *
@@ -31,7 +32,7 @@
 #define DEMAND 0x08050000u
 #define DEMAND_PAGES 8
 #define ITERATIONS 3000000u
-#define PROCS 2
+#define PROCS 3
 
 static u32 ident[4][1024] ALIGNED(4096);
 

@@ -114,7 +114,7 @@ pub trait CpuView {
 
 /// A segment register as the CPU holds it: the visible selector and the
 /// hidden descriptor cache loaded with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     /// The guest's selector.
     pub selector: u16,
@@ -131,7 +131,7 @@ impl Segment {
 }
 
 /// GDTR or IDTR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct TableRegister {
     /// Linear base.
     pub base: u32,
@@ -173,7 +173,7 @@ impl Cr0 {
 /// computed them, and IF, IOPL, NT, VM, AC, ID as the guest set them; the
 /// VMM keeps the virtual IF and IOPL here while the host's real IF is always
 /// 1 and its IOPL 0.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cpu {
     /// EAX..EDI in encoding order.
     pub gpr: [u32; 8],

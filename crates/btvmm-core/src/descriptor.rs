@@ -2,7 +2,7 @@
 //! they sit in the guest's GDT, LDT and IDT.
 
 /// A segment descriptor, decoded from its 8 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Descriptor {
     /// Segment base.
     pub base: u32,

@@ -23,7 +23,7 @@ pub const PORT_B: u16 = 0x61;
 pub const TIMER_IRQ: u8 = 0;
 
 /// PIC pair, PIT and port B.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Chipset {
     /// The interrupt controllers.
     pub pic: Pic,

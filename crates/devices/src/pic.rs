@@ -126,7 +126,7 @@ pub const SPURIOUS_IR: u8 = 7;
 pub const CASCADE_IR: u8 = 2;
 
 /// Where a chip is in its initialisation sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Init {
     /// Initialised: data-port writes are OCW1.
     Ready,
@@ -139,7 +139,7 @@ enum Init {
 }
 
 /// One 8259A.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct I8259 {
     /// Interrupt request register.
     irr: u8,
@@ -450,7 +450,7 @@ pub enum PicChip {
 
 /// The PC/AT pair of 8259As: IRQ 0-7 on the master, IRQ 8-15 on the slave,
 /// the slave's INT on master IR2.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pic {
     master: I8259,
     slave: I8259,

@@ -129,7 +129,7 @@ pub fn ns_of_clk(clk: u64) -> u64 {
 }
 
 /// One 8254 counter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Counter {
     /// Control word bits D5-D0 as last written (RW1 RW0 M2 M1 M0 BCD),
     /// which is also the low part of the status byte.
@@ -587,7 +587,7 @@ fn number_to_bcd(value: u64) -> u64 {
 }
 
 /// The 8254 with the PC's port B timer bits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pit {
     counters: [Counter; 3],
     /// Port B bits 0-3 as written.

@@ -81,11 +81,22 @@ pub enum Counter {
     RepeatedHiddenFaults,
     /// Guest-virtual pages shadow-mapped now (a level, not a count).
     ShadowPages,
+    /// CR3 loads that handed the vCPU to another world process of the
+    /// pool.
+    AddressSpaceSwitches,
+    /// Pool events replayed when taking the vCPU over.
+    PoolEventsReplayed,
+    /// Take-overs that found the pool's log overrun (or paging turned off
+    /// since) and started the shadow afresh.
+    PoolRestarts,
+    /// #DB from guest code that was neither a planned breakpoint nor a
+    /// step (a host race around moving a breakpoint); planned again.
+    StrayDebugTraps,
 }
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 35] = [
+    pub const ALL: [Counter; 39] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -121,6 +132,10 @@ impl Counter {
         Counter::TrackedWrites,
         Counter::RepeatedHiddenFaults,
         Counter::ShadowPages,
+        Counter::AddressSpaceSwitches,
+        Counter::PoolEventsReplayed,
+        Counter::PoolRestarts,
+        Counter::StrayDebugTraps,
     ];
 
     /// Name for reports.
@@ -162,6 +177,10 @@ impl Counter {
             Self::TrackedWrites => "shadow: writes to tracked pages emulated",
             Self::RepeatedHiddenFaults => "shadow: repeated hidden faults emulated",
             Self::ShadowPages => "shadow: pages mapped now",
+            Self::AddressSpaceSwitches => "pool: address-space switches",
+            Self::PoolEventsReplayed => "pool: events replayed",
+            Self::PoolRestarts => "pool: shadows started afresh",
+            Self::StrayDebugTraps => "trap: stray #DB (planned again)",
         }
     }
 }

@@ -129,6 +129,20 @@ pub struct Monitor {
     last_hidden_fault: (u32, u32, u32),
 }
 
+/// The vCPU as it travels between the world processes of the pool: the
+/// architectural state and what the monitor keeps for the guest (the
+/// chipset, the counters, HLT and single-step state). Everything else (the
+/// planner's caches, the shadow, the LDT slots, the host timer) belongs to
+/// each process.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct VcpuState {
+    cpu: Cpu,
+    chipset: Chipset,
+    counters: Vec<u64>,
+    halted: bool,
+    stepping: bool,
+}
+
 /// What went wrong while handling a trap.
 enum Failure {
     Stop(StopReason),
@@ -244,6 +258,19 @@ impl Monitor {
         world: &mut dyn WorldServices,
     ) -> Result<(), Failure> {
         if trap == Trap::Enter {
+            let mut state = Vec::new();
+            let later_member = match world.address_spaces() {
+                Some(pool) if pool.member() != 0 => {
+                    // Not the first address space: wait until a CR3 load
+                    // hands the vCPU here.
+                    pool.wait_turn(&mut state);
+                    true
+                }
+                _ => false,
+            };
+            if later_member {
+                return self.take_over(world, &state);
+            }
             self.mmu
                 .start(world)
                 .map_err(|error| StopReason::Internal(format!("mapping guest RAM: {error}")))?;
@@ -410,6 +437,17 @@ impl Monitor {
                 self.cpu.eip = self.cpu.eip.wrapping_sub(1);
                 self.emulate(world, true)
             }
+            // A debug trap the host did not report as our breakpoint or
+            // step (seen when a breakpoint hits while perf is moving it:
+            // the host's #DB handler finds no event for the slot and
+            // sends a plain SIGTRAP). The guest did not ask for it (its
+            // own TF steps come as steps, its DR7 is not supported), and
+            // whatever it stopped, the code at EIP has not run yet:
+            // planning again from here is all it needs.
+            vector::DB => {
+                self.counters.bump(Counter::StrayDebugTraps);
+                Ok(())
+            }
             // x87 and SIMD exceptions: the FPU state is the guest's own.
             vector::MF | vector::XM => self.deliver(world, Exception::new(vector)),
             _ => Err(StopReason::Internal(format!(
@@ -475,6 +513,74 @@ impl Monitor {
             }
             Some(shadow_mmu::FaultOutcome::Emulate { .. }) | None => self.emulate(world, true),
         }
+    }
+
+    /// Hands the vCPU to pool member `target` (a CR3 load asked for the
+    /// address space it holds, or the one it is to hold) and waits until
+    /// some member hands it back; then takes it over.
+    fn switch_address_space(
+        &mut self,
+        world: &mut dyn WorldServices,
+        target: usize,
+    ) -> Result<(), Failure> {
+        self.counters.bump(Counter::AddressSpaceSwitches);
+        self.mmu.sync_pool(&*world);
+        // This process does not run the guest until it is handed back.
+        if self.published_deadline.is_some() {
+            world
+                .set_timer_deadline(None)
+                .map_err(StopReason::Internal)?;
+            self.published_deadline = None;
+        }
+        let state = VcpuState {
+            cpu: self.cpu.clone(),
+            chipset: self.chipset.clone(),
+            counters: self.counters.as_slice().to_vec(),
+            halted: self.halted,
+            stepping: self.stepping,
+        };
+        let bytes = bincode::serialize(&state)
+            .map_err(|error| StopReason::Internal(format!("packing the vCPU: {error}")))?;
+        let mut back = Vec::new();
+        {
+            let pool = world.address_spaces().ok_or_else(|| {
+                StopReason::Internal("an address-space switch without a pool".into())
+            })?;
+            pool.set_key(target, Some(self.cpu.cr3));
+            pool.touch(target);
+            pool.hand_over(target, &bytes, &mut back);
+        }
+        self.take_over(world, &back)
+    }
+
+    /// Takes over the vCPU another pool member handed here.
+    fn take_over(&mut self, world: &mut dyn WorldServices, bytes: &[u8]) -> Result<(), Failure> {
+        let state: VcpuState = bincode::deserialize(bytes)
+            .map_err(|error| StopReason::Internal(format!("unpacking the vCPU: {error}")))?;
+        self.cpu = state.cpu;
+        self.chipset = state.chipset;
+        self.counters = Counters::from_slice(&state.counters);
+        self.halted = state.halted;
+        self.stepping = state.stepping;
+        self.published_deadline = None;
+        let catchup = self
+            .mmu
+            .take_over(world, &mut self.planner, &self.cpu)
+            .map_err(|error| match error {
+                shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
+                    "guest paging structures outside guest RAM ({error})"
+                )),
+                error => StopReason::Internal(format!("taking the vCPU over: {error}")),
+            })?;
+        self.counters
+            .add(Counter::PoolEventsReplayed, catchup.events);
+        if catchup.restarted {
+            self.counters.bump(Counter::PoolRestarts);
+        }
+        self.mmu.sync_pool(&*world);
+        // After `active` names this process (the pool's kick protocol).
+        self.update_chipset(world);
+        Ok(())
     }
 
     /// SYSENTER in guest user code went through the host's SYSENTER path,
@@ -774,6 +880,10 @@ impl Monitor {
         let mut steps = 0;
         while steps < EMULATION_BUDGET {
             steps += 1;
+            if let Some(target) = self.mmu.take_pending_switch() {
+                self.switch_address_space(world, target)?;
+                continue;
+            }
             if self.try_inject(world)? {
                 continue;
             }
@@ -954,6 +1064,7 @@ impl Monitor {
                 || self.cpu.linear_eip() != next
                 || *interpreted >= INTERPRET_BUDGET
                 || self.halted
+                || self.mmu.pending_switch().is_some()
                 || self.cpu.cpl != 0
                 || self.cpu.eflags & Eflags::TF != 0
                 || !self.cpu.code_32bit()
@@ -974,9 +1085,16 @@ impl Monitor {
                 .map_err(StopReason::Internal)?;
             self.timestamp_faulting = tsd;
         }
+        if let Some(target) = self.mmu.take_pending_switch() {
+            // run_kernel moves before it returns; should a switch still be
+            // pending, move now and plan again in the new process.
+            self.switch_address_space(world, target)?;
+            self.run_kernel(world)?;
+        }
         self.mmu
             .set_user_view(world, self.cpu.cpl == 3)
             .map_err(|error| StopReason::Internal(format!("shadow MMU user view: {error}")))?;
+        self.mmu.sync_pool(&*world);
         self.counters.set(
             Counter::ShadowPages,
             self.mmu

@@ -243,6 +243,31 @@ pub struct Mmu {
     /// A host mapping failed inside an emulated instruction (where
     /// `Machine::notify` cannot return it); the monitor stops the VM.
     failure: Option<ShadowError>,
+    /// A CR3 load asked for the address space another pool member holds
+    /// (or will hold): the monitor hands the vCPU over after the
+    /// instruction.
+    pending_switch: Option<usize>,
+    /// The pool's log position this member has caught up to.
+    pool_seq: u64,
+    /// The pool's epoch when this member last ran.
+    pool_epoch: u64,
+}
+
+/// What a member must catch up on when it takes the vCPU over.
+#[derive(Debug, Default)]
+pub struct Catchup {
+    /// Events replayed.
+    pub events: u64,
+    /// The shadow was started afresh (log overrun, paging turned off
+    /// meanwhile, or the member's first turn).
+    pub restarted: bool,
+}
+
+/// An event replayed, with what the pool says about it now.
+enum Replay {
+    Tracked(u32),
+    Untracked { page: u32, still_tracked: bool },
+    Written { guest_phys: u32, len: u32 },
 }
 
 impl Mmu {
@@ -371,9 +396,21 @@ impl Mmu {
                     if now {
                         self.unmap_identity(world)?;
                         self.shadow = Some(Shadow::new(self.cr3));
+                        if let Some(pool) = world.address_spaces() {
+                            pool.set_key(pool.member(), Some(self.cr3));
+                            pool.touch(pool.member());
+                        }
                     } else {
                         if let Some(mut shadow) = self.shadow.take() {
                             shadow.flush_all(&mut WorldMapper(world))?;
+                            if let Some(pool) = world.address_spaces() {
+                                // Writes are not tracked with paging off:
+                                // every other shadow starts afresh.
+                                Self::uncount_all(pool, &mut shadow);
+                                pool.bump_epoch();
+                                pool.set_key(pool.member(), None);
+                                self.pool_epoch = pool.epoch();
+                            }
                         }
                         self.map_identity(world)?;
                     }
@@ -383,6 +420,18 @@ impl Mmu {
             }
             3 => {
                 self.cr3 = value;
+                if self.shadow.is_some()
+                    && let Some(pool) = world.address_spaces()
+                {
+                    let me = pool.member();
+                    if pool.key(me) != Some(value) {
+                        let target = (0..pool.members())
+                            .find(|&member| pool.key(member) == Some(value))
+                            .unwrap_or_else(|| pool.least_recent(me));
+                        self.pending_switch = Some(target);
+                        return Ok(());
+                    }
+                }
                 if let Some(shadow) = &mut self.shadow {
                     let mut deferred = DeferredMapper::default();
                     let switch = shadow.set_cr3(&PhysWindow(&*world), &mut deferred, value)?;
@@ -458,7 +507,30 @@ impl Mmu {
     /// load), and decoded code on the page is dropped; the page stops being
     /// tracked as code until the planner decodes it again, so a page that
     /// mixes code and busy data does not trap on every write.
-    pub fn written(&mut self, planner: &mut Planner, guest_phys: u32, len: u32) {
+    pub fn written(
+        &mut self,
+        world: &dyn WorldServices,
+        planner: &mut Planner,
+        guest_phys: u32,
+        len: u32,
+    ) {
+        if let Some(pool) = world.address_spaces() {
+            let first = guest_phys / PAGE_SIZE;
+            let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
+            if pool.tracked_anywhere(first) || pool.tracked_anywhere(last) {
+                pool.publish(btvmm_core::PoolEvent::Written {
+                    guest_phys,
+                    len: u16::try_from(len).unwrap_or(u16::MAX),
+                });
+            }
+        }
+        self.apply_written(planner, guest_phys, len);
+    }
+
+    /// The local effects of a write of `len` bytes at `guest_phys` (see
+    /// [`Mmu::written`]), for this member's own writes and those it hears
+    /// of from the pool.
+    fn apply_written(&mut self, planner: &mut Planner, guest_phys: u32, len: u32) {
         let first = guest_phys / PAGE_SIZE;
         let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
         for page in [first, last] {
@@ -505,6 +577,185 @@ impl Mmu {
             GuestVirt(guest_virt),
         )?;
         deferred.apply(&mut WorldMapper(world))
+    }
+
+    /// The pool member a CR3 load asked for, if the vCPU must move.
+    #[must_use]
+    pub fn pending_switch(&self) -> Option<usize> {
+        self.pending_switch
+    }
+
+    /// Clears the pending switch (the monitor is handing over).
+    pub fn take_pending_switch(&mut self) -> Option<usize> {
+        self.pending_switch.take()
+    }
+
+    /// Tells the pool which pages this address space started or stopped
+    /// tracking since the last call; the first to track a page and the
+    /// last to stop publish it. Call before the guest runs and before
+    /// handing the vCPU over.
+    pub fn sync_pool(&mut self, world: &dyn WorldServices) {
+        let Some(shadow) = &mut self.shadow else {
+            return;
+        };
+        let changes = shadow.take_tracking_changes();
+        let Some(pool) = world.address_spaces() else {
+            return;
+        };
+        for (page, tracked) in changes {
+            if pool.count_tracking(page, tracked) {
+                pool.publish(if tracked {
+                    btvmm_core::PoolEvent::Tracked { page }
+                } else {
+                    btvmm_core::PoolEvent::Untracked { page }
+                });
+            }
+        }
+    }
+
+    /// Takes this address space's tracking out of the pool's counts (its
+    /// shadow is going away).
+    fn uncount_all(pool: &dyn btvmm_core::AddressSpaces, shadow: &mut Shadow) {
+        let _ = shadow.take_tracking_changes();
+        let own: Vec<u32> = shadow
+            .tracker()
+            .pages()
+            .filter(|(_, reasons)| reasons.intersects(shadow_mmu::TrackReasons::OWN))
+            .map(|(page, _)| page)
+            .collect();
+        for page in own {
+            if pool.count_tracking(page, false) {
+                pool.publish(btvmm_core::PoolEvent::Untracked { page });
+            }
+        }
+    }
+
+    /// This member takes the vCPU (whose registers are `cpu`) over from
+    /// another: it catches up with what the others changed meanwhile
+    /// (pages they track, writes to tracked pages), then loads the CR3,
+    /// as the hardware's TLB flush would.
+    ///
+    /// # Errors
+    ///
+    /// A broken table, or a host mapping failure.
+    pub fn take_over(
+        &mut self,
+        world: &mut dyn WorldServices,
+        planner: &mut Planner,
+        cpu: &btvmm_core::cpu::Cpu,
+    ) -> Result<Catchup, ShadowError> {
+        let pse_changed = (self.cr4 ^ cpu.cr4) & CR4_PSE != 0;
+        self.cr0 = cpu.cr0;
+        self.cr4 = cpu.cr4;
+        self.pending_switch = None;
+        let mut catchup = Catchup::default();
+        let mut replays = Vec::new();
+        let mut foreign = Vec::new();
+        {
+            let Some(pool) = world.address_spaces() else {
+                return Ok(catchup);
+            };
+            let me = pool.member();
+            let mut restart = self.shadow.is_none() || pool.epoch() != self.pool_epoch;
+            if !restart {
+                let next = pool.events_since(self.pool_seq, &mut |author, event| {
+                    if usize::from(author) == me {
+                        return;
+                    }
+                    replays.push(match event {
+                        btvmm_core::PoolEvent::Tracked { page } => Replay::Tracked(page),
+                        btvmm_core::PoolEvent::Untracked { page } => Replay::Untracked {
+                            page,
+                            still_tracked: false,
+                        },
+                        btvmm_core::PoolEvent::Written { guest_phys, len } => Replay::Written {
+                            guest_phys,
+                            len: u32::from(len),
+                        },
+                    });
+                });
+                match next {
+                    Some(seq) => self.pool_seq = seq,
+                    None => restart = true,
+                }
+            }
+            for replay in &mut replays {
+                if let Replay::Untracked {
+                    page,
+                    still_tracked,
+                } = replay
+                {
+                    *still_tracked = pool.tracked_anywhere(*page);
+                }
+            }
+            if restart {
+                replays.clear();
+                self.pool_seq = pool.log_head();
+                let pages = world.ram_size() / PAGE_SIZE;
+                foreign = (0..pages)
+                    .filter(|&page| pool.tracked_anywhere(page))
+                    .collect();
+            }
+            self.pool_epoch = pool.epoch();
+            catchup.restarted = restart;
+            catchup.events = replays.len() as u64;
+            pool.set_key(me, Some(cpu.cr3));
+            pool.touch(me);
+        }
+        if catchup.restarted {
+            planner.invalidate_all();
+            match &mut self.shadow {
+                Some(shadow) => shadow.flush_all(&mut WorldMapper(world))?,
+                None => self.shadow = Some(Shadow::new(cpu.cr3)),
+            }
+        } else if pse_changed && let Some(shadow) = &mut self.shadow {
+            shadow.flush_all(&mut WorldMapper(world))?;
+            planner.invalidate_all();
+        }
+        let Some(shadow) = &mut self.shadow else {
+            return Ok(catchup);
+        };
+        let mut deferred = DeferredMapper::default();
+        for page in foreign {
+            // Its own tracking counts too; FOREIGN then only matters once
+            // this address space stops tracking the page itself.
+            if !shadow
+                .tracker()
+                .reasons(GuestPhys(page * PAGE_SIZE))
+                .intersects(shadow_mmu::TrackReasons::OWN)
+            {
+                shadow.track_foreign(&mut deferred, GuestPhys(page * PAGE_SIZE))?;
+            }
+        }
+        for replay in replays {
+            match replay {
+                Replay::Tracked(page) => {
+                    shadow.track_foreign(&mut deferred, GuestPhys(page * PAGE_SIZE))?;
+                }
+                Replay::Untracked {
+                    page,
+                    still_tracked: false,
+                } => shadow.untrack_foreign(GuestPhys(page * PAGE_SIZE)),
+                Replay::Untracked { .. } => {}
+                Replay::Written { guest_phys, len } => {
+                    planner.invalidate_phys_page(GuestPhys(guest_phys & !(PAGE_SIZE - 1)));
+                    shadow.after_tracked_write(GuestPhys(guest_phys), len);
+                    let last = guest_phys.wrapping_add(len.saturating_sub(1)) & !(PAGE_SIZE - 1);
+                    planner.invalidate_phys_page(GuestPhys(last));
+                }
+            }
+        }
+        // The CR3 load.
+        let switch = shadow.set_cr3(&PhysWindow(&*world), &mut deferred, cpu.cr3)?;
+        deferred.apply(&mut WorldMapper(world))?;
+        for region in switch.dropped_regions {
+            planner.invalidate_virt_range(region * 1024..(region + 1) * 1024);
+        }
+        for page in switch.dropped_decoded {
+            planner.invalidate_virt_page(GuestVirt(page * PAGE_SIZE));
+        }
+        self.cr3 = cpu.cr3;
+        Ok(catchup)
     }
 
     /// A host page fault of natively running guest code at `guest_virt`;

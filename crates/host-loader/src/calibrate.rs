@@ -99,16 +99,19 @@ pub enum GuestPath {
     GuestPageFault,
     /// With guest paging on: MOV to CR3 alternating between two page
     /// directories that share the kernel's PDEs and differ in the one
-    /// mapping the read after each switch uses. There is no pool of
-    /// address spaces yet: the one shadow keeps the regions whose PDE is
-    /// the same (root compare), the other region is unmapped and the read
-    /// faults it back in.
+    /// mapping the read after each switch uses, each address space in its
+    /// own world process of the pool: the vCPU is handed over, the other
+    /// process's shadow is still in place.
     AddressSpaceSwitch,
+    /// The same with a pool of one: the one shadow keeps the regions whose
+    /// PDE is the same (root compare), the other region is unmapped and
+    /// the read faults it back in.
+    AddressSpaceSwitchOneProcess,
 }
 
 impl GuestPath {
     /// The paths measured, in report order.
-    pub const MEASURED: [GuestPath; 8] = [
+    pub const MEASURED: [GuestPath; 9] = [
         GuestPath::CliSti,
         GuestPath::Pushf,
         GuestPath::SystemCall,
@@ -117,6 +120,7 @@ impl GuestPath {
         GuestPath::HiddenFault,
         GuestPath::GuestPageFault,
         GuestPath::AddressSpaceSwitch,
+        GuestPath::AddressSpaceSwitchOneProcess,
     ];
 
     fn name(self) -> &'static str {
@@ -129,7 +133,8 @@ impl GuestPath {
             Self::HostExit => "exit to the host and back",
             Self::HiddenFault => "hidden fault + invlpg",
             Self::GuestPageFault => "guest #PF delivered + iret",
-            Self::AddressSpaceSwitch => "cr3 switch (one process)",
+            Self::AddressSpaceSwitch => "cr3 switch (pool)",
+            Self::AddressSpaceSwitchOneProcess => "cr3 switch (one process)",
         }
     }
 
@@ -151,11 +156,11 @@ impl GuestPath {
                 (BareEvent::GeneralProtection, 1),
             ],
             Self::GuestPageFault => &[(BareEvent::PageFault, 1)],
-            // What a pooled switch would need: the trapping MOV and one
-            // handoff to the world process of the other address space.
-            Self::AddressSpaceSwitch => &[
+            // The trapping MOV and one handoff to the world process of
+            // the other address space.
+            Self::AddressSpaceSwitch | Self::AddressSpaceSwitchOneProcess => &[
                 (BareEvent::GeneralProtection, 1),
-                (BareEvent::FutexHandoff, 1),
+                (BareEvent::FutexHandoffProcess, 1),
             ],
         }
     }
@@ -163,7 +168,7 @@ impl GuestPath {
     /// Events per loop iteration.
     fn events_per_iteration(self) -> u32 {
         match self {
-            Self::CliSti | Self::AddressSpaceSwitch => 2,
+            Self::CliSti | Self::AddressSpaceSwitch | Self::AddressSpaceSwitchOneProcess => 2,
             _ => 1,
         }
     }
@@ -172,8 +177,19 @@ impl GuestPath {
     fn paging(self) -> bool {
         matches!(
             self,
-            Self::HiddenFault | Self::GuestPageFault | Self::AddressSpaceSwitch
+            Self::HiddenFault
+                | Self::GuestPageFault
+                | Self::AddressSpaceSwitch
+                | Self::AddressSpaceSwitchOneProcess
         )
+    }
+
+    /// World processes for the guest's address spaces.
+    fn address_spaces(self) -> usize {
+        match self {
+            Self::AddressSpaceSwitchOneProcess => 1,
+            _ => crate::run::DEFAULT_ADDRESS_SPACES.into(),
+        }
     }
 }
 
@@ -186,6 +202,9 @@ pub struct CalibrateRequest {
     pub rounds: u32,
     /// Print each generated guest's monitor counters to stderr.
     pub stats: bool,
+    /// Only the paths whose name contains this text (and the bare events
+    /// they need).
+    pub only: Option<String>,
 }
 
 /// One bare event's cost.
@@ -235,8 +254,30 @@ pub fn calibrate(request: &CalibrateRequest) -> Result<Calibration, LoaderError>
         ));
     }
     let tsc_per_ns = tsc_per_ns();
+    let measured: Vec<GuestPath> = GuestPath::MEASURED
+        .into_iter()
+        .filter(|path| {
+            request
+                .only
+                .as_ref()
+                .is_none_or(|only| path.name().contains(only.as_str()))
+        })
+        .collect();
+    if measured.is_empty() {
+        return Err(LoaderError::Option(format!(
+            "--only {:?} names no path",
+            request.only.as_deref().unwrap_or_default()
+        )));
+    }
     let mut bare = Vec::new();
     for event in BareEvent::ALL {
+        if request.only.is_some()
+            && !measured
+                .iter()
+                .any(|path| path.needs().iter().any(|(needed, _)| *needed == event))
+        {
+            continue;
+        }
         bare.push(BareRow {
             event: event.name(),
             description: event.describe(),
@@ -254,7 +295,7 @@ pub fn calibrate(request: &CalibrateRequest) -> Result<Calibration, LoaderError>
             .collect::<Result<Vec<_>, _>>()?,
     );
     let mut paths = Vec::new();
-    for path in GuestPath::MEASURED {
+    for path in measured {
         let ns = if path == GuestPath::Interrupt {
             median(
                 (0..request.rounds)
@@ -402,7 +443,12 @@ struct GuestResults {
 }
 
 /// Boots a generated kernel and reads its results.
-fn boot(image: &[u8], what: &str, stats: bool) -> Result<GuestResults, LoaderError> {
+fn boot(
+    image: &[u8],
+    what: &str,
+    stats: bool,
+    address_spaces: usize,
+) -> Result<GuestResults, LoaderError> {
     if stats {
         eprintln!("-- {what}");
     }
@@ -412,6 +458,7 @@ fn boot(image: &[u8], what: &str, stats: bool) -> Result<GuestResults, LoaderErr
         cmdline: String::new(),
         stats,
         trace: false,
+        address_spaces,
     };
     let mut results = GuestResults::default();
     let outcome = run_image(&request, image, std::io::sink(), |ram| {
@@ -472,7 +519,7 @@ fn run_path(
 ) -> Result<f64, LoaderError> {
     let iterations = request.iterations;
     let image = kernel_image(path, iterations).map_err(asm_error)?;
-    let results = boot(&image, path.name(), request.stats)?;
+    let results = boot(&image, path.name(), request.stats, path.address_spaces())?;
     #[allow(clippy::cast_precision_loss)] // ratios of measured values
     let ns = (results.tsc_end - results.tsc_start) as f64 / tsc_per_ns / f64::from(iterations);
     Ok(ns)
@@ -496,7 +543,12 @@ fn interrupt_cost(tsc_per_ns: f64, request: &CalibrateRequest) -> Result<f64, Lo
     let threshold = (GAP_THRESHOLD_NS * tsc_per_ns).clamp(1.0, f64::from(u32::MAX)) as u32;
     let target = request.iterations.min(GAP_CAPACITY * 3 / 4);
     let image = interrupt_image(threshold, target).map_err(asm_error)?;
-    let results = boot(&image, GuestPath::Interrupt.name(), request.stats)?;
+    let results = boot(
+        &image,
+        GuestPath::Interrupt.name(),
+        request.stats,
+        GuestPath::Interrupt.address_spaces(),
+    )?;
     if results.events == 0 || results.gaps.is_empty() {
         return Err(LoaderError::Calibrate(
             "the interrupt guest took no interrupts".into(),
@@ -752,7 +804,7 @@ fn kernel_image(path: GuestPath, iterations: u32) -> Result<Vec<u8>, IcedError> 
                 }
                 // `mov ebx, [disp32]`: 6 bytes, which the handler skips.
                 GuestPath::GuestPageFault => asm.mov(ebx, dword_ptr(UNMAPPED))?,
-                GuestPath::AddressSpaceSwitch => {
+                GuestPath::AddressSpaceSwitch | GuestPath::AddressSpaceSwitchOneProcess => {
                     for (directory, _, _) in PAGE_DIRECTORIES.iter().rev() {
                         asm.mov(eax, *directory)?;
                         asm.mov(iced_x86::code_asm::cr3, eax)?;

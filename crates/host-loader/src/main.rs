@@ -52,6 +52,12 @@ enum Command {
         /// standard error (slow; for debugging guests and btvmm).
         #[arg(long)]
         trace: bool,
+        /// World processes kept for guest address spaces (one per CR3,
+        /// least recently used replaced): switching back to one of them
+        /// finds its shadow mappings in place. 1 keeps one shadow.
+        #[arg(long, default_value_t = host_loader::run::DEFAULT_ADDRESS_SPACES,
+              value_parser = clap::value_parser!(u8).range(1..=8))]
+        address_spaces: u8,
     },
     /// Measure what each monitor path costs on this host against the bare
     /// host trap(s) it needs, side by side in one run.
@@ -68,6 +74,10 @@ enum Command {
         /// Print each generated guest's monitor counters to stderr.
         #[arg(long)]
         stats: bool,
+        /// Measure only the btvmm paths whose name contains this text (and
+        /// the bare events they need), e.g. to profile one of them.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// One bare host event measurement (started by `btvmm calibrate`).
     #[command(name = "__bare", hide = true)]
@@ -90,6 +100,10 @@ enum Command {
         /// Trace the monitor.
         #[arg(long)]
         trace: bool,
+        /// This world's index in the pool of world processes (the pool's
+        /// region is on descriptor 5).
+        #[arg(long)]
+        member: Option<usize>,
     },
     /// Report what breakpoint tracing faces in a kernel: instruction and
     /// point-of-interest counts, and the CFG and breakpoint plans from an
@@ -136,14 +150,22 @@ enum Command {
 
 /// The world process: attach to what the host passed, build the monitor
 /// and enter the guest. Returns only on a set-up error.
-fn world_main(ram_size: usize, trace: bool) -> anyhow::Error {
-    use world_switch::spawn::{CHANNEL_FD, RAM_FD};
+fn world_main(ram_size: usize, trace: bool, member: Option<usize>) -> anyhow::Error {
+    use world_switch::spawn::{CHANNEL_FD, POOL_FD, RAM_FD};
     // SAFETY: the host's spawn put the guest RAM and channel memfds on
     // these descriptors for this process alone.
-    let world = match unsafe { world_switch::world::World::attach(RAM_FD, ram_size, CHANNEL_FD) } {
-        Ok(world) => world,
-        Err(error) => return error.into(),
-    };
+    let mut world =
+        match unsafe { world_switch::world::World::attach(RAM_FD, ram_size, CHANNEL_FD) } {
+            Ok(world) => world,
+            Err(error) => return error.into(),
+        };
+    if let Some(member) = member {
+        // SAFETY: the host's spawn put the pool memfd on this descriptor
+        // for this process alone.
+        if let Err(error) = unsafe { world.join_pool(POOL_FD, member) } {
+            return error.into();
+        }
+    }
     let boot = world.channel().boot();
     let boot = guest_monitor::Boot {
         eip: boot.eip,
@@ -194,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmdline,
             stats,
             trace,
+            address_spaces,
         } => {
             let request = RunRequest {
                 kernel,
@@ -201,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cmdline,
                 stats,
                 trace,
+                address_spaces: usize::from(address_spaces),
             };
             let outcome = host_loader::run::run(&request, std::io::stdout())?;
             let _ = std::io::stdout().flush();
@@ -219,12 +243,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rounds,
             json,
             stats,
+            only,
         } => {
             let calibration =
                 host_loader::calibrate::calibrate(&host_loader::calibrate::CalibrateRequest {
                     iterations,
                     rounds,
                     stats,
+                    only,
                 })?;
             if json {
                 let text =
@@ -246,8 +272,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{ns}");
             Ok(())
         }
-        Command::World { ram_size, trace } => {
-            let error = world_main(ram_size, trace);
+        Command::World {
+            ram_size,
+            trace,
+            member,
+        } => {
+            let error = world_main(ram_size, trace, member);
             anyhow::bail!("world process: {error}");
         }
         Command::Plan {

@@ -40,7 +40,12 @@ pub struct RunRequest {
     pub stats: bool,
     /// Trace the monitor to standard error.
     pub trace: bool,
+    /// World processes in the pool of address spaces (1 to 8).
+    pub address_spaces: usize,
 }
+
+/// World processes kept for guest address spaces unless asked otherwise.
+pub const DEFAULT_ADDRESS_SPACES: u8 = 4;
 
 /// How the VM ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,37 +139,74 @@ pub fn run_image(
         path: "/proc/self/exe".into(),
         source,
     })?;
-    let mut args = vec![
-        "__world".to_owned(),
-        "--ram-size".to_owned(),
-        ram_size.to_string(),
-    ];
-    if request.trace {
-        args.push("--trace".to_owned());
+    if !(1..=world_switch::pool::MAX_MEMBERS).contains(&request.address_spaces) {
+        return Err(LoaderError::Option(format!(
+            "--address-spaces {} is outside 1..={}",
+            request.address_spaces,
+            world_switch::pool::MAX_MEMBERS
+        )));
     }
-    // Host and world on one CPU (see spawn).
+    let pool = if request.address_spaces > 1 {
+        Some(world_switch::pool::Pool::create(
+            request.address_spaces,
+            ram_size / 4096,
+        )?)
+    } else {
+        None
+    };
+    // Host and worlds on one CPU (see spawn).
     let cpu = world_switch::spawn::current_cpu();
     if let Some(cpu) = cpu {
         world_switch::spawn::pin_to(cpu)?;
     }
-    let mut child = world_switch::spawn::spawn(&exe, &args, &ram, &channel, cpu)?;
+    let mut worlds = Vec::new();
+    for member in 0..request.address_spaces {
+        let mut args = vec![
+            "__world".to_owned(),
+            "--ram-size".to_owned(),
+            ram_size.to_string(),
+        ];
+        if request.trace {
+            args.push("--trace".to_owned());
+        }
+        if pool.is_some() {
+            args.extend(["--member".to_owned(), member.to_string()]);
+        }
+        match world_switch::spawn::spawn(&exe, &args, &ram, &channel, pool.as_ref(), cpu) {
+            Ok(child) => worlds.push(child),
+            Err(error) => {
+                end_worlds(&mut worlds);
+                return Err(error.into());
+            }
+        }
+    }
     let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
 
     let ending = Host {
         channel: &channel,
         board,
-        world: &mut child,
+        worlds: &mut worlds,
+        pool: pool.as_ref(),
         levels: 0,
     }
     .serve();
-    // The world exits on its own after Terminate; make sure it is gone.
-    let _ = child.kill();
-    let _ = child.wait();
+    // The active world exits on its own after Terminate, the others wait
+    // for a turn: make sure all are gone.
+    end_worlds(&mut worlds);
     inspect(&ram);
     Ok(RunOutcome {
         ending,
         counters: Counters::from_slice(&channel.counters()),
     })
+}
+
+fn end_worlds(worlds: &mut [Child]) {
+    for world in worlds.iter_mut() {
+        let _ = world.kill();
+    }
+    for world in worlds.iter_mut() {
+        let _ = world.wait();
+    }
 }
 
 /// Longest the host sleeps before looking at the world process again.
@@ -176,7 +218,10 @@ const POLL: Duration = Duration::from_millis(100);
 struct Host<'a> {
     channel: &'a Channel,
     board: Board,
-    world: &'a mut Child,
+    /// The world processes (the pool's members, in member order).
+    worlds: &'a mut [Child],
+    /// Which world runs the guest, when there are several.
+    pool: Option<&'a world_switch::pool::Pool>,
     /// The host devices' interrupt lines as last written to the channel.
     levels: u16,
 }
@@ -196,16 +241,32 @@ impl Host<'_> {
     }
 
     fn kick(&self) {
+        // The levels are stored: the world that runs the guest now (see
+        // world_switch::pool for why a handoff in between loses nothing).
         // A world that already died is noticed by world_died.
-        let _ = world_switch::spawn::kick(self.world);
+        let pid = match self.pool {
+            Some(pool) => pool.active_pid(),
+            None => self
+                .worlds
+                .first()
+                .and_then(|world| i32::try_from(world.id()).ok()),
+        };
+        if let Some(pid) = pid {
+            let _ = world_switch::spawn::kick_pid(pid);
+        }
     }
 
     fn world_died(&mut self) -> Option<Ending> {
-        match self.world.try_wait() {
-            Ok(Some(status)) => Some(Ending::WorldDied(describe_status(status))),
-            Ok(None) => None,
-            Err(error) => Some(Ending::WorldDied(format!("cannot be waited for: {error}"))),
+        for world in self.worlds.iter_mut() {
+            match world.try_wait() {
+                Ok(Some(status)) => return Some(Ending::WorldDied(describe_status(status))),
+                Ok(None) => {}
+                Err(error) => {
+                    return Some(Ending::WorldDied(format!("cannot be waited for: {error}")));
+                }
+            }
         }
+        None
     }
 
     /// The loop: serve exits until the VM ends.

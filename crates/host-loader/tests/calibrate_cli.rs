@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-const BARE: [&str; 8] = [
+const BARE: [&str; 9] = [
     "gp",
     "db",
     "pf",
@@ -14,10 +14,11 @@ const BARE: [&str; 8] = [
     "sigsys",
     "bp-move",
     "futex-handoff",
+    "futex-handoff-proc",
     "signal",
 ];
 
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 9] = [
     "cli/sti emulated",
     "breakpoint + pushf + re-plan",
     "guest int 0x80 + iret",
@@ -25,6 +26,7 @@ const PATHS: [&str; 8] = [
     "exit to the host and back",
     "hidden fault + invlpg",
     "guest #PF delivered + iret",
+    "cr3 switch (pool)",
     "cr3 switch (one process)",
 ];
 

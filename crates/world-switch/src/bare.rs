@@ -73,6 +73,10 @@ pub enum BareEvent {
     /// One futex handoff between two threads pinned to the same CPU (wake
     /// the other and wait for it: report half a ping-pong round trip).
     FutexHandoff,
+    /// The same between two processes (a word in shared memory): what
+    /// handing the vCPU to another world process of the pool cannot do
+    /// without (the address space changes with the thread).
+    FutexHandoffProcess,
     /// An asynchronous signal (sent by a POSIX timer or tgkill from another
     /// thread) interrupting a 32-bit loop -> handler -> sigreturn; cost per
     /// signal by the difference method (loop time with signals minus
@@ -82,7 +86,7 @@ pub enum BareEvent {
 
 impl BareEvent {
     /// Every event, in report order.
-    pub const ALL: [BareEvent; 8] = [
+    pub const ALL: [BareEvent; 9] = [
         BareEvent::GeneralProtection,
         BareEvent::HardwareBreakpoint,
         BareEvent::PageFault,
@@ -90,6 +94,7 @@ impl BareEvent {
         BareEvent::SeccompSigsys,
         BareEvent::BreakpointMove,
         BareEvent::FutexHandoff,
+        BareEvent::FutexHandoffProcess,
         BareEvent::AsyncSignal,
     ];
 
@@ -104,6 +109,7 @@ impl BareEvent {
             BareEvent::SeccompSigsys => "sigsys",
             BareEvent::BreakpointMove => "bp-move",
             BareEvent::FutexHandoff => "futex-handoff",
+            BareEvent::FutexHandoffProcess => "futex-handoff-proc",
             BareEvent::AsyncSignal => "signal",
         }
     }
@@ -132,6 +138,9 @@ impl BareEvent {
             }
             BareEvent::FutexHandoff => {
                 "futex wake + wait between two threads on one CPU (half a round trip)"
+            }
+            BareEvent::FutexHandoffProcess => {
+                "futex wake + wait between two processes on one CPU (half a round trip)"
             }
             BareEvent::AsyncSignal => {
                 "POSIX timer signal interrupting a 32-bit loop -> handler -> sigreturn"
@@ -180,7 +189,8 @@ pub fn measure(event: BareEvent, iterations: u32, rounds: u32) -> Result<f64, Wo
         | BareEvent::SeccompSigsys => trapping(event, iterations, rounds),
         BareEvent::AsyncSignal => async_signal(iterations, rounds),
         BareEvent::BreakpointMove => breakpoint_move(iterations, rounds),
-        BareEvent::FutexHandoff => futex_handoff(iterations, rounds),
+        BareEvent::FutexHandoff => futex_handoff(iterations, rounds, false),
+        BareEvent::FutexHandoffProcess => futex_handoff(iterations, rounds, true),
     };
     RUN.busy.store(false, SeqCst);
     result
@@ -1227,7 +1237,7 @@ fn breakpoint_move(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
     })
 }
 
-fn futex_handoff(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
+fn futex_handoff(iterations: u32, rounds: u32, processes: bool) -> Result<f64, WorldError> {
     let affinity_error = |what| {
         move |errno: nix::Error| WorldError::Host {
             what,
@@ -1238,7 +1248,11 @@ fn futex_handoff(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
     let previous =
         sched_getaffinity(Pid::from_raw(0)).map_err(affinity_error("sched_getaffinity"))?;
     pin(cpu)?;
-    let result = handoffs(cpu, iterations, rounds);
+    let result = if processes {
+        process_handoffs(iterations, rounds)
+    } else {
+        handoffs(cpu, iterations, rounds)
+    };
     sched_setaffinity(Pid::from_raw(0), &previous).map_err(affinity_error("sched_setaffinity"))?;
     result
 }
@@ -1286,6 +1300,41 @@ fn handoffs(cpu: usize, iterations: u32, rounds: u32) -> Result<f64, WorldError>
         source: std::io::Error::other("it panicked"),
     })??;
     Ok(cost)
+}
+
+/// Handoffs with a forked partner process (which inherits the pinning)
+/// over a word in a shared mapping.
+fn process_handoffs(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
+    let region = crate::sys::memory::SharedRegion::create(PAGE)?;
+    // SAFETY: the region is page-aligned, zeroed, at least 4 bytes, shared
+    // with the child after fork; an AtomicU32 is valid for any bits.
+    let word = unsafe { &*region.as_ptr().cast::<AtomicU32>() };
+    let total = u64::from(iterations) * (u64::from(rounds) + 1);
+    // SAFETY: the child only answers on the shared word (atomics and futex
+    // system calls) and leaves with _exit, never returning into the
+    // caller's code; this process measures single-threaded.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(host_error("fork of the futex partner"));
+    }
+    if child == 0 {
+        for _ in 0..total {
+            answer(word);
+        }
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    let cost = rounds_of(iterations, rounds, || {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            hand_over(word);
+        }
+        Ok(start.elapsed() / 2)
+    });
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &raw mut status, 0) };
+    cost
 }
 
 /// Gives the word to the partner (odd) and waits until it is given back
@@ -1412,6 +1461,11 @@ mod tests {
     #[test]
     fn a_page_fault_costs_something() {
         measure_in_child(BareEvent::PageFault, 500, 3);
+    }
+
+    #[test]
+    fn a_futex_handoff_between_processes_costs_something() {
+        measure_in_child(BareEvent::FutexHandoffProcess, 300, 3);
     }
 
     #[test]

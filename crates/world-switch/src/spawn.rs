@@ -7,12 +7,15 @@ use std::process::{Child, Command};
 
 use crate::WorldError;
 use crate::channel::Channel;
+use crate::pool::Pool;
 use crate::sys::memory::GuestRam;
 
 /// Descriptor number of guest RAM in the world process.
 pub const RAM_FD: RawFd = 3;
 /// Descriptor number of the channel in the world process.
 pub const CHANNEL_FD: RawFd = 4;
+/// Descriptor number of the pool region in a pool member.
+pub const POOL_FD: RawFd = 5;
 
 /// Sends the world process the kick signal (see the channel's interrupt
 /// line protocol).
@@ -21,6 +24,11 @@ pub fn kick(world: &Child) -> Result<(), WorldError> {
         what: "kicking the world",
         source: std::io::Error::other("pid out of range"),
     })?;
+    kick_pid(pid)
+}
+
+/// Sends the world process `pid` (one of ours) the kick signal.
+pub fn kick_pid(pid: libc::pid_t) -> Result<(), WorldError> {
     // SAFETY: kill(2) with our own child's pid and a signal the world
     // handles.
     if unsafe { libc::kill(pid, crate::trap::KICK_SIGNAL) } != 0 {
@@ -68,7 +76,8 @@ pub fn pin_to(cpu: usize) -> Result<(), WorldError> {
 }
 
 /// Starts `exe args...` as the world process, with guest RAM on
-/// [`RAM_FD`] and the channel on [`CHANNEL_FD`]. The world dies with the
+/// [`RAM_FD`], the channel on [`CHANNEL_FD`] and the pool (if any) on
+/// [`POOL_FD`]. The world dies with the
 /// host (PR_SET_PDEATHSIG). With `cpu`, the world is pinned to that CPU:
 /// the host pins itself there too, so every handoff between them stays on
 /// one CPU (a cross-CPU futex handoff costs about three times more and
@@ -78,10 +87,12 @@ pub fn spawn(
     args: &[String],
     ram: &GuestRam,
     channel: &Channel,
+    pool: Option<&Pool>,
     cpu: Option<usize>,
 ) -> Result<Child, WorldError> {
     let ram_fd = ram.fd().as_raw_fd();
     let channel_fd = channel.region().fd().as_raw_fd();
+    let pool_fd = pool.map(|pool| pool.fd().as_raw_fd());
     let mut command = Command::new(exe);
     command.args(args);
     // SAFETY: the closure runs in the forked child before exec and only
@@ -93,6 +104,12 @@ pub fn spawn(
             // other; dup2 leaves the new descriptors without CLOEXEC.
             let ram_copy = libc::fcntl(ram_fd, libc::F_DUPFD_CLOEXEC, 100);
             let channel_copy = libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 100);
+            let pool_copy = pool_fd.map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100));
+            if let Some(pool_copy) = pool_copy
+                && (pool_copy < 0 || libc::dup2(pool_copy, POOL_FD) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(cpu) = cpu.filter(|&cpu| cpu < CPU_SETSIZE) {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
                 libc::CPU_SET(cpu, &mut set);

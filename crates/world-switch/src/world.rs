@@ -6,10 +6,13 @@ use std::convert::Infallible;
 use std::os::fd::{AsRawFd, RawFd};
 
 use btvmm_core::descriptor::Descriptor;
-use btvmm_core::{Action, Exit, GuestVirt, HostRegisters, Reply, Trap, WorldServices};
+use btvmm_core::{
+    Action, AddressSpaces, Exit, GuestVirt, HostRegisters, Reply, Trap, WorldServices,
+};
 
 use crate::WorldError;
 use crate::channel::{CHANNEL_BYTES, Channel};
+use crate::pool::Pool;
 use crate::shadow::LdtEntry;
 use crate::sys::memory::{GuestRam, SharedRegion};
 use crate::sys::perf::Breakpoints;
@@ -29,6 +32,8 @@ pub struct World {
     /// Sends the kick signal when the guest's timer chipset is due.
     timer: KickTimer,
     cpuid_faults: bool,
+    /// The pool of world processes this one belongs to.
+    pool: Option<Pool>,
     /// RDTSC faults in this process (the guest's CR4.TSD): the vDSO clock,
     /// which reads the TSC, cannot be used meanwhile.
     timestamp_faulting: bool,
@@ -81,8 +86,22 @@ impl World {
             breakpoints,
             timer,
             cpuid_faults,
+            pool: None,
             timestamp_faulting: false,
         })
+    }
+
+    /// Joins the pool of world processes as member `member`.
+    ///
+    /// # Safety
+    ///
+    /// `pool_fd` must be the pool memfd the host created, owned by this
+    /// process from now on.
+    pub unsafe fn join_pool(&mut self, pool_fd: RawFd, member: usize) -> Result<(), WorldError> {
+        let pages = u32::try_from(self.ram.size() / 4096).unwrap_or(u32::MAX);
+        // SAFETY: forwarded contract.
+        self.pool = Some(unsafe { Pool::from_raw_fd(pool_fd, pages, member)? });
+        Ok(())
     }
 
     /// Whether CPUID faults in this process (so guest CPUID, in user mode
@@ -242,6 +261,13 @@ impl WorldServices for World {
         set_tsc_faulting(faulting)?;
         self.timestamp_faulting = faulting;
         Ok(())
+    }
+
+    fn address_spaces(&self) -> Option<&dyn AddressSpaces> {
+        self.pool
+            .as_ref()
+            .filter(|pool| pool.members() > 1)
+            .map(|pool| pool as &dyn AddressSpaces)
     }
 
     fn timestamp(&self) -> u64 {

@@ -1,0 +1,94 @@
+//! The pool of world processes: the paging kernels (guests/conformance/
+//! paging.c and processes.c, three address spaces each, whose output the
+//! conformance test compares with QEMU's under the default pool) give the
+//! same output with one world process, with a pool of two (which must
+//! then give address spaces up and take others on) and with a pool of
+//! eight; and the vCPU moves between processes only when there is more
+//! than one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The value of counter `name` in `btvmm run --stats` output, which
+/// leaves out counters that stayed zero.
+fn counter(stats: &str, name: &str) -> u64 {
+    assert!(stats.starts_with("traps"), "no --stats output:\n{stats}");
+    stats
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with("  "))
+        .and_then(|line| line.split_whitespace().last())
+        .map_or(0, |value| value.parse().expect("a number"))
+}
+
+fn build_guests() -> PathBuf {
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
+    let build = std::env::temp_dir().join(format!("btvmm-pool-{}", std::process::id()));
+    let made = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&guests)
+        .arg(format!("BUILD={}", build.display()))
+        .status()
+        .expect("make must be installed to build the guests");
+    assert!(made.success(), "building the guests failed");
+    build
+}
+
+/// Console output and the address-space switches of one run.
+fn run(kernel: &Path, address_spaces: u8) -> (String, u64) {
+    let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--stats", "--address-spaces"])
+        .arg(address_spaces.to_string())
+        .arg("--kernel")
+        .arg(kernel)
+        .output()
+        .expect("run btvmm");
+    let console = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{} with {address_spaces} world processes:\n{console}\n{stats}",
+        kernel.display()
+    );
+    (console, counter(&stats, "pool: address-space switches"))
+}
+
+#[test]
+fn paging_kernels_give_the_same_output_whatever_the_pool_size() {
+    let build = build_guests();
+    for name in ["paging", "processes"] {
+        let kernel = build.join(format!("{name}.elf"));
+        let (alone, switches) = run(&kernel, 1);
+        assert_eq!(switches, 0, "{name}: one world process never hands over");
+        let last = alone.lines().last().unwrap_or_default().to_owned();
+        let (passed, total) = last
+            .split_once(" passed")
+            .and_then(|(counts, _)| counts.split_once('/'))
+            .unwrap_or_else(|| panic!("{name}: no summary in {last:?}"));
+        assert_eq!(passed, total, "{name}: {alone}");
+        for pool in [2, 8] {
+            let (output, switches) = run(&kernel, pool);
+            assert_eq!(output, alone, "{name} with {pool} world processes");
+            assert!(
+                switches > 0,
+                "{name} with {pool} world processes: CR3 loads must move the vCPU"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&build);
+}
+
+#[test]
+fn a_pool_size_out_of_range_is_refused_with_a_message() {
+    for size in ["0", "9"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+            .args(["run", "--kernel", "/nonexistent", "--address-spaces", size])
+            .output()
+            .expect("run btvmm");
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("address-spaces"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
