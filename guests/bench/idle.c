@@ -16,31 +16,10 @@ static void tick(int irq, struct trap_frame *f)
 	irq_fn_eoi(irq, f);
 }
 
-/* The value of "key=N" on the Multiboot command line, or fallback. */
-static u32 option(const char *cmdline, const char *key, u32 fallback)
-{
-	u32 length = 0;
-	while (key[length])
-		length++;
-	for (const char *at = cmdline; at && *at; at++) {
-		u32 i = 0;
-		while (i < length && at[i] == key[i])
-			i++;
-		if (i == length && at[i] == '=') {
-			u32 value = 0;
-			for (at += length + 1; *at >= '0' && *at <= '9'; at++)
-				value = value * 10 + (u32)(*at - '0');
-			return value ? value : fallback;
-		}
-	}
-	return fallback;
-}
-
 void kmain(void)
 {
-	const char *cmdline = (mb_info && (mb_info[0] & 4)) ? (const char *)mb_info[4] : 0;
-	u32 hz = option(cmdline, "hz", 100);
-	u32 seconds = option(cmdline, "seconds", 5);
+	u32 hz = cmdline_option("hz", 100);
+	u32 seconds = cmdline_option("seconds", 5);
 	u32 want = hz * seconds;
 
 	pc_setup();

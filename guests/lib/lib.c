@@ -273,6 +273,25 @@ void check_no_fault(const char *name)
 	report(name, last_fault.count == 0);
 }
 
+u32 cmdline_option(const char *key, u32 fallback)
+{
+	const char *cmdline = (mb_info && (mb_info[0] & 4)) ? (const char *)mb_info[4] : 0;
+	u32 length = strlen(key);
+
+	for (const char *at = cmdline; at && *at; at++) {
+		u32 i = 0;
+		while (i < length && at[i] == key[i])
+			i++;
+		if (i == length && at[i] == '=') {
+			u32 value = 0;
+			for (at += length + 1; *at >= '0' && *at <= '9'; at++)
+				value = value * 10 + (u32)(*at - '0');
+			return value ? value : fallback;
+		}
+	}
+	return fallback;
+}
+
 void NORETURN finish(void)
 {
 	printf("%u/%u passed\n", passed, total);

@@ -182,6 +182,9 @@ void check_no_fault(const char *name);
 void print_fault(void);
 /* The Multiboot information structure the loader passed (flags first). */
 extern const u32 *mb_info;
+/* The value of "key=N" on the Multiboot command line, or fallback when it
+ * is missing or 0. */
+u32 cmdline_option(const char *key, u32 fallback);
 void NORETURN finish(void);
 void NORETURN fail_exit(const char *why);
 void NORETURN debug_exit(u32 value);

@@ -232,6 +232,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for (name, value) in outcome.counters.report() {
                     eprintln!("{name:<40} {value:>12}");
                 }
+                for (member, memory) in outcome.worlds.iter().enumerate() {
+                    eprintln!(
+                        "world {member}: page tables {} KiB, private {} KiB, shared {} KiB, {} mappings",
+                        memory.page_tables_kib,
+                        memory.anonymous_kib,
+                        memory.shared_kib,
+                        memory.mappings
+                    );
+                }
             }
             if let Some(message) = outcome.message() {
                 eprintln!("btvmm: {message}");

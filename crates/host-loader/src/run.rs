@@ -63,6 +63,44 @@ pub enum Ending {
     WorldDied(String),
 }
 
+/// What one world process used when the guest wrote the debug-exit port
+/// (from /proc/PID/status and /proc/PID/maps): the cost of the shadow it
+/// holds, beside guest RAM, which every world maps and shares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorldMemory {
+    /// Host page tables, KiB (VmPTE).
+    pub page_tables_kib: u64,
+    /// Private memory touched, KiB (RssAnon): the monitor's heap (shadow
+    /// entries, decode caches) and stacks.
+    pub anonymous_kib: u64,
+    /// Shared memory touched through this process, KiB (RssShmem): guest
+    /// RAM and the channels.
+    pub shared_kib: u64,
+    /// Mappings (lines of /proc/PID/maps): shadow runs, mostly.
+    pub mappings: u64,
+}
+
+impl WorldMemory {
+    fn of(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        Some(Self {
+            page_tables_kib: field("VmPTE:"),
+            anonymous_kib: field("RssAnon:"),
+            shared_kib: field("RssShmem:"),
+            mappings: maps.lines().count() as u64,
+        })
+    }
+}
+
 /// The result of a run.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -70,6 +108,9 @@ pub struct RunOutcome {
     pub ending: Ending,
     /// The monitor's last published counters.
     pub counters: Counters,
+    /// Each world process's memory at the debug-exit port (empty for other
+    /// endings).
+    pub worlds: Vec<WorldMemory>,
 }
 
 impl RunOutcome {
@@ -182,14 +223,16 @@ pub fn run_image(
     }
     let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
 
-    let ending = Host {
+    let mut host = Host {
         channel: &channel,
         board,
         worlds: &mut worlds,
         pool: pool.as_ref(),
         levels: 0,
-    }
-    .serve();
+        memory: Vec::new(),
+    };
+    let ending = host.serve();
+    let memory = std::mem::take(&mut host.memory);
     // The active world exits on its own after Terminate, the others wait
     // for a turn: make sure all are gone.
     end_worlds(&mut worlds);
@@ -197,6 +240,7 @@ pub fn run_image(
     Ok(RunOutcome {
         ending,
         counters: Counters::from_slice(&channel.counters()),
+        worlds: memory,
     })
 }
 
@@ -222,6 +266,8 @@ struct Host<'a> {
     worlds: &'a mut [Child],
     /// Which world runs the guest, when there are several.
     pool: Option<&'a world_switch::pool::Pool>,
+    /// The worlds' memory, read at the debug-exit port.
+    memory: Vec<WorldMemory>,
     /// The host devices' interrupt lines as last written to the channel.
     levels: u16,
 }
@@ -282,6 +328,12 @@ impl Host<'_> {
                 Exit::PortIn { port, size } => Reply::Value(self.board.read(port, size)),
                 Exit::PortOut { port, size, value } => match self.board.write(port, size, value) {
                     BusEffect::Exit(status) => {
+                        // Before the reply: the active world exits then.
+                        self.memory = self
+                            .worlds
+                            .iter()
+                            .filter_map(|world| WorldMemory::of(world.id()))
+                            .collect();
                         self.channel.reply(Reply::Terminate);
                         return Ending::DebugExit(status);
                     }

@@ -22,7 +22,9 @@ fn counter(stats: &str, name: &str) -> u64 {
 
 fn build_guests() -> PathBuf {
     let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
-    let build = std::env::temp_dir().join(format!("btvmm-pool-{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let build = std::env::temp_dir().join(format!("btvmm-pool-{}-{call}", std::process::id()));
     let made = Command::new("make")
         .arg("-s")
         .arg("-C")
@@ -91,4 +93,41 @@ fn a_pool_size_out_of_range_is_refused_with_a_message() {
         assert!(stderr.contains("address-spaces"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn stats_show_each_world_process_s_memory() {
+    let build = build_guests();
+    let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--stats", "--address-spaces", "4", "--cmdline"])
+        .arg("spaces=3 mib=8")
+        .arg("--kernel")
+        .arg(build.join("bench/spaces.elf"))
+        .output()
+        .expect("run btvmm");
+    let _ = std::fs::remove_dir_all(&build);
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stats}");
+    let worlds: Vec<&str> = stats
+        .lines()
+        .filter(|line| line.starts_with("world "))
+        .collect();
+    assert_eq!(worlds.len(), 4, "{stats}");
+    // Three worlds held an address space each (8 MiB of shadow pages
+    // besides the kernel's): they have more page tables than the one that
+    // never ran the guest.
+    let page_tables: Vec<u64> = worlds
+        .iter()
+        .map(|line| {
+            line.split("page tables ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no page tables in {line:?}"))
+        })
+        .collect();
+    assert!(
+        page_tables[..3].iter().all(|&used| used > page_tables[3]),
+        "{stats}"
+    );
 }
