@@ -352,7 +352,7 @@ pub fn render_text(calibration: &Calibration) -> String {
     for row in &calibration.bare {
         let _ = writeln!(
             out,
-            "  {:<15} {:>9.0}  {}",
+            "  {:<18} {:>9.0}  {}",
             row.event, row.ns, row.description
         );
     }
