@@ -131,3 +131,31 @@ fn stats_show_each_world_process_s_memory() {
         "{stats}"
     );
 }
+
+#[test]
+fn a_member_that_missed_more_than_the_log_holds_starts_afresh() {
+    let build = build_guests();
+    let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--stats", "--address-spaces", "4", "--cmdline"])
+        .arg("spaces=3 mib=4 rounds=2 churn=20000")
+        .arg("--kernel")
+        .arg(build.join("bench/spaces.elf"))
+        .output()
+        .expect("run btvmm");
+    let _ = std::fs::remove_dir_all(&build);
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}\n{stats}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    // Two members start afresh on their first turn (the run without
+    // churn shows only those); the three turns after the 20000 table
+    // writes find the log overrun.
+    assert_eq!(
+        counter(&stats, "pool: shadows started afresh"),
+        5,
+        "{stats}"
+    );
+}
