@@ -237,6 +237,9 @@ pub struct Mmu {
     shadow: Option<Shadow>,
     /// The identity view of guest RAM is mapped (paging off).
     identity: Option<(u32, u32)>,
+    /// Pages of the identity view the planner decoded code from, mapped
+    /// read-only so that a native write to them traps (paging off).
+    identity_code: std::collections::BTreeSet<u32>,
     /// Supervisor pages below [`USER_TOP`] are kept unmapped: the guest
     /// runs (or is about to run) at CPL 3.
     user_view: bool,
@@ -307,11 +310,13 @@ impl Mmu {
                 .map_guest(LOW_HOLE, LOW_HOLE, len, true)
                 .map_err(|what| host_error(GuestVirt(LOW_HOLE), len / PAGE_SIZE, what))?;
             self.identity = Some((LOW_HOLE, len));
+            self.identity_code.clear();
         }
         Ok(())
     }
 
     fn unmap_identity(&mut self, world: &mut dyn WorldServices) -> Result<(), ShadowError> {
+        self.identity_code.clear();
         if let Some((start, len)) = self.identity.take() {
             world
                 .unmap_guest(start, len)
@@ -509,11 +514,25 @@ impl Mmu {
     /// mixes code and busy data does not trap on every write.
     pub fn written(
         &mut self,
-        world: &dyn WorldServices,
+        world: &mut dyn WorldServices,
         planner: &mut Planner,
         guest_phys: u32,
         len: u32,
     ) {
+        if self.shadow.is_none() && !self.identity_code.is_empty() {
+            // Paging off: the written code pages become writable again
+            // until the planner decodes them again (their decoded blocks
+            // go below).
+            let first = guest_phys / PAGE_SIZE;
+            let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
+            for page in first..=last {
+                if self.identity_code.remove(&page)
+                    && let Err(what) = world.protect_guest(page * PAGE_SIZE, PAGE_SIZE, true)
+                {
+                    self.record_failure(host_error(GuestVirt(page * PAGE_SIZE), 1, what));
+                }
+            }
+        }
         if let Some(pool) = world.address_spaces() {
             let first = guest_phys / PAGE_SIZE;
             let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
@@ -567,6 +586,18 @@ impl Mmu {
     ) -> Result<(), ShadowError> {
         let regs = self.regs();
         let Some(shadow) = &mut self.shadow else {
+            // Paging off: write-protect the identity view of the page.
+            let page = guest_virt / PAGE_SIZE;
+            let identity = self.identity.is_some_and(|(start, len)| {
+                u64::from(page) * u64::from(PAGE_SIZE) >= u64::from(start)
+                    && u64::from(page + 1) * u64::from(PAGE_SIZE)
+                        <= u64::from(start) + u64::from(len)
+            });
+            if identity && self.identity_code.insert(page) {
+                world
+                    .protect_guest(page * PAGE_SIZE, PAGE_SIZE, false)
+                    .map_err(|what| host_error(GuestVirt(page * PAGE_SIZE), 1, what))?;
+            }
             return Ok(());
         };
         let mut deferred = DeferredMapper::default();

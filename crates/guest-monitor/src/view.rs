@@ -152,8 +152,7 @@ impl Machine for GuestView<'_> {
                 }
                 // The write may have changed decoded code or page tables.
                 #[allow(clippy::cast_possible_truncation)] // a page at most
-                self.mmu
-                    .written(&*self.world, self.planner, phys, len as u32);
+                self.mmu.written(self.world, self.planner, phys, len as u32);
                 done += len;
             }
         }
