@@ -579,30 +579,6 @@ struct Labels {
     user: u32,
 }
 
-/// A Multiboot (a.out kludge) image: header, then code, loaded at LOAD.
-fn multiboot_image(code: &[u8], entry: u32) -> Vec<u8> {
-    const MAGIC: u32 = 0x1bad_b002;
-    const FLAGS: u32 = 1 << 16;
-    const HEADER_BYTES: u32 = 32;
-    #[allow(clippy::cast_possible_truncation)] // generated code is small
-    let end = LOAD + HEADER_BYTES + code.len() as u32;
-    let mut image = Vec::with_capacity(code.len() + 32);
-    for word in [
-        MAGIC,
-        FLAGS,
-        0u32.wrapping_sub(MAGIC).wrapping_sub(FLAGS),
-        LOAD,
-        LOAD,
-        end,
-        end,
-        entry,
-    ] {
-        image.extend_from_slice(&word.to_le_bytes());
-    }
-    image.extend_from_slice(code);
-    image
-}
-
 /// Assembles `emit` twice at the code address: the first pass finds the
 /// labels, the second embeds them.
 fn assemble(
@@ -619,7 +595,11 @@ fn assemble(
             iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
         )?;
         if pass == 1 {
-            return Ok(multiboot_image(&result.inner.code_buffer, CODE));
+            return Ok(crate::multiboot::aout_kludge_image(
+                LOAD,
+                &result.inner.code_buffer,
+                CODE,
+            ));
         }
         let ip = |label: &CodeLabel| -> Result<u32, IcedError> {
             // Guest code lies below 4 GiB.

@@ -6,34 +6,17 @@
 //! eight; and the vCPU moves between processes only when there is more
 //! than one.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-/// The value of counter `name` in `btvmm run --stats` output, which
-/// leaves out counters that stayed zero.
-fn counter(stats: &str, name: &str) -> u64 {
-    assert!(stats.starts_with("traps"), "no --stats output:\n{stats}");
-    stats
-        .lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with("  "))
-        .and_then(|line| line.split_whitespace().last())
-        .map_or(0, |value| value.parse().expect("a number"))
-}
+use common::build_guests;
 
-fn build_guests() -> PathBuf {
-    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let build = std::env::temp_dir().join(format!("btvmm-pool-{}-{call}", std::process::id()));
-    let made = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&guests)
-        .arg(format!("BUILD={}", build.display()))
-        .status()
-        .expect("make must be installed to build the guests");
-    assert!(made.success(), "building the guests failed");
-    build
+/// The value of counter `name` in `btvmm run --stats` output (0 when it
+/// stayed zero).
+fn counter(stats: &str, name: &str) -> u64 {
+    common::counter(stats, name).unwrap_or(0)
 }
 
 /// Console output and the address-space switches of one run.
@@ -58,7 +41,7 @@ fn run(kernel: &Path, address_spaces: u8) -> (String, u64) {
 
 #[test]
 fn paging_kernels_give_the_same_output_whatever_the_pool_size() {
-    let build = build_guests();
+    let build = build_guests("pool");
     for name in ["paging", "processes"] {
         let kernel = build.join(format!("{name}.elf"));
         let (alone, switches) = run(&kernel, 1);
@@ -95,19 +78,37 @@ fn a_pool_size_out_of_range_is_refused_with_a_message() {
     }
 }
 
-#[test]
-fn stats_show_each_world_process_s_memory() {
-    let build = build_guests();
+/// Runs guests/bench/spaces.c with `cmdline` and a pool of four; its
+/// `--stats` output, after checking that the guest passed.
+fn run_spaces(cmdline: &str) -> String {
+    let build = build_guests("spaces");
     let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
-        .args(["run", "--stats", "--address-spaces", "4", "--cmdline"])
-        .arg("spaces=3 mib=8")
+        .args([
+            "run",
+            "--stats",
+            "--address-spaces",
+            "4",
+            "--cmdline",
+            cmdline,
+        ])
         .arg("--kernel")
         .arg(build.join("bench/spaces.elf"))
         .output()
         .expect("run btvmm");
     let _ = std::fs::remove_dir_all(&build);
-    let stats = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stats}");
+    let stats = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}\n{stats}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stats
+}
+
+#[test]
+fn stats_show_each_world_process_s_memory() {
+    let stats = run_spaces("spaces=3 mib=8");
     let worlds: Vec<&str> = stats
         .lines()
         .filter(|line| line.starts_with("world "))
@@ -134,22 +135,7 @@ fn stats_show_each_world_process_s_memory() {
 
 #[test]
 fn a_member_that_missed_more_than_the_log_holds_starts_afresh() {
-    let build = build_guests();
-    let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
-        .args(["run", "--stats", "--address-spaces", "4", "--cmdline"])
-        .arg("spaces=3 mib=4 rounds=2 churn=20000")
-        .arg("--kernel")
-        .arg(build.join("bench/spaces.elf"))
-        .output()
-        .expect("run btvmm");
-    let _ = std::fs::remove_dir_all(&build);
-    let stats = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}\n{stats}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    let stats = run_spaces("spaces=3 mib=4 rounds=2 churn=20000");
     // Two members start afresh on their first turn (the run without
     // churn shows only those); the three turns after the 20000 table
     // writes find the log overrun.

@@ -8,21 +8,15 @@
 //! Needs gcc (with -m32), binutils, make and qemu-system-i386; the test
 //! command (.ci/run) installs them.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 #[test]
 fn conformance_kernels_match_qemu() {
-    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
-    let build = std::env::temp_dir().join(format!("btvmm-conformance-{}", std::process::id()));
-    let made = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&guests)
-        .arg(format!("BUILD={}", build.display()))
-        .status()
-        .expect("make must be installed to build the conformance kernels");
-    assert!(made.success(), "building the conformance kernels failed");
+    let guests = common::guests();
+    let build = common::build_guests("conformance");
     // security_escape64 asks the host (through seccomp, in vain) to create
     // this file.
     let probe = Path::new("/tmp/btvmm-escape-probe");

@@ -4,31 +4,17 @@
 //! wait and one injected interrupt per tick, and few traps. (How much host
 //! CPU that costs is a measurement, not a test: see the README.)
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
-/// The value of counter `name` in `btvmm run --stats` output.
 fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with("  "))
-        .and_then(|line| line.split_whitespace().last())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name:?} in:\n{stats}"))
+    common::counter(stats, name).unwrap_or_else(|| panic!("no counter {name:?} in:\n{stats}"))
 }
 
 #[test]
 fn an_idle_guest_sleeps_until_each_tick() {
-    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests");
-    let build = std::env::temp_dir().join(format!("btvmm-idle-{}", std::process::id()));
-    let made = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&guests)
-        .arg(format!("BUILD={}", build.display()))
-        .status()
-        .expect("make must be installed to build the guests");
-    assert!(made.success(), "building the guests failed");
+    let build = common::build_guests("idle");
     let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
         .args(["run", "--stats", "--kernel"])
         .arg(build.join("bench/idle.elf"))

@@ -6,29 +6,6 @@ use std::process::Command;
 
 const LOAD: u32 = 0x0010_0000;
 
-/// A Multiboot (a.out kludge) kernel of `code` loaded at 1 MiB, entered at
-/// its first byte.
-fn multiboot_image(code: &[u8]) -> Vec<u8> {
-    const MAGIC: u32 = 0x1bad_b002;
-    const FLAGS: u32 = 1 << 16;
-    let end = LOAD + 32 + u32::try_from(code.len()).expect("small code");
-    let mut image = Vec::new();
-    for word in [
-        MAGIC,
-        FLAGS,
-        0u32.wrapping_sub(MAGIC).wrapping_sub(FLAGS),
-        LOAD,
-        LOAD,
-        end,
-        end,
-        LOAD + 32,
-    ] {
-        image.extend_from_slice(&word.to_le_bytes());
-    }
-    image.extend_from_slice(code);
-    image
-}
-
 #[test]
 fn a_page_directory_outside_ram_stops_the_vm_with_one_line() {
     let code = [
@@ -40,7 +17,11 @@ fn a_page_directory_outside_ram_stops_the_vm_with_one_line() {
         0xf4, // hlt
     ];
     let path = std::env::temp_dir().join(format!("btvmm-paging-{}.bin", std::process::id()));
-    std::fs::write(&path, multiboot_image(&code)).expect("write the kernel");
+    std::fs::write(
+        &path,
+        host_loader::multiboot::aout_kludge_image(LOAD, &code, LOAD + 32),
+    )
+    .expect("write the kernel");
     let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
         .args(["run", "--kernel"])
         .arg(&path)
