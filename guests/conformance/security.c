@@ -21,10 +21,13 @@
  *     0x33 lies beyond it;
  *   - a write to the guest's own IDT takes effect at the next INT n.
  *
- * The same system calls are made at CPL 3. The ring-3 far jump to 0x33 is
- * in its own kernel, security_user_farjmp, a CPL 3 `sysenter` with
- * IA32_SYSENTER_CS = 0 in security_user_sysenter, and a CPL 3 load of 0x2b
- * into SS in security_user_ss: btvmm stops the VM for all three. CPL 3
+ * The same system calls are made at CPL 3 with `int $0x80` and `sysenter`.
+ * The ring-3 far jump to 0x33 is in its own kernel, security_user_farjmp, a
+ * CPL 3 `sysenter` with IA32_SYSENTER_CS = 0 in security_user_sysenter, a
+ * CPL 3 `syscall` in security_user_syscall, and a CPL 3 load of 0x2b into
+ * SS in security_user_ss: btvmm stops the VM for the first and the last,
+ * and for the host's fast system-call instruction (SYSENTER on Intel
+ * hosts, SYSCALL on AMD hosts), whose host path keeps no guest EIP. CPL 3
  * loads of host selectors into DS, ES and FS (0x33, 0x2b, 0x7b) succeed
  * natively under btvmm with the host's descriptor, which it repairs at the
  * next trap: they are checked in user_untraced, class (g).
@@ -228,11 +231,18 @@ static void run_calls(int kind, void (*fn)(const struct call *, u32 *))
 	}
 }
 
-static u32 user_calls(void)
+static void kernel_calls(void)
 {
 	run_calls(0, do_int80);
 	run_calls(1, do_sysenter);
 	run_calls(2, do_syscall);
+}
+
+/* At CPL 3 without `syscall` (security_user_syscall has it). */
+static u32 user_calls(void)
+{
+	run_calls(0, do_int80);
+	run_calls(1, do_sysenter);
 	return 0;
 }
 
@@ -246,10 +256,10 @@ static const u32 want_faults[3] = {0, 1, 1};
 static const u32 want_vector[3] = {0xffffffff, 13, 6};
 static const u32 want_error[3] = {0xffffffff, 0, 0};
 
-static void check_calls(const char *cpl, u32 want_cs, int sysenter_runs)
+static void check_calls(const char *cpl, u32 want_cs, int sysenter_runs, u32 nkinds)
 {
 	u32 ebp_ok = 0;
-	for (u32 k = 0; k < 3; k++) {
+	for (u32 k = 0; k < nkinds; k++) {
 		int handler = k == 0 || (k == 1 && sysenter_runs);
 		for (u32 i = 0; i < NCALLS; i++) {
 			volatile typeof(ur[0][0]) *r = &ur[k][i];
@@ -311,8 +321,8 @@ static void test_system_calls(void)
 	memset((void *)&sys, 0, sizeof(sys));
 	memset((void *)&se, 0, sizeof(se));
 	memset((void *)ur, 0xff, sizeof(ur));
-	user_calls();
-	check_calls("cpl 0", SEL_KCODE, 0);
+	kernel_calls();
+	check_calls("cpl 0", SEL_KCODE, 0, 3);
 	/* CPL 3: IA32_SYSENTER_CS = the guest's kernel code, SYSENTER enters
 	 * sysenter_entry. */
 	wrmsr(MSR_SYSENTER_CS, SEL_KCODE);
@@ -320,7 +330,7 @@ static void test_system_calls(void)
 	memset((void *)&se, 0, sizeof(se));
 	memset((void *)ur, 0xff, sizeof(ur));
 	run_user(user_calls, FL_FIXED | FL_IF);
-	check_calls("cpl 3", SEL_UCODE, 1);
+	check_calls("cpl 3", SEL_UCODE, 1, 2);
 	wrmsr(MSR_SYSENTER_CS, 0);
 	wrmsr(MSR_SYSENTER_ESP, 0);
 	wrmsr(MSR_SYSENTER_EIP, 0);

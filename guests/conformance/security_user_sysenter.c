@@ -8,15 +8,16 @@
  * CPL 0 with IA32_SYSENTER_CS = 0, and at CPL 3 with a valid
  * IA32_SYSENTER_CS).
  *
- * btvmm handles this one differently from QEMU, which is why it is a kernel
- * of its own. Guest CPL 3 code runs natively in a Linux process, where
- * SYSENTER goes through the host kernel's SYSENTER path; that path keeps
- * neither EIP nor ESP. With IA32_SYSENTER_CS != 0 btvmm needs neither (it
- * emulates SYSENTER, which replaces both); with IA32_SYSENTER_CS = 0 the
- * guest must get #GP(0) at an EIP btvmm does not know, so btvmm stops the VM
- * (exit status 2, "btvmm: the VM stopped: the guest used something btvmm
- * does not support: SYSENTER in guest user code with IA32_SYSENTER_CS = 0
- * ..."). Its expected output is conformance/security_user_sysenter.btvmm-expected:
+ * Under btvmm, guest CPL 3 code runs natively in a Linux process. On an
+ * AMD host SYSENTER raises #UD there, and btvmm emulates it: the guest gets
+ * its #GP(0) as from QEMU. On an Intel host SYSENTER goes through the host
+ * kernel's SYSENTER path instead, which keeps neither EIP nor ESP. With
+ * IA32_SYSENTER_CS != 0 btvmm needs neither (it emulates SYSENTER, which
+ * replaces both); with IA32_SYSENTER_CS = 0 the guest must get #GP(0) at an
+ * EIP btvmm does not know, so btvmm stops the VM (exit status 2, "btvmm:
+ * the VM stopped: the guest used something btvmm does not support:
+ * SYSENTER in guest user code with IA32_SYSENTER_CS = 0 ..."). Its expected
+ * output on Intel hosts is conformance/security_user_sysenter.btvmm-expected:
  * the lines printed before the kernel enters CPL 3.
  */
 #include "lib.h"

@@ -23,4 +23,6 @@ pub use exception::{Exception, Stop};
 pub use exit::{Exit, Reply, StopReason};
 pub use machine::{Access, AccessKind, Event, Machine};
 pub use mem::{GuestMemory, MemFault, RegionMemory};
-pub use world::{Action, AddressSpaces, HostRegisters, PoolEvent, Trap, WorldServices};
+pub use world::{
+    Action, AddressSpaces, CodeAliases, HostFastPath, HostRegisters, PoolEvent, Trap, WorldServices,
+};

@@ -28,16 +28,18 @@ pub enum Trap {
     /// A guest INT3 (`cc` or `cd 03`): EIP is past the instruction.
     SoftwareBreakpoint,
     /// A system-call instruction trapped by seccomp: EIP is past the
-    /// instruction (except for SYSENTER, see `sysenter`).
+    /// instruction (except on the host's fast path, see `fast_path`).
     SystemCall {
         /// The guest's EAX (the host kernel keeps it as the call number).
         number: u32,
         /// From the host's 32-bit ABI (`int $0x80`, `sysenter`, 32-bit
         /// `syscall`) rather than a 64-bit `syscall`.
         compat: bool,
-        /// The host's SYSENTER path ran: EIP and ESP of the guest are lost
-        /// (the host kernel reports its own landing address).
-        sysenter: bool,
+        /// The host kernel's fast 32-bit system-call path ran (SYSENTER on
+        /// Intel hosts, SYSCALL on AMD hosts, see [`HostFastPath`]): the
+        /// guest's EIP is lost (the host kernel reports its own landing
+        /// address), and after SYSENTER its ESP too.
+        fast_path: bool,
     },
     /// The host asked the monitor to look at pending events.
     Kick,
@@ -73,6 +75,17 @@ pub enum Action {
     Resume(HostRegisters),
     /// The VM is over: the world process exits.
     Terminate,
+}
+
+/// Which 32-bit system-call instruction the host CPU sends through the
+/// host kernel's fast path from compatibility mode (the other one raises
+/// #UD there): SYSENTER on Intel, SYSCALL on AMD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFastPath {
+    /// Intel and others: SYSENTER.
+    Sysenter,
+    /// AMD and Hygon: SYSCALL.
+    Syscall,
 }
 
 /// Services of the world process the monitor acts through.
@@ -111,6 +124,11 @@ pub trait WorldServices {
     /// Levels of the host devices' interrupt lines (bit n = IRQ n). See
     /// world-switch's channel for why a change is never missed.
     fn irq_levels(&self) -> u16;
+    /// Host devices' lines that dropped and rose again since the last call
+    /// (bit n = IRQ n): the PIC must latch a new edge for them.
+    fn take_irq_pulses(&mut self) -> u16 {
+        0
+    }
     /// Nanoseconds on the VM's clock (shared with the host).
     fn now_ns(&self) -> u64;
     /// Arms the world's timer: the kick arrives at `deadline_ns` on the
@@ -135,6 +153,32 @@ pub trait WorldServices {
     fn address_spaces(&self) -> Option<&dyn AddressSpaces> {
         None
     }
+    /// The alias code pages of the split code view (DESIGN.md section
+    /// 3b), if this world has them.
+    fn code_aliases(&mut self) -> Option<&mut dyn CodeAliases> {
+        None
+    }
+}
+
+/// Alias code pages, one per guest-physical page, shared by the world
+/// processes of a VM: decoded guest code with INT3 where the monitor must
+/// step in (DESIGN.md section 3b). Offsets are within the page.
+pub trait CodeAliases {
+    /// Forgets what was decoded on alias page `guest_phys_page`: INT3
+    /// everywhere.
+    fn reset(&mut self, guest_phys_page: u32);
+    /// Forgets what was decoded on every alias page.
+    fn reset_all(&mut self);
+    /// Copies `bytes` to the alias page at `offset`; false outside guest
+    /// RAM or past the page.
+    fn write(&mut self, guest_phys_page: u32, offset: u32, bytes: &[u8]) -> bool;
+    /// Reads the alias page at `offset`; false outside guest RAM or past
+    /// the page.
+    fn read(&self, guest_phys_page: u32, offset: u32, buf: &mut [u8]) -> bool;
+    /// Maps the alias page read and execute only at the page-aligned
+    /// `linear` address below 4 GiB, replacing what was there. (Unmapping
+    /// is `WorldServices::unmap_guest`.)
+    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), String>;
 }
 
 /// Something one world process of the pool did that the others must

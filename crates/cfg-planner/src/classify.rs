@@ -25,7 +25,6 @@
 //! | [`SensitiveKind::CacheTlb`] | INVD, WBINVD, WBNOINVD, INVLPG, INVPCID | #GP |
 //! | [`SensitiveKind::Msr`] | RDMSR, WRMSR | #GP |
 //! | [`SensitiveKind::SoftwareInterrupt`] | INT n, INT3, INT1 (ICEBP); INTO, which traps only with OF set and otherwise falls through ([`Delivery::TrapsOrFallsThrough`]) | #GP for DPL-0 host gates; SIGTRAP for 3, #OF for 4, seccomp for 0x80 |
-//! | [`SensitiveKind::SystemCall`] | SYSCALL | host system-call entry (seccomp SIGSYS) or #UD (Intel) |
 //! | [`SensitiveKind::SystemReturn`] | SYSEXIT, SYSRET | #GP |
 //! | [`SensitiveKind::InvalidOpcode`] | UD0, UD1, UD2 | #UD, which the guest must see as its own |
 //! | [`SensitiveKind::Privileged`] | every other CPL-0-only instruction (XSETBV, RSM, VMX/SVM, CLAC/STAC, ...) | #GP or #UD |
@@ -45,7 +44,7 @@
 //! | [`SensitiveKind::SegmentRead`] | MOV r/m, Sreg; PUSH CS/SS/DS/ES/FS/GS | shows the shadow (LDT, RPL 3) selector, not the guest's |
 //! | [`SensitiveKind::SegmentLoad`] | MOV Sreg, r/m; POP DS/ES/SS/FS/GS; LDS, LES, LFS, LGS, LSS | loads against the host GDT/LDT: wrong descriptor or a host selector |
 //! | [`SensitiveKind::SegmentCheck`] | LAR, LSL, VERR, VERW | judges the shadow descriptor at CPL 3 |
-//! | [`SensitiveKind::SystemCall`] | SYSENTER | on Intel hosts it enters the host's SYSENTER path (seccomp SIGSYS), which loses the guest's EIP and ESP |
+//! | [`SensitiveKind::SystemCall`] | SYSENTER, SYSCALL | one of them (SYSENTER on Intel hosts, SYSCALL on AMD hosts) enters the host's fast 32-bit system-call path (seccomp SIGSYS), which loses the guest's EIP; the other raises #UD |
 //! | [`SensitiveKind::Cpuid`] | CPUID | host CPU instead of the virtual i686 (traps instead when CPUID faulting is on, see [`ClassifyConfig::cpuid_faults`]) |
 //! | [`SensitiveKind::Xgetbv`] | XGETBV | host XCR0; the virtual CPU has no XSAVE |
 //! | [`SensitiveKind::Timestamp`] | RDTSC, RDTSCP, RDPID | host TSC and TSC_AUX; only sensitive when the TSC is virtualized ([`ClassifyConfig::virtualize_timestamp`]) |
@@ -391,11 +390,12 @@ pub fn classify(instr: &Instruction, config: &ClassifyConfig) -> PoiKind {
         Mnemonic::Vmcall | Mnemonic::Vmmcall | Mnemonic::Vmgexit | Mnemonic::Tdcall => {
             return PoiKind::Unrecognized;
         }
-        Mnemonic::Syscall => Some((SensitiveKind::SystemCall, Traps)),
-        // On Intel hosts SYSENTER from compatibility mode enters the host
-        // kernel's SYSENTER path, which reports the vDSO landing pad instead
-        // of the guest's EIP: a breakpoint stops it first in kernel mode.
-        Mnemonic::Sysenter => Some((SensitiveKind::SystemCall, Silent)),
+        // From compatibility mode one of the two enters the host kernel's
+        // fast system-call path (SYSENTER on Intel hosts, SYSCALL on AMD
+        // hosts), which reports the vDSO landing pad instead of the guest's
+        // EIP; the other raises #UD. A breakpoint stops both first in
+        // kernel mode.
+        Mnemonic::Syscall | Mnemonic::Sysenter => Some((SensitiveKind::SystemCall, Silent)),
         Mnemonic::Sysexit | Mnemonic::Sysret => Some((SensitiveKind::SystemReturn, Traps)),
         Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 => {
             Some((SensitiveKind::InvalidOpcode, Traps))
@@ -677,13 +677,9 @@ mod tests {
             SensitiveKind::SoftwareInterrupt,
             Delivery::TrapsOrFallsThrough,
         );
+        // One of them takes the host's fast path (losing EIP) on any host.
         assert_sensitive(
-            &[(&[0x0f, 0x05], "syscall")],
-            SensitiveKind::SystemCall,
-            Delivery::Traps,
-        );
-        assert_sensitive(
-            &[(&[0x0f, 0x34], "sysenter")],
+            &[(&[0x0f, 0x05], "syscall"), (&[0x0f, 0x34], "sysenter")],
             SensitiveKind::SystemCall,
             Delivery::Silent,
         );

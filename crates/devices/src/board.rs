@@ -1,36 +1,82 @@
 //! The host side of the btvmm PC: the devices that need host resources
-//! (the console), and the port layout. The interrupt and timer chipset
-//! runs in the world process ([`crate::chipset`]).
+//! (the console, the wall clock) or are touched too rarely to be worth
+//! running in the world, and the port layout. The interrupt and timer
+//! chipset runs in the world process ([`crate::chipset`]).
+//!
+//! | ports          | device                                   | IRQ |
+//! |----------------|------------------------------------------|-----|
+//! | 0x60, 0x64     | 8042 keyboard controller, AT keyboard    | 1, 12 |
+//! | 0x3f8-0x3ff    | COM1, 16550A ([`crate::uart`])           | 4   |
+//! | 0x92           | system control port A (A20, fast reset)  |     |
+//! | 0xcf8, 0xcfc   | PCI configuration, an empty bus          |     |
+//! | 0xf4           | QEMU's debug-exit device (test kernels)  |     |
+//!
+//! Every other port floats: reads give all ones, writes go nowhere, and
+//! each access is counted by port so that what a guest probes is visible.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::bus::{Bus, BusEffect, OverlapError, PortDevice};
 use crate::debug_exit::DebugExit;
+use crate::i8042::{I8042, I8042Effect};
+use crate::pci::EmptyPciBus;
+use crate::system_port::SystemPortA;
 use crate::uart::{InterruptCount, Uart};
 
 /// COM1.
 pub const COM1: u16 = 0x3f8;
 /// QEMU's debug-exit port as the test harness configures it.
 pub const DEBUG_EXIT: u16 = 0xf4;
+/// System control port A.
+pub const SYSTEM_PORT_A: u16 = 0x92;
 /// COM1's IRQ.
 pub const COM1_IRQ: u8 = 4;
+/// The keyboard controller's data port (its command/status port is 4
+/// above).
+pub const KBC: u16 = 0x60;
+/// The keyboard's IRQ.
+pub const KEYBOARD_IRQ: u8 = 1;
+/// The auxiliary (mouse) port's IRQ.
+pub const AUX_IRQ: u8 = 12;
+
+/// Accesses to a port no device claims.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unclaimed {
+    /// INs.
+    pub reads: u64,
+    /// OUTs.
+    pub writes: u64,
+}
 
 /// The host's devices.
 pub struct Board {
-    /// Port devices.
+    /// Port devices without board-level wiring.
     pub bus: Bus,
     /// COM1 (dispatched by the board: its interrupt line goes to the world).
     pub com1: Uart<Box<dyn Write>>,
+    /// The keyboard controller.
+    pub kbc: I8042,
+    pci: EmptyPciBus,
+    system_port_a: SystemPortA,
+    unclaimed: BTreeMap<u16, Unclaimed>,
+    /// Lines that rose again within one access (see [`Board::take_pulses`]).
+    pulses: u16,
 }
 
 impl Board {
-    /// COM1 transmitting to `console`, and the debug-exit port.
+    /// COM1 transmitting to `console`, and the other devices at power-on.
     pub fn new(console: impl Write + 'static) -> Result<Self, OverlapError> {
         let mut bus = Bus::new();
         bus.add("debug-exit", DEBUG_EXIT, 4, Box::new(DebugExit))?;
         Ok(Self {
             bus,
             com1: Uart::new(Box::new(console), InterruptCount::default()),
+            kbc: I8042::new(),
+            pci: EmptyPciBus::default(),
+            system_port_a: SystemPortA::new(),
+            unclaimed: BTreeMap::new(),
+            pulses: 0,
         })
     }
 
@@ -38,7 +84,18 @@ impl Board {
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
         match port {
             COM1..=0x3ff if size == 1 => self.com1.read(port - COM1, size),
-            _ => self.bus.read(port, size),
+            KBC | 0x64 if size == 1 => {
+                let value = self.kbc.read(port - KBC);
+                self.note_kbc_edges();
+                u32::from(value)
+            }
+            SYSTEM_PORT_A if size == 1 => u32::from(self.system_port_a.read()),
+            _ if EmptyPciBus::claims(port, size) => self.pci.read(port, size),
+            _ if self.bus.claims(port) => self.bus.read(port, size),
+            _ => {
+                self.unclaimed.entry(port).or_default().reads += 1;
+                self.bus.read(port, size)
+            }
         }
     }
 
@@ -46,7 +103,32 @@ impl Board {
     pub fn write(&mut self, port: u16, size: u8, value: u32) -> BusEffect {
         match port {
             COM1..=0x3ff if size == 1 => self.com1.write(port - COM1, size, value),
-            _ => self.bus.write(port, size, value),
+            KBC | 0x64 if size == 1 => {
+                #[allow(clippy::cast_possible_truncation)] // a byte access
+                let effect = self.kbc.write(port - KBC, value as u8);
+                self.note_kbc_edges();
+                match effect {
+                    I8042Effect::Reset => BusEffect::Reset,
+                    I8042Effect::None => BusEffect::None,
+                }
+            }
+            SYSTEM_PORT_A if size == 1 => {
+                #[allow(clippy::cast_possible_truncation)] // a byte access
+                if self.system_port_a.write(value as u8) {
+                    BusEffect::Reset
+                } else {
+                    BusEffect::None
+                }
+            }
+            _ if EmptyPciBus::claims(port, size) => {
+                self.pci.write(port, size, value);
+                BusEffect::None
+            }
+            _ if self.bus.claims(port) => self.bus.write(port, size, value),
+            _ => {
+                self.unclaimed.entry(port).or_default().writes += 1;
+                self.bus.write(port, size, value)
+            }
         }
     }
 
@@ -54,7 +136,43 @@ impl Board {
     /// world's interrupt controller.
     #[must_use]
     pub fn interrupt_levels(&self) -> u16 {
-        u16::from(self.com1.interrupt_level()) << COM1_IRQ
+        (u16::from(self.com1.interrupt_level()) << COM1_IRQ)
+            | (u16::from(self.kbc.irq1_level()) << KEYBOARD_IRQ)
+            | (u16::from(self.kbc.irq12_level()) << AUX_IRQ)
+    }
+
+    /// Lines that dropped and rose again within one access since the last
+    /// call (bit n = IRQ n): the keyboard controller moves its next byte
+    /// into the output buffer as the guest reads the last one. An
+    /// edge-triggered PIC must latch a new edge for them although the
+    /// level looks unchanged.
+    pub fn take_pulses(&mut self) -> u16 {
+        std::mem::take(&mut self.pulses)
+    }
+
+    fn note_kbc_edges(&mut self) {
+        if self.kbc.take_irq1_rising_edge() {
+            self.pulses |= 1 << KEYBOARD_IRQ;
+        }
+        if self.kbc.take_irq12_rising_edge() {
+            self.pulses |= 1 << AUX_IRQ;
+        }
+    }
+
+    /// The ports no device claims that the guest accessed, with counts.
+    #[must_use]
+    pub fn unclaimed(&self) -> &BTreeMap<u16, Unclaimed> {
+        &self.unclaimed
+    }
+
+    /// Puts the devices in their power-on state (a reset of the PC); the
+    /// console keeps its output and any input not read yet is dropped.
+    pub fn reset(&mut self) {
+        self.com1.reset();
+        self.kbc = I8042::new();
+        self.pulses = 0;
+        self.pci = EmptyPciBus::default();
+        self.system_port_a = SystemPortA::new();
     }
 }
 
@@ -69,6 +187,58 @@ mod tests {
         board.write(COM1 + 1, 1, 0x02);
         assert_eq!(board.interrupt_levels(), 1 << 4);
         assert_eq!(board.write(DEBUG_EXIT, 1, 0), BusEffect::Exit(1));
-        assert_eq!(board.read(0x80, 1), 0xff);
+        assert!(board.unclaimed().is_empty());
+    }
+
+    #[test]
+    fn unclaimed_ports_float_and_are_counted() {
+        let mut board = Board::new(Vec::new()).expect("board");
+        assert_eq!(board.read(0x2f8, 1), 0xff);
+        assert_eq!(board.read(0x2f8, 1), 0xff);
+        assert_eq!(board.write(0x2f8, 1, 0), BusEffect::None);
+        assert_eq!(board.read(0xcf8, 1), 0xff, "byte access to CONFIG_ADDRESS");
+        assert_eq!(
+            board.unclaimed().get(&0x2f8),
+            Some(&Unclaimed {
+                reads: 2,
+                writes: 1
+            })
+        );
+        assert_eq!(
+            board.unclaimed().get(&0xcf8).map(|count| count.reads),
+            Some(1)
+        );
+        // The PCI address register takes dword accesses.
+        board.write(0xcf8, 4, 0x8000_0000);
+        assert_eq!(board.read(0xcf8, 4), 0x8000_0000);
+        assert_eq!(board.read(0xcfc, 4), 0xffff_ffff);
+    }
+
+    #[test]
+    fn the_keyboard_controller_answers_and_resets() {
+        let mut board = Board::new(Vec::new()).expect("board");
+        board.write(0x64, 1, 0xaa);
+        assert_eq!(board.read(0x60, 1), 0x55, "self-test passed");
+        // Identify: ACK, then the ID moves in as the ACK is read.
+        board.write(0x60, 1, 0xf2);
+        assert_ne!(board.interrupt_levels() & (1 << KEYBOARD_IRQ), 0);
+        let _ = board.take_pulses();
+        assert_eq!(board.read(0x60, 1), 0xfa);
+        assert_eq!(
+            board.take_pulses(),
+            1 << KEYBOARD_IRQ,
+            "the next byte's edge"
+        );
+        assert_eq!(board.read(0x60, 1), 0xab);
+        assert_eq!(board.write(0x64, 1, 0xfe), BusEffect::Reset);
+    }
+
+    #[test]
+    fn port_0x92_resets_on_a_rising_bit_0() {
+        let mut board = Board::new(Vec::new()).expect("board");
+        assert_eq!(board.read(SYSTEM_PORT_A, 1), 0x02);
+        assert_eq!(board.write(SYSTEM_PORT_A, 1, 0x03), BusEffect::Reset);
+        board.reset();
+        assert_eq!(board.read(SYSTEM_PORT_A, 1), 0x02);
     }
 }

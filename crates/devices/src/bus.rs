@@ -23,6 +23,8 @@ pub enum BusEffect {
     None,
     /// The guest asked to end the VM with this exit status.
     Exit(i32),
+    /// The write pulsed the CPU's reset line.
+    Reset,
 }
 
 struct Range {
@@ -100,6 +102,14 @@ impl Bus {
         Ok(())
     }
 
+    /// Whether a device on the bus decodes `port`.
+    #[must_use]
+    pub fn claims(&self, port: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|range| port.wrapping_sub(range.start) < range.len)
+    }
+
     fn find(&mut self, port: u16) -> Option<(&mut Range, u16)> {
         self.ranges.iter_mut().find_map(|range| {
             let offset = port.wrapping_sub(range.start);
@@ -142,8 +152,9 @@ impl Bus {
         for index in 0..size {
             if let Some((range, offset)) = self.find(port.wrapping_add(u16::from(index))) {
                 let byte = (value >> (8 * u32::from(index))) & 0xff;
-                if let BusEffect::Exit(code) = range.device.write(offset, 1, byte) {
-                    effect = BusEffect::Exit(code);
+                match range.device.write(offset, 1, byte) {
+                    BusEffect::None => {}
+                    other => effect = other,
                 }
             }
         }

@@ -1,13 +1,16 @@
 //! The PC's interrupt and timer chipset: the 8259A pair, the 8254 PIT and
-//! system control port B, with the PIT's counter 0 wired to IRQ 0.
+//! system control port B, with the PIT's counter 0 wired to IRQ 0, and the
+//! MC146818 real-time clock with its CMOS RAM on IRQ 8.
 //!
 //! It runs inside the world process, next to the monitor: the guest
 //! programs these chips constantly (an EOI per interrupt, Linux's TSC
 //! calibration polls port 0x61 and the counters thousands of times), and
-//! none of them needs a host resource, so they cost no exit to the host.
+//! none of them needs a host resource, so they cost no exit to the host
+//! (the clock's time comes from the host's real time at boot, passed in).
 //! The host only reports the levels of the interrupt lines of its own
 //! devices (COM1); the world arms a host timer for [`Chipset::next_event`].
 
+use crate::cmos::Cmos;
 use crate::pic::{Pic, PicChip};
 use crate::pit::Pit;
 
@@ -19,25 +22,45 @@ pub const PIC_SLAVE: u16 = 0xa0;
 pub const PIT: u16 = 0x40;
 /// System control port B (PIT gate 2, speaker, refresh, OUT2).
 pub const PORT_B: u16 = 0x61;
+/// The POST diagnostic port: Linux writes it as an I/O delay (`outb_p`,
+/// `slow_down_io`) around PIC, PIT and CMOS accesses, thousands of times
+/// during boot, so it costs no exit either.
+pub const POST: u16 = 0x80;
 /// The PIT's counter 0 drives this IRQ.
 pub const TIMER_IRQ: u8 = 0;
+/// The real-time clock's index and data ports.
+pub const RTC: u16 = 0x70;
+/// The real-time clock drives this IRQ.
+pub const RTC_IRQ: u8 = 8;
 
-/// PIC pair, PIT and port B.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+/// PIC pair, PIT, port B, the real-time clock and the POST port.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Chipset {
     /// The interrupt controllers.
     pub pic: Pic,
     /// The timer.
     pub pit: Pit,
+    /// The real-time clock and CMOS RAM.
+    pub cmos: Cmos,
     /// Levels of the host's interrupt lines last applied (bit n = IRQ n).
     host_levels: u16,
+    /// The last POST code written.
+    post_code: u8,
 }
 
 impl Chipset {
-    /// Power-on state.
+    /// Power-on state; the real-time clock shows `wall_clock_at_zero_ns`
+    /// (host real time, Unix epoch ns) at `now_ns == 0` and the CMOS the
+    /// memory sizes of `ram_bytes` of guest RAM.
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(wall_clock_at_zero_ns: i128, ram_bytes: u64) -> Self {
+        Self {
+            pic: Pic::default(),
+            pit: Pit::default(),
+            cmos: Cmos::new(wall_clock_at_zero_ns, ram_bytes),
+            host_levels: 0,
+            post_code: 0,
+        }
     }
 
     /// Whether `port` belongs to the chipset.
@@ -45,7 +68,7 @@ impl Chipset {
     pub fn claims(port: u16) -> bool {
         matches!(
             port,
-            PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIT..=0x43 | PORT_B
+            PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIT..=0x43 | PORT_B | RTC | 0x71 | POST
         )
     }
 
@@ -63,6 +86,8 @@ impl Chipset {
                 port @ (PIC_SLAVE | 0xa1) => self.pic.read(PicChip::Slave, port - PIC_SLAVE),
                 port @ PIT..=0x43 => self.pit.read(port - PIT, now_ns),
                 PORT_B => self.pit.read_port_b(now_ns),
+                port @ (RTC | 0x71) => self.cmos.read(port - RTC, now_ns),
+                // Reads of the POST port float (QEMU answers 0xff too).
                 _ => 0xff,
             };
             value |= u32::from(byte) << (8 * u32::from(index));
@@ -91,6 +116,8 @@ impl Chipset {
                 port @ (PIC_SLAVE | 0xa1) => self.pic.write(PicChip::Slave, port - PIC_SLAVE, byte),
                 port @ PIT..=0x43 => self.pit.write(port - PIT, byte, now_ns),
                 PORT_B => self.pit.write_port_b(byte, now_ns),
+                port @ (RTC | 0x71) => self.cmos.write(port - RTC, byte, now_ns),
+                POST => self.post_code = byte,
                 _ => {}
             }
         }
@@ -107,15 +134,23 @@ impl Chipset {
             self.pic.set_irq(TIMER_IRQ, true);
             self.pic.set_irq(TIMER_IRQ, false);
         }
+        // The clock's pin is a level; the PIC latches its rising edge.
+        self.cmos.advance(now_ns);
+        self.pic.set_irq(RTC_IRQ, self.cmos.irq_level());
     }
 
     /// Applies the levels of the host's interrupt lines (bit n = IRQ n);
-    /// only lines that changed are touched.
-    pub fn set_host_levels(&mut self, levels: u16) {
+    /// only lines that changed are touched, except `pulses`: lines that
+    /// dropped and rose again meanwhile, which give the PIC a new edge.
+    pub fn set_host_levels(&mut self, levels: u16, pulses: u16) {
         let changed = levels ^ self.host_levels;
         for line in 0..16u8 {
-            if changed & (1 << line) != 0 {
-                self.pic.set_irq(line, levels & (1 << line) != 0);
+            let bit = 1 << line;
+            if pulses & bit != 0 && levels & bit != 0 && changed & bit == 0 {
+                self.pic.set_irq(line, false);
+                self.pic.set_irq(line, true);
+            } else if changed & bit != 0 {
+                self.pic.set_irq(line, levels & bit != 0);
             }
         }
         self.host_levels = levels;
@@ -127,14 +162,28 @@ impl Chipset {
     /// taken lazily at the next access, with the same visible result
     /// (advance runs before any register read and after every write).
     pub fn next_event(&mut self, now_ns: u64) -> Option<u64> {
+        let clock = self.cmos.next_event(now_ns);
         if self.pic.chip(PicChip::Master).imr() & (1 << TIMER_IRQ) != 0 {
-            return None;
+            return clock;
         }
+        // Brings the counter up to now first: an edge already past is due
+        // at once.
         let next = self.pit.next_rising_edge(0, now_ns);
-        if self.pit.pending_rising_edges(0) > 0 {
-            return Some(now_ns);
+        let timer = if self.pit.pending_rising_edges(0) > 0 {
+            Some(now_ns)
+        } else {
+            next
+        };
+        match (timer, clock) {
+            (Some(timer), Some(clock)) => Some(timer.min(clock)),
+            (timer, clock) => timer.or(clock),
         }
-        next
+    }
+
+    /// The last POST code the guest wrote to port 0x80.
+    #[must_use]
+    pub fn post_code(&self) -> u8 {
+        self.post_code
     }
 
     /// The CPU's INTR line.
@@ -174,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_timer_interrupts_through_the_pic() {
-        let mut chipset = Chipset::new();
+        let mut chipset = Chipset::new(0, 64 << 20);
         program_pic(&mut chipset);
         // Counter 0, mode 2, LSB then MSB, 1193 -> ~1 kHz.
         chipset.write(0x43, 1, 0x34, 0);
@@ -198,7 +247,7 @@ mod tests {
 
     #[test]
     fn masked_lines_and_host_levels() {
-        let mut chipset = Chipset::new();
+        let mut chipset = Chipset::new(0, 64 << 20);
         program_pic(&mut chipset);
         chipset.write(0x21, 1, 0xff, 0);
         chipset.write(0x43, 1, 0x34, 0);
@@ -209,7 +258,7 @@ mod tests {
         assert!(!chipset.interrupt_pending());
         chipset.write(0x21, 1, 0xef, 10 * MS);
         assert!(!chipset.interrupt_pending(), "timer still masked");
-        chipset.set_host_levels(1 << 4);
+        chipset.set_host_levels(1 << 4, 0);
         assert!(chipset.interrupt_pending(), "COM1's level on IRQ 4");
         assert_eq!(chipset.acknowledge(), 0x24);
         // IRQ 4's edge was taken; the masked timer's edges stay requested.
@@ -224,7 +273,7 @@ mod tests {
 
     #[test]
     fn pit_and_port_b() {
-        let mut chipset = Chipset::new();
+        let mut chipset = Chipset::new(0, 64 << 20);
         // Linux's calibration: gate 2 on, speaker off, mode 0 on counter 2.
         chipset.write(0x61, 1, 0x01, 0);
         chipset.write(0x43, 1, 0xb0, 0);
@@ -237,5 +286,9 @@ mod tests {
         );
         // A word read of 0x40 reads counters 0 and 1.
         assert!(chipset.read(0x40, 2, 60 * MS).is_some());
+        // The POST port takes Linux's I/O delay writes without an exit.
+        assert!(chipset.write(0x80, 1, 0x42, 0));
+        assert_eq!(chipset.post_code(), 0x42);
+        assert_eq!(chipset.read(0x80, 1, 0), Some(0xff));
     }
 }

@@ -9,9 +9,13 @@
 pub mod board;
 pub mod bus;
 pub mod chipset;
+pub mod cmos;
 pub mod debug_exit;
+pub mod i8042;
+pub mod pci;
 pub mod pic;
 pub mod pit;
+pub mod system_port;
 pub mod uart;
 
 pub use bus::{Bus, BusEffect, PortDevice};

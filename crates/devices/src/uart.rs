@@ -1,5 +1,6 @@
 //! The 16550A UART, from rust-vmm's vm-superio, on the port bus.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,37 @@ impl<W: Write> Uart<W> {
     }
 }
 
+impl<W: Write> Uart<W> {
+    /// Moves bytes from `input` into the receiver FIFO while it has room
+    /// (received-data interrupt as the IER says). Bytes that do not fit
+    /// wait in `input` for the guest to read the FIFO.
+    pub fn receive(&mut self, input: &mut VecDeque<u8>) {
+        while !input.is_empty() && self.serial.fifo_capacity() > 0 {
+            let (front, _) = input.as_slices();
+            let take = front.len().min(self.serial.fifo_capacity());
+            // Loopback mode or a full FIFO takes nothing: wait.
+            match self.serial.enqueue_raw_bytes(&front[..take]) {
+                Ok(0) | Err(_) => return,
+                Ok(taken) => {
+                    input.drain(..taken);
+                }
+            }
+        }
+    }
+}
+
+impl Uart<Box<dyn Write>> {
+    /// The power-on state, keeping the output writer.
+    pub fn reset(&mut self) {
+        let interrupts = self.serial.interrupt_evt().clone();
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::new(interrupts.clone(), Box::new(std::io::sink())),
+        );
+        self.serial = Serial::new(interrupts, old.into_writer());
+    }
+}
+
 /// IIR: transmitter holding register empty.
 pub const IIR_THR_EMPTY: u8 = 0x02;
 /// IIR: received data available.
@@ -107,6 +139,24 @@ mod tests {
         // Scratch register round trip.
         uart.write(7, 1, 0x5a);
         assert_eq!(uart.read(7, 1), 0x5a);
+    }
+
+    #[test]
+    fn received_bytes_wait_for_room_in_the_fifo() {
+        let mut uart = Uart::new(Vec::new(), InterruptCount::default());
+        uart.write(1, 1, u32::from(IER_RECEIVED_DATA));
+        let mut input: VecDeque<u8> = (0..100u8).collect();
+        uart.receive(&mut input);
+        assert_eq!(input.len(), 100 - 64, "the FIFO holds 64");
+        assert!(uart.interrupt_level(), "received data with IER");
+        assert_eq!(uart.read(5, 1) & 1, 1, "LSR data ready");
+        for expected in 0..64u32 {
+            assert_eq!(uart.read(0, 1), expected);
+        }
+        assert!(!uart.interrupt_level());
+        uart.receive(&mut input);
+        assert!(input.is_empty());
+        assert_eq!(uart.read(0, 1), 64);
     }
 
     #[test]

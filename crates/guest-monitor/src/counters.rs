@@ -92,11 +92,29 @@ pub enum Counter {
     /// #DB from guest code that was neither a planned breakpoint nor a
     /// step (a host race around moving a breakpoint); planned again.
     StrayDebugTraps,
+    /// Resumes into guest kernel mode in the split code view.
+    SplitResumes,
+    /// INT3 traps from alias pages (an instruction to emulate, or code not
+    /// decoded yet).
+    SplitTraps,
+    /// Fetch faults on alias pages not mapped yet.
+    SplitAliasFaults,
+    /// Blocks of guest code copied into alias pages.
+    SplitBlocksFilled,
+    /// Alias pages mapped now (a level, not a count).
+    SplitAliasPages,
+    /// Window moves (the guest mapped a region aliases sat in).
+    SplitWindowMoves,
+    /// Instructions crossing a page boundary, emulated instead of copied.
+    SplitStraddlers,
+    /// Kernel-mode resumes under hardware breakpoints although the split
+    /// view is on (code whose alias cannot be placed).
+    SplitFallbacks,
 }
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 39] = [
+    pub const ALL: [Counter; 47] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -136,6 +154,14 @@ impl Counter {
         Counter::PoolEventsReplayed,
         Counter::PoolRestarts,
         Counter::StrayDebugTraps,
+        Counter::SplitResumes,
+        Counter::SplitTraps,
+        Counter::SplitAliasFaults,
+        Counter::SplitBlocksFilled,
+        Counter::SplitAliasPages,
+        Counter::SplitWindowMoves,
+        Counter::SplitStraddlers,
+        Counter::SplitFallbacks,
     ];
 
     /// Name for reports.
@@ -181,6 +207,14 @@ impl Counter {
             Self::PoolEventsReplayed => "pool: events replayed",
             Self::PoolRestarts => "pool: shadows started afresh",
             Self::StrayDebugTraps => "trap: stray #DB (planned again)",
+            Self::SplitResumes => "kernel-mode resumes in the split view",
+            Self::SplitTraps => "split: int3 traps from aliases",
+            Self::SplitAliasFaults => "split: alias fetch faults",
+            Self::SplitBlocksFilled => "split: blocks copied to aliases",
+            Self::SplitAliasPages => "split: alias pages mapped now",
+            Self::SplitWindowMoves => "split: window moves",
+            Self::SplitStraddlers => "split: page-straddling instructions emulated",
+            Self::SplitFallbacks => "split: resumes under hardware breakpoints instead",
         }
     }
 }

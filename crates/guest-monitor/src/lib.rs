@@ -20,6 +20,7 @@
 pub mod counters;
 pub mod mmu;
 pub mod segments;
+pub mod split;
 pub mod view;
 
 use btvmm_core::cpu::{Cpu, Cr0, Eflags, Gpr, SegReg};
@@ -38,6 +39,7 @@ use iced_x86::{Mnemonic, OpKind, Register};
 use crate::counters::{Counter, Counters};
 use crate::mmu::Mmu;
 use crate::segments::Shadows;
+use crate::split::SplitStep;
 use crate::view::{GuestView, PlannerMemory, read_physical};
 
 /// EFLAGS bits the guest's native execution owns (the rest, IF, IOPL, NT,
@@ -61,9 +63,10 @@ const HYBRID_FLAGS: u32 = Eflags::NT | Eflags::ID;
 /// DR6.BS: the #DB came from single-stepping.
 const DR6_BS: u32 = 1 << 14;
 
-/// Most instructions emulated in one trap before the monitor resumes the
-/// guest anyway (only reached by long runs of sensitive instructions).
-const EMULATION_BUDGET: usize = 100_000;
+/// Instructions emulated in one trap between two looks at the clock (the
+/// guest's timer keeps ticking through long runs of sensitive
+/// instructions, which a legal guest may have).
+const EMULATION_BUDGET: usize = 10_000;
 
 /// Why an instruction is being emulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,14 @@ enum Why {
 
 /// Most instructions interpreted in one trap.
 const INTERPRET_BUDGET: u32 = 256;
+/// In the split view a trap costs about a #GP, a few microseconds with the
+/// monitor's work: after an instruction the monitor had to emulate, it
+/// interprets up to this many more looking for the next one (clusters of
+/// sensitive instructions, port polling loops), then resumes natively.
+const SPLIT_INTERPRET_RUN: u32 = 8;
+/// Blocks copied into alias pages at one trap (the block at EIP and the
+/// code its direct branches reach on the same page).
+const SPLIT_FILL_BLOCKS: usize = 64;
 /// Interpret the code ahead only when the straight-line run to its next
 /// point of interest is at most this many instructions: a longer one is
 /// worth running natively (loops, copies), short ones between sensitive
@@ -85,17 +96,26 @@ const INTERPRET_BUDGET: u32 = 256;
 /// us on our hosts against well under a microsecond per instruction).
 const INTERPRET_RUN: u32 = 24;
 
-/// The guest's state at hand-over from the loader.
+/// The guest's state at hand-over from the loader: 32-bit protected mode,
+/// paging and interrupts off, flat 4 GiB segments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Boot {
     /// Entry point.
     pub eip: u32,
-    /// EAX (the Multiboot magic).
-    pub eax: u32,
-    /// EBX (the Multiboot information address).
-    pub ebx: u32,
-    /// ESP.
-    pub esp: u32,
+    /// EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI (Multiboot: the magic in EAX
+    /// and the information address in EBX; Linux: `boot_params` in ESI).
+    pub gpr: [u32; 8],
+    /// The selector CS holds (its descriptor cache is flat code).
+    pub code_selector: u16,
+    /// The selector DS, ES, FS, GS and SS hold (flat data).
+    pub data_selector: u16,
+    /// The GDT the selectors come from (base, limit); `(0, 0)` for none.
+    pub gdt: (u32, u16),
+    /// Host real time (Unix epoch, ns) when the VM's clock reads zero: the
+    /// guest's real-time clock starts there.
+    pub wall_clock_ns: i128,
+    /// Bytes of guest RAM (the CMOS tells the guest).
+    pub ram_bytes: u64,
 }
 
 /// The monitor of one vCPU.
@@ -127,6 +147,20 @@ pub struct Monitor {
     mmu: Mmu,
     /// The last hidden fault (EIP, address) and how often it repeated.
     last_hidden_fault: (u32, u32, u32),
+    /// Which system-call instruction the host's fast path takes.
+    host_fast_path: btvmm_core::HostFastPath,
+    /// Run guest kernel code in the split code view (DESIGN.md 3b) where
+    /// its alias can be placed; hardware breakpoints elsewhere.
+    split: bool,
+    /// The window the guest was last resumed in (split view), until the
+    /// next trap.
+    resumed_window: Option<split::Window>,
+    /// Hardware breakpoints are armed.
+    breakpoints_armed: bool,
+    /// The last alias fetch fault (EIP) and how often it repeated: a
+    /// fault that does not go away sends that code to hardware
+    /// breakpoints instead of looping.
+    last_alias_fault: (u32, u32),
 }
 
 /// The vCPU as it travels between the world processes of the pool: the
@@ -157,16 +191,26 @@ impl From<StopReason> for Failure {
 
 impl Monitor {
     /// A monitor for a guest entered at `boot` in 32-bit protected mode
-    /// with flat segments and paging off (the Multiboot hand-over state).
+    /// with flat segments and paging off (the Multiboot and Linux 32-bit
+    /// hand-over state).
     /// `cpuid_faults` says whether the world made CPUID fault.
     pub fn new(boot: Boot, cpuid_faults: bool) -> Result<Self, cfg_planner::PlannerError> {
         let mut cpu = Cpu {
             eip: boot.eip,
+            gpr: boot.gpr,
             ..Cpu::default()
         };
-        cpu.gpr[Gpr::Eax as usize] = boot.eax;
-        cpu.gpr[Gpr::Ebx as usize] = boot.ebx;
-        cpu.gpr[Gpr::Esp as usize] = boot.esp;
+        for (index, segment) in cpu.segments.iter_mut().enumerate() {
+            segment.selector = if index == SegReg::Cs as usize {
+                boot.code_selector
+            } else {
+                boot.data_selector
+            };
+        }
+        cpu.gdtr = btvmm_core::cpu::TableRegister {
+            base: boot.gdt.0,
+            limit: boot.gdt.1,
+        };
         Ok(Self {
             cpu,
             planner: Planner::new(PlannerConfig {
@@ -184,11 +228,28 @@ impl Monitor {
             cpuid_faults,
             resumed_eflags: 0,
             halted: false,
-            chipset: Chipset::new(),
+            chipset: Chipset::new(boot.wall_clock_ns, boot.ram_bytes),
             published_deadline: None,
             mmu: Mmu::default(),
             last_hidden_fault: (0, 0, 0),
+            host_fast_path: btvmm_core::HostFastPath::Sysenter,
+            split: false,
+            resumed_window: None,
+            breakpoints_armed: false,
+            last_alias_fault: (0, 0),
         })
+    }
+
+    /// Tells the monitor which system-call instruction the host CPU sends
+    /// through the host kernel's fast path (world-switch reads it).
+    pub fn set_host_fast_path(&mut self, fast_path: btvmm_core::HostFastPath) {
+        self.host_fast_path = fast_path;
+    }
+
+    /// Runs guest kernel code in the split code view where possible (the
+    /// world must have code aliases), or with hardware breakpoints only.
+    pub fn set_split(&mut self, split: bool) {
+        self.split = split;
     }
 
     /// Traces every trap, emulation and resume to standard error.
@@ -276,21 +337,32 @@ impl Monitor {
                 .map_err(|error| StopReason::Internal(format!("mapping guest RAM: {error}")))?;
             return Ok(());
         }
-        let sysenter = matches!(trap, Trap::SystemCall { sysenter: true, .. });
+        let split_context = self.resumed_window.take();
+        let fast_path = matches!(
+            trap,
+            Trap::SystemCall {
+                fast_path: true,
+                ..
+            }
+        );
+        let sysenter = fast_path && self.host_fast_path == btvmm_core::HostFastPath::Sysenter;
         let esp = self.cpu.gpr[Gpr::Esp as usize];
         self.cpu.gpr = host.gpr;
         self.cpu.eip = host.eip;
         let mut host = *host;
-        if sysenter {
-            // The host's SYSENTER path reports its own CS, SS and RIP, and
-            // follows the vDSO convention: RSP holds the guest's EBP, and
-            // RBP the dword at [EBP]. SYSENTER replaces CS, SS, EIP and ESP
-            // anyway; EBP is taken back from RSP.
-            self.cpu.gpr[Gpr::Ebp as usize] = host.gpr[Gpr::Esp as usize];
-            self.cpu.gpr[Gpr::Esp as usize] = esp;
+        if fast_path {
+            // The host's fast system-call path reports its own CS, SS and
+            // RIP (the vDSO's landing pad) instead of the guest's.
             host.rip_high = 0;
             host.selectors[SegReg::Cs as usize] = segments::slot_selector(SegReg::Cs);
             host.selectors[SegReg::Ss as usize] = segments::slot_selector(SegReg::Ss);
+        }
+        if sysenter {
+            // SYSENTER follows the vDSO convention: RSP holds the guest's
+            // EBP, and RBP the dword at [EBP]. SYSENTER replaces CS, SS,
+            // EIP and ESP anyway; EBP is taken back from RSP.
+            self.cpu.gpr[Gpr::Ebp as usize] = host.gpr[Gpr::Esp as usize];
+            self.cpu.gpr[Gpr::Esp as usize] = esp;
         }
         let host = &host;
         // Sigreturn keeps the host's own NT and ID: a difference from what
@@ -343,7 +415,21 @@ impl Monitor {
                 // the host's segment base: only the emulator, with the
                 // guest's segment, knows what the access was.
                 let address = address.filter(|_| repairs == 0);
+                if let Some(window) = split_context
+                    && vector == vector::PF
+                    && error_code & 0x10 != 0
+                {
+                    return self.alias_fault(window, address);
+                }
                 self.fault(world, vector, error_code, address)
+            }
+            Trap::SoftwareBreakpoint if split_context.is_some() => {
+                // An INT3 of an alias page: an instruction the monitor
+                // handles, or code not decoded yet. The planner's step from
+                // there decides which.
+                self.counters.bump(Counter::SplitTraps);
+                self.cpu.eip = self.cpu.eip.wrapping_sub(1);
+                Ok(())
             }
             Trap::SoftwareBreakpoint => {
                 self.counters.bump(Counter::SoftwareBreakpoints);
@@ -359,7 +445,7 @@ impl Monitor {
             Trap::SystemCall {
                 number,
                 compat,
-                sysenter,
+                fast_path,
             } => {
                 self.counters.bump(Counter::SystemCalls);
                 self.cpu.gpr[Gpr::Eax as usize] = number;
@@ -372,11 +458,38 @@ impl Monitor {
                 if sysenter {
                     return self.user_sysenter(world);
                 }
+                if fast_path {
+                    // On this AMD host the guest's SYSCALL went through the
+                    // host's 32-bit SYSCALL path, which kept no EIP: the
+                    // #UD the guest's CPU gives it cannot be placed.
+                    return Err(StopReason::Unsupported(
+                        "SYSCALL in guest user code (on AMD hosts the host's 32-bit SYSCALL path does not report where it was)".into(),
+                    )
+                    .into());
+                }
                 // int $0x80 or a 32-bit syscall, both two bytes long.
                 self.cpu.eip = self.cpu.eip.wrapping_sub(2);
                 self.emulate(world, false)
             }
         }
+    }
+
+    /// A fetch of an alias page that is not mapped (split view): the code
+    /// at EIP gets decoded and its alias mapped by the step from here. The
+    /// mapping is made afresh even if this process thought it was there.
+    fn alias_fault(&mut self, window: split::Window, address: Option<u32>) -> Result<(), Failure> {
+        self.counters.bump(Counter::SplitAliasFaults);
+        if let Some(linear) = address {
+            let virt_page = linear.wrapping_sub(window.base) / btvmm_core::PAGE_SIZE;
+            self.mmu.split.forget_mapping(virt_page);
+        }
+        let (eip, count) = self.last_alias_fault;
+        self.last_alias_fault = if eip == self.cpu.eip {
+            (eip, count + 1)
+        } else {
+            (self.cpu.eip, 1)
+        };
+        Ok(())
     }
 
     /// The byte `distance` before EIP (the instruction that trapped), as
@@ -524,7 +637,7 @@ impl Monitor {
         target: usize,
     ) -> Result<(), Failure> {
         self.counters.bump(Counter::AddressSpaceSwitches);
-        self.mmu.sync_pool(&*world);
+        self.mmu.sync_pool(world);
         // This process does not run the guest until it is handed back.
         if self.published_deadline.is_some() {
             world
@@ -577,7 +690,7 @@ impl Monitor {
         if catchup.restarted {
             self.counters.bump(Counter::PoolRestarts);
         }
-        self.mmu.sync_pool(&*world);
+        self.mmu.sync_pool(world);
         // After `active` names this process (the pool's kick protocol).
         self.update_chipset(world);
         Ok(())
@@ -763,9 +876,10 @@ impl Monitor {
     }
 
     /// Brings the chipset to now: timer edges, and the host devices' lines.
-    fn update_chipset(&mut self, world: &dyn WorldServices) {
+    fn update_chipset(&mut self, world: &mut dyn WorldServices) {
         self.chipset.advance(world.now_ns());
-        self.chipset.set_host_levels(world.irq_levels());
+        let pulses = world.take_irq_pulses();
+        self.chipset.set_host_levels(world.irq_levels(), pulses);
     }
 
     /// Arms the world's timer for the chipset's next event, if that
@@ -876,10 +990,21 @@ impl Monitor {
     /// Step 3: in guest kernel mode, emulate and plan until the guest can
     /// run natively under a safe breakpoint plan.
     fn run_kernel(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
-        let mut interpreted = 0;
+        // In the split view: instructions interpreted since the last one
+        // the monitor had to emulate (none yet: no interpreting until one).
+        let mut interpreted = if self.split { SPLIT_INTERPRET_RUN } else { 0 };
         let mut steps = 0;
-        while steps < EMULATION_BUDGET {
+        loop {
             steps += 1;
+            if steps >= EMULATION_BUDGET {
+                // A long run of instructions that all need the monitor: a
+                // legal guest may do that. Let time pass for its timer.
+                self.update_chipset(world);
+                steps = 0;
+                if !self.split {
+                    interpreted = 0;
+                }
+            }
             if let Some(target) = self.mmu.take_pending_switch() {
                 self.switch_address_space(world, target)?;
                 continue;
@@ -892,7 +1017,7 @@ impl Monitor {
                 // An idle guest may go from interrupt to HLT for ever
                 // without leaving the monitor: each wake-up is a new start.
                 steps = 0;
-                interpreted = 0;
+                interpreted = if self.split { SPLIT_INTERPRET_RUN } else { 0 };
                 continue;
             }
             if self.cpu.cpl != 0 {
@@ -900,21 +1025,42 @@ impl Monitor {
                 self.counters.bump(Counter::UserResumes);
                 return Ok(());
             }
-            self.planner.set_classify(cfg_planner::ClassifyConfig {
+            let classify = cfg_planner::ClassifyConfig {
                 cpuid_faults: self.cpuid_faults,
                 virtualize_timestamp: false,
                 guest_cr0: self.cpu.cr0 & (Cr0::TS | Cr0::EM | Cr0::MP),
                 guest_cr4: self.cpu.cr4 & btvmm_core::emu::fpu::CR4_OSFXSR,
-            });
+            };
+            if classify != self.planner.config().classify {
+                // What is sensitive changed (FPU instructions with CR0.TS,
+                // say): the aliases, shared by the pool, hold the old
+                // judgement.
+                if let Some(aliases) = world.code_aliases() {
+                    aliases.reset_all();
+                }
+                self.planner.set_classify(classify);
+            }
             // Short stretches between sensitive instructions are cheaper to
             // interpret than to run natively up to the next breakpoint trap.
-            if interpreted < INTERPRET_BUDGET
+            if !self.split
+                && interpreted < INTERPRET_BUDGET
                 && let Some(block) = self.short_run_ahead(world)?
             {
                 if self.interpret_run(world, &block, &mut interpreted)? {
                     continue;
                 }
                 interpreted = INTERPRET_BUDGET;
+            }
+            if self.split {
+                match self.split_step(world, &mut interpreted)? {
+                    SplitStep::Resume(window) => {
+                        self.resumed_window = Some(window);
+                        self.counters.bump(Counter::SplitResumes);
+                        return Ok(());
+                    }
+                    SplitStep::Continue => continue,
+                    SplitStep::Hardware => self.counters.bump(Counter::SplitFallbacks),
+                }
             }
             let memory = PlannerMemory::new(&*world, &self.mmu);
             let step = self.planner.step(&self.cpu, &memory);
@@ -931,6 +1077,7 @@ impl Monitor {
                     world
                         .arm_breakpoints(&breakpoints)
                         .map_err(StopReason::Internal)?;
+                    self.breakpoints_armed = !breakpoints.is_empty();
                     self.counters.bump(Counter::PlannedResumes);
                     self.counters
                         .add(Counter::BreakpointsArmed, breakpoints.len() as u64);
@@ -956,13 +1103,6 @@ impl Monitor {
                 }
             }
         }
-        // Still emulating after the budget: resume natively only if a plan
-        // exists; the planner decides on the next trap anyway.
-        Err(StopReason::Internal(format!(
-            "{EMULATION_BUDGET} instructions emulated in a row at EIP {:#x}",
-            self.cpu.eip
-        ))
-        .into())
     }
 
     /// The block at EIP if its straight-line code runs into its next point
@@ -1094,14 +1234,28 @@ impl Monitor {
         self.mmu
             .set_user_view(world, self.cpu.cpl == 3)
             .map_err(|error| StopReason::Internal(format!("shadow MMU user view: {error}")))?;
-        self.mmu.sync_pool(&*world);
+        self.mmu.sync_pool(world);
         self.counters.set(
             Counter::ShadowPages,
             self.mmu
                 .shadow()
                 .map_or(0, |shadow| shadow.mapped_pages() as u64),
         );
-        let (writes, selectors) = self.shadows.sync_out(&self.cpu, world)?;
+        let window = self.resumed_window.filter(|_| self.cpu.cpl == 0);
+        if window.is_some() && self.breakpoints_armed {
+            world.arm_breakpoints(&[]).map_err(StopReason::Internal)?;
+            self.breakpoints_armed = false;
+        }
+        if window.is_none() {
+            self.resumed_window = None;
+        }
+        self.counters.set(
+            Counter::SplitAliasPages,
+            self.mmu.split.mapped_pages() as u64,
+        );
+        self.counters
+            .set(Counter::SplitWindowMoves, u64::from(self.mmu.split.moves()));
+        let (writes, selectors) = self.shadows.sync_out(&self.cpu, world, window)?;
         self.counters.add(Counter::LdtWrites, writes as u64);
         // Last: a timer edge since the last look is due at once (the host
         // kicks right away), so none waits for a later trap.

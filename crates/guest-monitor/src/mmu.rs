@@ -254,6 +254,8 @@ pub struct Mmu {
     pool_seq: u64,
     /// The pool's epoch when this member last ran.
     pool_epoch: u64,
+    /// The split code view's alias pages in this process.
+    pub split: crate::split::SplitView,
 }
 
 /// What a member must catch up on when it takes the vCPU over.
@@ -398,6 +400,7 @@ impl Mmu {
                 let now = value & Cr0::PG != 0;
                 if was != now {
                     planner.invalidate_all();
+                    self.forget_all_code(world);
                     if now {
                         self.unmap_identity(world)?;
                         self.shadow = Some(Shadow::new(self.cr3));
@@ -445,10 +448,14 @@ impl Mmu {
                     // goes too; regions whose PDE stayed keep their code.
                     for region in switch.dropped_regions {
                         planner.invalidate_virt_range(region * 1024..(region + 1) * 1024);
+                        self.split
+                            .forget_virt_pages(world, region * 1024..(region + 1) * 1024);
                     }
                     for page in switch.dropped_decoded {
                         planner.invalidate_virt_page(GuestVirt(page * PAGE_SIZE));
+                        self.split.forget_virt_pages(world, page..page + 1);
                     }
+                    self.check_alias_regions(world);
                 }
             }
             4 => {
@@ -457,6 +464,7 @@ impl Mmu {
                 if pse_changed && let Some(shadow) = &mut self.shadow {
                     shadow.flush_all(&mut WorldMapper(world))?;
                     planner.invalidate_all();
+                    self.forget_all_code(world);
                 }
             }
             _ => {}
@@ -501,8 +509,12 @@ impl Mmu {
             for page in 0..1024 {
                 planner.invalidate_virt_page(GuestVirt(region + page * PAGE_SIZE));
             }
+            let first = region / PAGE_SIZE;
+            self.split.forget_virt_pages(world, first..first + 1024);
         } else {
             planner.invalidate_virt_page(GuestVirt(guest_virt));
+            let page = guest_virt / PAGE_SIZE;
+            self.split.forget_virt_pages(world, page..page + 1);
         }
         Ok(())
     }
@@ -543,16 +555,35 @@ impl Mmu {
                 });
             }
         }
-        self.apply_written(planner, guest_phys, len);
+        self.apply_written(world, planner, guest_phys, len);
     }
 
     /// The local effects of a write of `len` bytes at `guest_phys` (see
     /// [`Mmu::written`]), for this member's own writes and those it hears
     /// of from the pool.
-    fn apply_written(&mut self, planner: &mut Planner, guest_phys: u32, len: u32) {
+    fn apply_written(
+        &mut self,
+        world: &mut dyn WorldServices,
+        planner: &mut Planner,
+        guest_phys: u32,
+        len: u32,
+    ) {
         let first = guest_phys / PAGE_SIZE;
         let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
+        // A write to the page directory may map a region an alias sits in.
+        if self.shadow.is_some() && first == self.cr3 / PAGE_SIZE {
+            let first_entry = (guest_phys % PAGE_SIZE) / 4;
+            let last_entry = (guest_phys.wrapping_add(len.saturating_sub(1)) % PAGE_SIZE) / 4;
+            for entry in first_entry..=last_entry.max(first_entry) {
+                self.split.region_mapped_by_guest(world, entry << 22);
+            }
+        }
         for page in [first, last] {
+            // Decoded code on the page is gone: its alias too, in every
+            // process of the pool at once (they share the alias pages).
+            if let Some(aliases) = world.code_aliases() {
+                aliases.reset(page);
+            }
             planner.invalidate_phys_page(GuestPhys(page * PAGE_SIZE));
             if let Some(shadow) = &mut self.shadow {
                 shadow.untrack_code_page(GuestPhys(page * PAGE_SIZE));
@@ -625,11 +656,23 @@ impl Mmu {
     /// tracking since the last call; the first to track a page and the
     /// last to stop publish it. Call before the guest runs and before
     /// handing the vCPU over.
-    pub fn sync_pool(&mut self, world: &dyn WorldServices) {
+    ///
+    /// A page this address space stops tracking loses its code alias too
+    /// (the split view's invariant: an alias page holds decoded bytes only
+    /// while its guest page is write-protected, so that no write can make
+    /// them stale unnoticed).
+    pub fn sync_pool(&mut self, world: &mut dyn WorldServices) {
         let Some(shadow) = &mut self.shadow else {
             return;
         };
         let changes = shadow.take_tracking_changes();
+        if let Some(aliases) = world.code_aliases() {
+            for &(page, tracked) in &changes {
+                if !tracked {
+                    aliases.reset(page);
+                }
+            }
+        }
         let Some(pool) = world.address_spaces() else {
             return;
         };
@@ -735,6 +778,7 @@ impl Mmu {
         }
         if catchup.restarted {
             planner.invalidate_all();
+            self.forget_all_code(world);
             match &mut self.shadow {
                 Some(shadow) => shadow.flush_all(&mut WorldMapper(world))?,
                 None => self.shadow = Some(Shadow::new(cpu.cr3)),
@@ -742,6 +786,7 @@ impl Mmu {
         } else if pse_changed && let Some(shadow) = &mut self.shadow {
             shadow.flush_all(&mut WorldMapper(world))?;
             planner.invalidate_all();
+            self.forget_all_code(world);
         }
         let Some(shadow) = &mut self.shadow else {
             return Ok(catchup);
@@ -769,10 +814,13 @@ impl Mmu {
                 } => shadow.untrack_foreign(GuestPhys(page * PAGE_SIZE)),
                 Replay::Untracked { .. } => {}
                 Replay::Written { guest_phys, len } => {
+                    // The author reset the alias pages already.
                     planner.invalidate_phys_page(GuestPhys(guest_phys & !(PAGE_SIZE - 1)));
                     shadow.after_tracked_write(GuestPhys(guest_phys), len);
                     let last = guest_phys.wrapping_add(len.saturating_sub(1)) & !(PAGE_SIZE - 1);
                     planner.invalidate_phys_page(GuestPhys(last));
+                    // A write to this address space's directory may map
+                    // a region an alias sits in: checked after the load.
                 }
             }
         }
@@ -781,11 +829,15 @@ impl Mmu {
         deferred.apply(&mut WorldMapper(world))?;
         for region in switch.dropped_regions {
             planner.invalidate_virt_range(region * 1024..(region + 1) * 1024);
+            self.split
+                .forget_virt_pages(world, region * 1024..(region + 1) * 1024);
         }
         for page in switch.dropped_decoded {
             planner.invalidate_virt_page(GuestVirt(page * PAGE_SIZE));
+            self.split.forget_virt_pages(world, page..page + 1);
         }
         self.cr3 = cpu.cr3;
+        self.check_alias_regions(world);
         Ok(catchup)
     }
 
@@ -819,6 +871,38 @@ impl Mmu {
         )?;
         deferred.apply(&mut WorldMapper(world))?;
         Ok(Some(outcome))
+    }
+
+    /// Every alias mapping goes, and every alias page forgets its code:
+    /// the tracking that kept them valid is gone (paging turned on or off,
+    /// a PSE change, a fresh shadow).
+    fn forget_all_code(&mut self, world: &mut dyn WorldServices) {
+        self.split.drop_all(world);
+        if let Some(aliases) = world.code_aliases() {
+            aliases.reset_all();
+        }
+    }
+
+    /// The guest's page-directory entry for `linear` (None with paging
+    /// off or a directory outside RAM).
+    #[must_use]
+    pub fn pde(&self, world: &dyn WorldServices, linear: u32) -> Option<u32> {
+        self.shadow.as_ref()?;
+        let directory = self.cr3 & !(PAGE_SIZE - 1);
+        let mut entry = [0u8; 4];
+        world
+            .read_phys(directory + (linear >> 22) * 4, &mut entry)
+            .then(|| u32::from_le_bytes(entry))
+    }
+
+    /// Drops the aliases in regions the current page directory maps (after
+    /// a CR3 load or its replay).
+    fn check_alias_regions(&mut self, world: &mut dyn WorldServices) {
+        for region in self.split.alias_regions() {
+            if self.pde(&*world, region).is_none_or(|entry| entry & 1 != 0) {
+                self.split.region_mapped_by_guest(world, region);
+            }
+        }
     }
 
     /// Switches between the kernel view (every page the tables map may be
@@ -888,7 +972,7 @@ pub fn truncate_user_segment(descriptor: &Descriptor) -> Option<Descriptor> {
 
 /// Sets a byte limit no higher than `limit` that the descriptor format can
 /// hold: byte-granular up to 1 MiB, 4 KiB-granular (rounded down) above.
-fn set_limit(descriptor: &mut Descriptor, limit: u32) {
+pub(crate) fn set_limit(descriptor: &mut Descriptor, limit: u32) {
     if limit <= 0xf_ffff {
         descriptor.granular = false;
         descriptor.limit = limit;

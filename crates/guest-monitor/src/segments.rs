@@ -149,10 +149,15 @@ impl Shadows {
     /// Writes the slots whose descriptor changed and returns the host
     /// selectors for `cpu`'s segment registers. At CPL 3 the slots hold
     /// truncated descriptors ([`crate::mmu::truncate_user_segment`]).
+    ///
+    /// With `window` (the split code view, kernel mode), CS runs with the
+    /// window's base added and its limit cut to the EIPs the window
+    /// reaches, so the CPU fetches the alias pages.
     pub fn sync_out(
         &mut self,
         cpu: &Cpu,
         world: &mut dyn WorldServices,
+        window: Option<crate::split::Window>,
     ) -> Result<(usize, [u16; 6]), StopReason> {
         let mut writes = 0;
         let mut selectors = [0u16; 6];
@@ -170,6 +175,10 @@ impl Shadows {
                         crate::mmu::USER_TOP
                     ))
                 })?
+            } else if seg == SegReg::Cs
+                && let Some(window) = window
+            {
+                split_code_segment(&segment.cache, window)
             } else {
                 segment.cache
             };
@@ -185,6 +194,19 @@ impl Shadows {
         }
         Ok((writes, selectors))
     }
+}
+
+/// The shadow of a kernel code segment in the split view: based at the
+/// window's B plus its own base, with a limit that keeps B + linear EIP
+/// within the window's reach.
+fn split_code_segment(descriptor: &Descriptor, window: crate::split::Window) -> Descriptor {
+    let mut shadow = *descriptor;
+    shadow.base = descriptor.base.wrapping_add(window.base);
+    let reach = window.max_linear.saturating_sub(descriptor.base);
+    if descriptor.limit > reach {
+        crate::mmu::set_limit(&mut shadow, reach);
+    }
+    shadow
 }
 
 fn escape(seg: SegReg, selector: u16, why: &str) -> StopReason {

@@ -72,7 +72,9 @@ impl GuestView<'_> {
             return Err(Stop::Machine("the host ended the VM".into()));
         }
         // A host device's line may have changed with this access.
-        self.chipset.set_host_levels(self.world.irq_levels());
+        let pulses = self.world.take_irq_pulses();
+        self.chipset
+            .set_host_levels(self.world.irq_levels(), pulses);
         Ok(reply)
     }
 }

@@ -453,12 +453,10 @@ fn boot(
         eprintln!("-- {what}");
     }
     let request = RunRequest {
-        kernel: format!("(generated: {what})").into(),
-        memory_mib: MEMORY_MIB,
-        cmdline: String::new(),
+        memory_mib: Some(MEMORY_MIB),
         stats,
-        trace: false,
         address_spaces,
+        ..RunRequest::new(format!("(generated: {what})"))
     };
     let mut results = GuestResults::default();
     let outcome = run_image(&request, image, std::io::sink(), |ram| {

@@ -4,9 +4,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod boot;
 pub mod calibrate;
+pub mod console;
 pub mod elf;
 pub mod image;
+pub mod linux;
 pub mod multiboot;
 pub mod report;
 pub mod run;
@@ -82,6 +85,14 @@ pub enum LoaderError {
     /// A calibration measurement could not be made.
     #[error("calibration: {0}")]
     Calibrate(String),
+    /// A file that is neither kind of kernel `btvmm run` boots.
+    #[error(
+        "not a kernel btvmm can boot: neither a Linux bzImage (boot sector signature 0xAA55 and a \"HdrS\" setup header at 0x1F1) nor a Multiboot kernel (magic 0x1BADB002 with a valid checksum in the first 8 KiB)"
+    )]
+    UnknownKernel,
+    /// A bzImage that cannot be booted.
+    #[error("cannot boot this Linux kernel: {0}")]
+    Linux(String),
     /// A Multiboot kernel that cannot be loaded.
     #[error("cannot boot this Multiboot kernel: {0}")]
     Multiboot(String),

@@ -30,22 +30,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a 32-bit Multiboot kernel (paging off) natively under
-    /// breakpoint tracing. COM1 goes to standard output; a write of v to
-    /// the debug-exit port 0xf4 ends the run with status (v << 1) | 1, as
-    /// QEMU's isa-debug-exit does.
+    /// Boot a kernel natively under breakpoint tracing: a Linux bzImage
+    /// (the 32-bit boot protocol, with an optional initrd) or a Multiboot
+    /// kernel, recognised from the file. COM1 is the console on standard
+    /// input and output (a terminal is put in raw mode: Ctrl-A x quits,
+    /// Ctrl-A Ctrl-A sends Ctrl-A). The run ends with status 0 when the
+    /// guest powers off (or resets, with --no-reboot); a write of v to the
+    /// debug-exit port 0xf4 ends it with status (v << 1) | 1, as QEMU's
+    /// isa-debug-exit does; a VM that had to stop ends with status 2.
     Run {
-        /// The Multiboot (v1) kernel, ELF32 or a.out kludge.
+        /// The kernel: a Linux bzImage (e.g. Debian's vmlinuz-*-686) or a
+        /// Multiboot (v1) kernel, ELF32 or a.out kludge.
         #[arg(long)]
         kernel: PathBuf,
-        /// Guest RAM in MiB.
-        #[arg(long, default_value_t = 128)]
-        memory: u32,
+        /// The initial RAM disk (Linux).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Guest RAM in MiB [default: 256 for Linux, 128 for Multiboot].
+        #[arg(long)]
+        memory: Option<u32>,
         /// The kernel command line.
-        #[arg(long, default_value = "")]
-        cmdline: String,
-        /// Print the monitor's counters (traps, emulations, exits) to
-        /// standard error at the end.
+        #[arg(long, visible_alias = "cmdline", default_value = "")]
+        append: String,
+        /// When the guest resets, end the run (status 0) instead of
+        /// booting it again.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Print the monitor's counters (traps, emulations, exits) and the
+        /// ports the guest probed that no device claims to standard error
+        /// at the end.
         #[arg(long)]
         stats: bool,
         /// Trace every trap, emulation and resume of the monitor to
@@ -58,6 +71,11 @@ enum Command {
         #[arg(long, default_value_t = host_loader::run::DEFAULT_ADDRESS_SPACES,
               value_parser = clap::value_parser!(u8).range(1..=8))]
         address_spaces: u8,
+        /// How guest kernel code is traced: `split` runs it from alias
+        /// pages with INT3 where the monitor must step in (DESIGN.md 3b),
+        /// `hw` with the CPU's 4 hardware breakpoints only.
+        #[arg(long, value_enum, default_value_t = BreakpointsArg::Split)]
+        breakpoints: BreakpointsArg,
     },
     /// Measure what each monitor path costs on this host against the bare
     /// host trap(s) it needs, side by side in one run.
@@ -104,6 +122,9 @@ enum Command {
         /// region is on descriptor 5).
         #[arg(long)]
         member: Option<usize>,
+        /// Use the split code view (the code aliases are on descriptor 6).
+        #[arg(long)]
+        split: bool,
     },
     /// Report what breakpoint tracing faces in a kernel: instruction and
     /// point-of-interest counts, and the CFG and breakpoint plans from an
@@ -148,10 +169,19 @@ enum Command {
     },
 }
 
+/// `--breakpoints`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BreakpointsArg {
+    /// Hardware breakpoints only.
+    Hw,
+    /// The split code view.
+    Split,
+}
+
 /// The world process: attach to what the host passed, build the monitor
 /// and enter the guest. Returns only on a set-up error.
-fn world_main(ram_size: usize, trace: bool, member: Option<usize>) -> anyhow::Error {
-    use world_switch::spawn::{CHANNEL_FD, POOL_FD, RAM_FD};
+fn world_main(ram_size: usize, trace: bool, member: Option<usize>, split: bool) -> anyhow::Error {
+    use world_switch::spawn::{ALIAS_FD, CHANNEL_FD, POOL_FD, RAM_FD};
     // SAFETY: the host's spawn put the guest RAM and channel memfds on
     // these descriptors for this process alone.
     let mut world =
@@ -166,18 +196,30 @@ fn world_main(ram_size: usize, trace: bool, member: Option<usize>) -> anyhow::Er
             return error.into();
         }
     }
+    if split {
+        // SAFETY: the host's spawn put the alias memfd on this descriptor
+        // for this process alone.
+        if let Err(error) = unsafe { world.attach_aliases(ALIAS_FD) } {
+            return error.into();
+        }
+    }
     let boot = world.channel().boot();
     let boot = guest_monitor::Boot {
         eip: boot.eip,
-        eax: boot.eax,
-        ebx: boot.ebx,
-        esp: boot.esp,
+        gpr: boot.gpr,
+        code_selector: boot.code_selector,
+        data_selector: boot.data_selector,
+        gdt: (boot.gdt_base, boot.gdt_limit),
+        wall_clock_ns: i128::from(world.channel().wall_clock_ns()),
+        ram_bytes: ram_size as u64,
     };
     let mut monitor = match guest_monitor::Monitor::new(boot, world.cpuid_faults()) {
         Ok(monitor) => monitor,
         Err(error) => return error.into(),
     };
     monitor.set_trace(trace);
+    monitor.set_split(split);
+    monitor.set_host_fast_path(world.host_fast_path());
     match world.run(move |trap, registers, world| monitor.handle(trap, registers, world)) {
         Ok(never) => match never {},
         Err(error) => error.into(),
@@ -195,6 +237,7 @@ fn parse_address(text: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     // A panic is a bug in btvmm; report it in one line, never as a trace.
     std::panic::set_hook(Box::new(|info| {
+        host_loader::console::restore_terminal();
         eprintln!("btvmm: internal error: {info}");
         std::process::exit(EXIT_INTERNAL);
     }));
@@ -202,6 +245,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            host_loader::console::restore_terminal();
             eprintln!("btvmm: error: {error:#}");
             ExitCode::from(EXIT_BAD_INPUT)
         }
@@ -212,21 +256,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             kernel,
+            initrd,
             memory,
-            cmdline,
+            append,
+            no_reboot,
             stats,
             trace,
             address_spaces,
+            breakpoints,
         } => {
             let request = RunRequest {
                 kernel,
+                initrd,
                 memory_mib: memory,
-                cmdline,
+                cmdline: append,
+                no_reboot,
                 stats,
                 trace,
                 address_spaces: usize::from(address_spaces),
+                console_input: true,
+                breakpoints: match breakpoints {
+                    BreakpointsArg::Hw => host_loader::run::Breakpoints::Hardware,
+                    BreakpointsArg::Split => host_loader::run::Breakpoints::Split,
+                },
             };
-            let outcome = host_loader::run::run(&request, std::io::stdout())?;
+            let outcome = host_loader::run::run(&request, std::io::stdout());
+            host_loader::console::restore_terminal();
+            let outcome = outcome?;
             let _ = std::io::stdout().flush();
             if request.stats {
                 for (name, value) in outcome.counters.report() {
@@ -240,6 +296,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         memory.shared_kib,
                         memory.mappings
                     );
+                }
+                for (port, reads, writes) in &outcome.unclaimed_ports {
+                    eprintln!(
+                        "unclaimed port {port:#06x}: {reads} reads, {writes} writes (floating: all ones)"
+                    );
+                }
+                if outcome.resets > 0 {
+                    eprintln!("guest resets: {}", outcome.resets);
                 }
             }
             if let Some(message) = outcome.message() {
@@ -285,8 +349,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ram_size,
             trace,
             member,
+            split,
         } => {
-            let error = world_main(ram_size, trace, member);
+            let error = world_main(ram_size, trace, member, split);
             anyhow::bail!("world process: {error}");
         }
         Command::Plan {

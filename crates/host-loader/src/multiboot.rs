@@ -8,9 +8,16 @@ use object::elf::PT_LOAD;
 use object::read::elf::{ElfFile32, FileHeader, ProgramHeader};
 
 use crate::LoaderError;
+use crate::boot::Handover;
 
-/// Puts bytes into guest RAM at a physical address.
+/// Puts bytes into guest RAM at a physical address (and remembers the
+/// range, so that the boot information goes elsewhere).
 type Place<'a> = dyn FnMut(u32, &[u8]) -> Result<(), LoaderError> + 'a;
+/// Says whether `len` bytes at a physical address fit guest RAM, before
+/// anything is allocated for them.
+fn fits(ram_size: u32, phys: u32, len: u64) -> bool {
+    u64::from(phys) + len <= u64::from(ram_size)
+}
 
 /// The Multiboot header magic.
 const HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -31,20 +38,17 @@ const INFO_CMDLINE: u32 = 1 << 2;
 const INFO_MMAP: u32 = 1 << 6;
 const INFO_LOADER_NAME: u32 = 1 << 9;
 
-/// Where the boot information, command line and memory map go: above the
-/// never-mapped low 64 KiB, below conventional memory's end.
+/// Where the boot information, command line and memory map go unless the
+/// kernel is loaded there: above the never-mapped low 64 KiB, below
+/// conventional memory's end.
 pub const BOOT_INFO_ADDRESS: u32 = 0x2_0000;
+/// The first address boot information may use.
+const BOOT_INFO_LOWEST: u32 = 0x1_0000;
 
-/// What the loader hands over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handover {
-    /// Entry point (EIP).
-    pub entry: u32,
-    /// EAX.
-    pub eax: u32,
-    /// EBX: the boot information address.
-    pub ebx: u32,
-}
+/// The flat code and data selectors of the Multiboot hand-over (the
+/// specification leaves them undefined; GRUB uses these).
+const MULTIBOOT_CS: u16 = 0x08;
+const MULTIBOOT_DS: u16 = 0x10;
 
 /// The header found in a kernel file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,10 +79,11 @@ pub(crate) fn find_header(file: &[u8]) -> Result<Header, LoaderError> {
             };
             magic == HEADER_MAGIC && magic.wrapping_add(flags).wrapping_add(checksum) == 0
         })
-        .ok_or_else(|| LoaderError::NotAKernel {
-            reason:
+        .ok_or_else(|| {
+            LoaderError::Multiboot(
                 "no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB"
                     .into(),
+            )
         })?;
     let field = |index: usize| word(file, offset + 4 * index).unwrap_or(0);
     Ok(Header {
@@ -122,7 +127,8 @@ pub fn aout_kludge_image(load: u32, code: &[u8], entry: u32) -> Vec<u8> {
 }
 
 /// Loads a Multiboot kernel into guest RAM (`write(phys, bytes)` returns
-/// false outside RAM) of `ram_size` bytes and builds the boot information.
+/// false outside RAM) of `ram_size` bytes and builds the boot information
+/// where the kernel left room for it.
 pub fn load(
     file: &[u8],
     ram_size: u32,
@@ -142,34 +148,81 @@ pub fn load(
             "the kernel requires unknown Multiboot features (flags {required_unknown:#x})"
         )));
     }
+    let mut loaded: Vec<(u64, u64)> = Vec::new();
     let mut place = |phys: u32, bytes: &[u8]| -> Result<(), LoaderError> {
         if bytes.is_empty() {
             return Ok(());
         }
-        if !write(phys, bytes) {
+        if !fits(ram_size, phys, bytes.len() as u64) || !write(phys, bytes) {
             return Err(LoaderError::Multiboot(format!(
                 "{} bytes at {phys:#x} do not fit the guest's {ram_size} bytes of RAM",
                 bytes.len()
             )));
         }
+        loaded.push((u64::from(phys), u64::from(phys) + bytes.len() as u64));
         Ok(())
     };
     let entry = if header.flags & FLAG_AOUT_KLUDGE != 0 {
-        load_aout(file, &header, &mut place)?
+        load_aout(file, &header, ram_size, &mut place)?
     } else {
-        load_elf(file, &mut place)?
+        load_elf(file, ram_size, &mut place)?
     };
 
-    let info = boot_information(ram_size, cmdline);
-    place(BOOT_INFO_ADDRESS, &info)?;
+    let info_len = boot_information(ram_size, cmdline, 0).len() as u64;
+    let info_at = boot_info_address(&loaded, info_len, ram_size)?;
+    let info = boot_information(ram_size, cmdline, info_at);
+    if !write(info_at, &info) {
+        return Err(LoaderError::Multiboot(
+            "the boot information does not fit guest RAM".into(),
+        ));
+    }
+    let mut gpr = [0; 8];
+    gpr[0] = BOOTLOADER_MAGIC; // EAX
+    gpr[3] = info_at; // EBX
     Ok(Handover {
-        entry,
-        eax: BOOTLOADER_MAGIC,
-        ebx: BOOT_INFO_ADDRESS,
+        eip: entry,
+        gpr,
+        code_selector: MULTIBOOT_CS,
+        data_selector: MULTIBOOT_DS,
+        gdt_base: 0,
+        gdt_limit: 0,
     })
 }
 
-fn load_aout(file: &[u8], header: &Header, place: &mut Place<'_>) -> Result<u32, LoaderError> {
+/// The first place for `len` bytes of boot information that overlaps no
+/// loaded range: [`BOOT_INFO_ADDRESS`] when it is free, else the lowest
+/// free 4 KiB-aligned address above the low 64 KiB.
+fn boot_info_address(loaded: &[(u64, u64)], len: u64, ram_size: u32) -> Result<u32, LoaderError> {
+    let free = |at: u64| {
+        at + len <= u64::from(ram_size)
+            && loaded
+                .iter()
+                .all(|&(start, end)| at + len <= start || end <= at)
+    };
+    let candidates = std::iter::once(u64::from(BOOT_INFO_ADDRESS))
+        .chain(std::iter::once(u64::from(BOOT_INFO_LOWEST)))
+        .chain(loaded.iter().map(|&(_, end)| end.next_multiple_of(0x1000)));
+    let mut candidates: Vec<u64> = candidates
+        .filter(|&at| at >= u64::from(BOOT_INFO_LOWEST))
+        .collect();
+    candidates[1..].sort_unstable();
+    candidates
+        .into_iter()
+        .find(|&at| free(at))
+        .and_then(|at| u32::try_from(at).ok())
+        .ok_or_else(|| {
+            LoaderError::Multiboot(
+                "no room in guest RAM for the boot information beside the kernel".into(),
+            )
+        })
+}
+
+fn load_aout(
+    file: &[u8],
+    header: &Header,
+    ram_size: u32,
+    place: &mut Place<'_>,
+) -> Result<u32, LoaderError> {
     let bad = |why: &str| LoaderError::Multiboot(format!("bad a.out kludge addresses: {why}"));
     if header.load_addr > header.header_addr {
         return Err(bad("load_addr above header_addr"));
@@ -194,6 +247,13 @@ fn load_aout(file: &[u8], header: &Header, place: &mut Place<'_>) -> Result<u32,
     #[allow(clippy::cast_possible_truncation)] // checked to fit RAM above
     let loaded_end = header.load_addr.wrapping_add(image.len() as u32);
     if header.bss_end_addr > loaded_end {
+        if !fits(
+            ram_size,
+            loaded_end,
+            u64::from(header.bss_end_addr - loaded_end),
+        ) {
+            return Err(bad("the BSS runs past the end of guest RAM"));
+        }
         place(
             loaded_end,
             &vec![0; (header.bss_end_addr - loaded_end) as usize],
@@ -202,7 +262,7 @@ fn load_aout(file: &[u8], header: &Header, place: &mut Place<'_>) -> Result<u32,
     Ok(header.entry_addr)
 }
 
-fn load_elf(file: &[u8], place: &mut Place<'_>) -> Result<u32, LoaderError> {
+fn load_elf(file: &[u8], ram_size: u32, place: &mut Place<'_>) -> Result<u32, LoaderError> {
     let elf = ElfFile32::<Endianness>::parse(file).map_err(|error| {
         LoaderError::Multiboot(format!(
             "neither an ELF32 file nor an a.out kludge header: {error}"
@@ -233,22 +293,24 @@ fn load_elf(file: &[u8], place: &mut Place<'_>) -> Result<u32, LoaderError> {
             ));
         }
         loaded += memory_size as u64;
-        if loaded > 1 << 31 {
-            return Err(LoaderError::Multiboot(
-                "the segments are larger than 2 GiB".into(),
-            ));
+        let paddr = segment.p_paddr(endian);
+        // Checked before anything is allocated for the segment.
+        if loaded > 1 << 31 || !fits(ram_size, paddr, memory_size as u64) {
+            return Err(LoaderError::Multiboot(format!(
+                "a segment of {memory_size:#x} bytes at {paddr:#x} does not fit the guest's {ram_size} bytes of RAM"
+            )));
         }
         let mut bytes = data.to_vec();
         bytes.resize(memory_size, 0);
-        place(segment.p_paddr(endian), &bytes)?;
+        place(paddr, &bytes)?;
     }
     Ok(header.e_entry(endian))
 }
 
 /// The boot information block: the structure, then the memory map, the
 /// command line and the loader name, all in one buffer placed at
-/// [`BOOT_INFO_ADDRESS`].
-fn boot_information(ram_size: u32, cmdline: &str) -> Vec<u8> {
+/// `info_at`.
+fn boot_information(ram_size: u32, cmdline: &str, info_at: u32) -> Vec<u8> {
     const INFO_SIZE: u32 = 0x58;
     const MMAP_ENTRY: u32 = 24;
     let mmap: [(u64, u64, u32); 3] = [
@@ -256,7 +318,7 @@ fn boot_information(ram_size: u32, cmdline: &str) -> Vec<u8> {
         (0x9_fc00, 0x400, 2),
         (0x10_0000, u64::from(ram_size).saturating_sub(0x10_0000), 1),
     ];
-    let mmap_at = BOOT_INFO_ADDRESS + INFO_SIZE;
+    let mmap_at = info_at + INFO_SIZE;
     #[allow(clippy::cast_possible_truncation)] // three entries
     let mmap_length = MMAP_ENTRY * mmap.len() as u32;
     let cmdline_at = mmap_at + mmap_length;
@@ -324,8 +386,9 @@ mod tests {
         file.extend_from_slice(&[0xf4; 16]);
         let (result, ram) = load_into(&file);
         let handover = result.expect("loads");
-        assert_eq!(handover.entry, 0x10_0030);
-        assert_eq!(handover.eax, BOOTLOADER_MAGIC);
+        assert_eq!(handover.eip, 0x10_0030);
+        assert_eq!(handover.gpr[0], BOOTLOADER_MAGIC);
+        assert_eq!(handover.gpr[3], BOOT_INFO_ADDRESS);
         assert_eq!(ram[&0x10_0000], file);
         #[allow(clippy::cast_possible_truncation)]
         let bss_start = 0x10_0000 + file.len() as u32;
@@ -343,7 +406,7 @@ mod tests {
     fn bad_kernels_are_refused() {
         assert!(matches!(
             load_into(&[0u8; 100]).0,
-            Err(LoaderError::NotAKernel { .. })
+            Err(LoaderError::Multiboot(_))
         ));
         let mut bad_checksum = header(0);
         bad_checksum[8] ^= 1;
@@ -361,5 +424,67 @@ mod tests {
             load_into(&header(0)).0,
             Err(LoaderError::Multiboot(_))
         ));
+    }
+
+    /// An ELF whose one segment claims almost 2 GiB of memory is refused
+    /// before anything that size is allocated.
+    #[test]
+    fn huge_segments_are_refused_before_allocation() {
+        let file = elf_with_segment(0x10_0000, 0x7ff0_0000);
+        let (result, ram) = load_into(&file);
+        let error = result.expect_err("does not fit 64 MiB");
+        assert!(error.to_string().contains("does not fit"), "{error}");
+        assert!(ram.is_empty());
+    }
+
+    /// A kernel loaded where the boot information usually goes pushes the
+    /// boot information elsewhere instead of being overwritten.
+    #[test]
+    fn boot_information_avoids_the_kernel() {
+        let mut file = vec![0x90u8; 16];
+        file.extend(header(FLAG_AOUT_KLUDGE));
+        for value in [0x2_0010u32, 0x2_0000, 0, 0x2_2000, 0x2_0030] {
+            file.extend_from_slice(&value.to_le_bytes());
+        }
+        let (result, ram) = load_into(&file);
+        let handover = result.expect("loads");
+        let info_at = handover.gpr[3];
+        assert!(
+            info_at >= 0x2_2000 || info_at + 0x100 <= 0x2_0000,
+            "{info_at:#x}"
+        );
+        assert!(info_at >= 0x1_0000);
+        assert_eq!(ram[&0x2_0000][..16], [0x90; 16]);
+    }
+
+    /// A minimal ELF32 for i386 with one PT_LOAD segment of `memsz` bytes
+    /// (4 of them in the file) at `paddr`.
+    fn elf_with_segment(paddr: u32, memsz: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 0x60];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1; // 32-bit
+        elf[5] = 1; // little endian
+        elf[6] = 1;
+        elf[0x10..0x12].copy_from_slice(&2u16.to_le_bytes()); // executable
+        elf[0x12..0x14].copy_from_slice(&3u16.to_le_bytes()); // i386
+        elf[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
+        elf[0x18..0x1c].copy_from_slice(&paddr.to_le_bytes()); // entry
+        elf[0x1c..0x20].copy_from_slice(&0x34u32.to_le_bytes()); // phoff
+        elf[0x28..0x2a].copy_from_slice(&0x34u16.to_le_bytes()); // ehsize
+        elf[0x2a..0x2c].copy_from_slice(&0x20u16.to_le_bytes()); // phentsize
+        elf[0x2c..0x2e].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        let ph = 0x34;
+        for (index, value) in [1u32, 0x60, paddr, paddr, 4, memsz, 7, 4]
+            .into_iter()
+            .enumerate()
+        {
+            elf[ph + 4 * index..ph + 4 * index + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        // A Multiboot header (no flags) after the program header.
+        let mut file = elf;
+        file.truncate(0x54);
+        file.extend(header(0));
+        file.extend_from_slice(&[0xf4; 4]);
+        file
     }
 }

@@ -1,15 +1,20 @@
-//! `btvmm run`: boot a kernel in a world process and serve its exits.
+//! `btvmm run`: boot a kernel in world processes and serve their exits.
 //!
 //! The host process owns guest RAM (a memfd), the channel, the devices that
-//! need host resources and the console; the world process runs the guest,
+//! need host resources and the console; the world processes run the guest,
 //! its monitor and the interrupt/timer chipset. The host loop waits on the
-//! channel, answers port I/O from the device bus, wakes the world when its
-//! timer is due, and ends the VM when the guest writes the debug-exit
-//! port, stops, or the world dies.
+//! channel, answers port I/O from the device bus, feeds console input to
+//! COM1, and ends the VM when the guest powers off, writes the debug-exit
+//! port, stops, or a world dies. A reset (keyboard controller, port 0x92,
+//! a triple fault) boots the kernel again from its entry in fresh RAM and
+//! fresh world processes, unless `--no-reboot` asks to end instead.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use btvmm_core::{Exit, Reply, StopReason};
@@ -17,31 +22,94 @@ use devices::BusEffect;
 use devices::board::Board;
 use guest_monitor::counters::Counters;
 use world_switch::channel::{BootState, CHANNEL_BYTES, Channel};
+use world_switch::sys::alias::AliasMemory;
 use world_switch::sys::memory::{GuestRam, SharedRegion};
 
 use crate::LoaderError;
-use crate::multiboot;
+use crate::boot::{Handover, KernelKind};
+use crate::console::{Console, ConsoleEvent};
+use crate::{linux, multiboot};
 
 /// Exit status of `btvmm run` when the VM stopped for a reason other than
-/// the debug-exit port (even, so it never collides with QEMU's debug-exit
-/// statuses, which are odd).
+/// the guest's own ending (even, so it never collides with QEMU's
+/// debug-exit statuses, which are odd).
 pub const EXIT_VM_STOPPED: i32 = 2;
+
+/// Guest RAM for a Linux kernel unless `--memory` says otherwise, MiB.
+pub const DEFAULT_LINUX_MEMORY_MIB: u32 = 256;
+/// Guest RAM for a Multiboot test kernel unless `--memory` says otherwise.
+pub const DEFAULT_MULTIBOOT_MEMORY_MIB: u32 = 128;
+
+/// The largest initrd btvmm reads (it must fit guest RAM anyway).
+const MAX_INITRD_BYTES: u64 = 2 << 30;
 
 /// What `btvmm run` was asked.
 #[derive(Clone, Debug)]
 pub struct RunRequest {
-    /// The Multiboot kernel.
+    /// The kernel: a Linux bzImage or a Multiboot kernel.
     pub kernel: PathBuf,
-    /// Guest RAM in MiB.
-    pub memory_mib: u32,
+    /// The initial RAM disk (Linux only).
+    pub initrd: Option<PathBuf>,
+    /// Guest RAM in MiB (None: the default for the kernel's kind).
+    pub memory_mib: Option<u32>,
     /// The kernel command line.
     pub cmdline: String,
+    /// End the run when the guest resets instead of booting again.
+    pub no_reboot: bool,
     /// Print the monitor's counters at the end.
     pub stats: bool,
     /// Trace the monitor to standard error.
     pub trace: bool,
     /// World processes in the pool of address spaces (1 to 8).
     pub address_spaces: usize,
+    /// Feed standard input to COM1 (raw mode on a terminal).
+    pub console_input: bool,
+    /// How guest kernel code is traced.
+    pub breakpoints: Breakpoints,
+}
+
+/// How guest kernel code is traced (`--breakpoints`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breakpoints {
+    /// The CPU's hardware breakpoints only, as in the dissertation.
+    Hardware,
+    /// The split code view (DESIGN.md 3b): INT3 in alias pages the guest
+    /// cannot see, hardware breakpoints where an alias cannot be placed.
+    Split,
+}
+
+impl Breakpoints {
+    /// The mechanism for this host: the split view, whose INT3 costs about
+    /// a #GP where a hardware breakpoint's #DB costs 3-20 times more.
+    pub const DEFAULT: Self = Self::Split;
+
+    /// The option's spelling.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Hardware => "hw",
+            Self::Split => "split",
+        }
+    }
+}
+
+impl RunRequest {
+    /// A request to boot `kernel` with the defaults and no console input.
+    #[must_use]
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            memory_mib: None,
+            cmdline: String::new(),
+            no_reboot: false,
+            stats: false,
+            trace: false,
+            address_spaces: usize::from(DEFAULT_ADDRESS_SPACES),
+            console_input: false,
+            breakpoints: Breakpoints::DEFAULT,
+        }
+    }
 }
 
 /// World processes kept for guest address spaces unless asked otherwise.
@@ -52,13 +120,18 @@ pub const DEFAULT_ADDRESS_SPACES: u8 = 4;
 pub enum Ending {
     /// The guest wrote the debug-exit port: this is the exit status.
     DebugExit(i32),
+    /// The guest powered off: it halted with interrupts disabled, which is
+    /// how Linux ends `poweroff` on a PC without ACPI ("reboot: Power
+    /// down"), and nothing but a reset could wake it.
+    PowerOff,
+    /// The guest reset the machine and `--no-reboot` was given.
+    Reset,
+    /// The user asked to end the VM at the console (`Ctrl-A x`).
+    Quit,
+    /// The btvmm process got this signal (SIGINT, SIGTERM).
+    Signal(i32),
     /// The VM stopped.
     Stopped(StopReason),
-    /// The guest halted with nothing that could wake it.
-    Halted {
-        /// The virtual interrupt flag at the HLT.
-        interrupts_enabled: bool,
-    },
     /// The world process ended on its own.
     WorldDied(String),
 }
@@ -108,9 +181,14 @@ pub struct RunOutcome {
     pub ending: Ending,
     /// The monitor's last published counters.
     pub counters: Counters,
-    /// Each world process's memory at the debug-exit port (empty for other
-    /// endings).
+    /// Each world process's memory at the debug-exit port, with `--stats`
+    /// (empty otherwise and for other endings).
     pub worlds: Vec<WorldMemory>,
+    /// Ports no device claims that the guest accessed: (port, reads,
+    /// writes).
+    pub unclaimed_ports: Vec<(u16, u64, u64)>,
+    /// How many times the guest reset and was booted again.
+    pub resets: u64,
 }
 
 impl RunOutcome {
@@ -119,32 +197,56 @@ impl RunOutcome {
     pub fn exit_status(&self) -> i32 {
         match self.ending {
             Ending::DebugExit(status) => status,
-            _ => EXIT_VM_STOPPED,
+            Ending::PowerOff | Ending::Reset | Ending::Quit => 0,
+            Ending::Signal(signal) => 128 + signal,
+            Ending::Stopped(_) | Ending::WorldDied(_) => EXIT_VM_STOPPED,
         }
     }
 
-    /// A one-line description of an ending other than the debug-exit port.
+    /// A one-line description of the ending, when it is worth telling the
+    /// user (not for the guest's own ways of ending).
     #[must_use]
     pub fn message(&self) -> Option<String> {
         match &self.ending {
-            Ending::DebugExit(_) => None,
+            Ending::DebugExit(_) | Ending::PowerOff | Ending::Quit => None,
+            Ending::Reset => Some("the guest reset the machine; stopping (--no-reboot)".into()),
+            Ending::Signal(signal) => Some(format!("stopped by signal {signal}")),
             Ending::Stopped(reason) => Some(format!("the VM stopped: {reason}")),
-            Ending::Halted {
-                interrupts_enabled: false,
-            } => Some("the VM stopped: the guest halted with interrupts disabled".into()),
-            Ending::Halted {
-                interrupts_enabled: true,
-            } => Some("the VM stopped: the guest halted".into()),
             Ending::WorldDied(how) => Some(format!("the VM stopped: the world process {how}")),
         }
     }
 }
 
+/// The kernel and initrd of a run, read and recognised.
+struct Images {
+    kernel: Vec<u8>,
+    kind: KernelKind,
+    initrd: Option<Vec<u8>>,
+}
+
 /// Boots the kernel and serves the VM until it ends. Guest console output
 /// goes to `console`.
 pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOutcome, LoaderError> {
+    check_request(request)?;
     let kernel = crate::report::read_limited(&request.kernel)?;
-    run_image(request, &kernel, console, |_| {})
+    let kind = KernelKind::detect(&kernel)?;
+    let initrd = match &request.initrd {
+        None => None,
+        Some(path) => {
+            if kind != KernelKind::BzImage {
+                return Err(LoaderError::Option(
+                    "--initrd is for Linux kernels; this is a Multiboot kernel".into(),
+                ));
+            }
+            Some(read_initrd(path)?)
+        }
+    };
+    let images = Images {
+        kernel,
+        kind,
+        initrd,
+    };
+    serve_vm(request, &images, console, |_| {})
 }
 
 /// Boots the Multiboot kernel image `kernel` (`request.kernel` only names
@@ -156,30 +258,25 @@ pub fn run_image(
     console: impl Write + 'static,
     inspect: impl FnOnce(&GuestRam),
 ) -> Result<RunOutcome, LoaderError> {
-    if !(2..=3072).contains(&request.memory_mib) {
+    check_request(request)?;
+    let images = Images {
+        kernel: kernel.to_vec(),
+        kind: KernelKind::detect(kernel)?,
+        initrd: None,
+    };
+    serve_vm(request, &images, console, inspect)
+}
+
+/// The checks that need no file: bad options fail before anything is
+/// built.
+fn check_request(request: &RunRequest) -> Result<(), LoaderError> {
+    if let Some(memory) = request.memory_mib
+        && !(2..=3072).contains(&memory)
+    {
         return Err(LoaderError::Option(format!(
-            "--memory {} is outside 2..=3072 MiB",
-            request.memory_mib
+            "--memory {memory} is outside 2..=3072 MiB"
         )));
     }
-    let ram_size = request.memory_mib << 20;
-    let ram = GuestRam::create(ram_size as usize)?;
-    let handover = multiboot::load(kernel, ram_size, &request.cmdline, &mut |phys, bytes| {
-        ram.write(phys, bytes)
-    })?;
-
-    let channel = Channel::new(SharedRegion::create(CHANNEL_BYTES)?)?;
-    channel.set_epoch(world_switch::channel::monotonic_ns());
-    channel.set_boot(BootState {
-        eip: handover.entry,
-        eax: handover.eax,
-        ebx: handover.ebx,
-        esp: 0,
-    });
-    let exe = std::env::current_exe().map_err(|source| LoaderError::Io {
-        path: "/proc/self/exe".into(),
-        source,
-    })?;
     if !(1..=world_switch::pool::MAX_MEMBERS).contains(&request.address_spaces) {
         return Err(LoaderError::Option(format!(
             "--address-spaces {} is outside 1..={}",
@@ -187,123 +284,161 @@ pub fn run_image(
             world_switch::pool::MAX_MEMBERS
         )));
     }
-    let pool = if request.address_spaces > 1 {
-        Some(world_switch::pool::Pool::create(
-            request.address_spaces,
-            ram_size / 4096,
-        )?)
-    } else {
-        None
+    Ok(())
+}
+
+fn read_initrd(path: &std::path::Path) -> Result<Vec<u8>, LoaderError> {
+    use std::io::Read;
+    let io = |source| LoaderError::Io {
+        path: path.to_owned(),
+        source,
     };
-    // Host and worlds on one CPU (see spawn).
-    let cpu = world_switch::spawn::current_cpu();
-    if let Some(cpu) = cpu {
-        world_switch::spawn::pin_to(cpu)?;
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INITRD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_INITRD_BYTES {
+        return Err(LoaderError::Option(format!(
+            "the initrd {} is larger than {} MiB",
+            path.display(),
+            MAX_INITRD_BYTES >> 20
+        )));
     }
-    let mut worlds = Vec::new();
-    for member in 0..request.address_spaces {
-        let mut args = vec![
-            "__world".to_owned(),
-            "--ram-size".to_owned(),
-            ram_size.to_string(),
-        ];
-        if request.trace {
-            args.push("--trace".to_owned());
+    Ok(bytes)
+}
+
+/// Loads the kernel (and initrd) into `ram` of `ram_size` bytes.
+fn load(
+    images: &Images,
+    request: &RunRequest,
+    ram: &GuestRam,
+    ram_size: u32,
+) -> Result<Handover, LoaderError> {
+    let mut write = |phys: u32, bytes: &[u8]| ram.write(phys, bytes);
+    match images.kind {
+        KernelKind::Multiboot => {
+            multiboot::load(&images.kernel, ram_size, &request.cmdline, &mut write)
         }
-        if pool.is_some() {
-            args.extend(["--member".to_owned(), member.to_string()]);
-        }
-        match world_switch::spawn::spawn(&exe, &args, &ram, &channel, pool.as_ref(), cpu) {
-            Ok(child) => worlds.push(child),
-            Err(error) => {
-                end_worlds(&mut worlds);
-                return Err(error.into());
+        KernelKind::BzImage => linux::load(
+            &images.kernel,
+            images.initrd.as_deref(),
+            &request.cmdline,
+            ram_size,
+            &mut write,
+        )
+        .map(|(handover, _)| handover),
+    }
+}
+
+/// One boot's world processes and their RAM, pool and code aliases.
+struct Machine {
+    ram: GuestRam,
+    pool: Option<world_switch::pool::Pool>,
+    aliases: Option<AliasMemory>,
+    worlds: Vec<Child>,
+}
+
+impl Machine {
+    /// Loads the images into fresh RAM and starts the world processes.
+    fn boot(
+        images: &Images,
+        request: &RunRequest,
+        ram_size: u32,
+        channel: &Channel,
+        cpu: Option<usize>,
+    ) -> Result<Self, LoaderError> {
+        let ram = GuestRam::create(ram_size as usize)?;
+        let handover = load(images, request, &ram, ram_size)?;
+        channel.prepare_boot(
+            world_switch::channel::monotonic_ns(),
+            world_switch::channel::realtime_ns(),
+        );
+        channel.set_boot(BootState {
+            eip: handover.eip,
+            gpr: handover.gpr,
+            code_selector: handover.code_selector,
+            data_selector: handover.data_selector,
+            gdt_base: handover.gdt_base,
+            gdt_limit: handover.gdt_limit,
+        });
+        let exe = std::env::current_exe().map_err(|source| LoaderError::Io {
+            path: "/proc/self/exe".into(),
+            source,
+        })?;
+        let pool = if request.address_spaces > 1 {
+            Some(world_switch::pool::Pool::create(
+                request.address_spaces,
+                ram_size / 4096,
+            )?)
+        } else {
+            None
+        };
+        let aliases = match request.breakpoints {
+            Breakpoints::Split => Some(AliasMemory::create(ram_size as usize / 4096)?),
+            Breakpoints::Hardware => None,
+        };
+        let mut machine = Self {
+            ram,
+            pool,
+            aliases,
+            worlds: Vec::new(),
+        };
+        for member in 0..request.address_spaces {
+            let mut args = vec![
+                "__world".to_owned(),
+                "--ram-size".to_owned(),
+                ram_size.to_string(),
+            ];
+            if request.trace {
+                args.push("--trace".to_owned());
             }
-        }
-    }
-    let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
-
-    let mut host = Host {
-        channel: &channel,
-        board,
-        worlds: &mut worlds,
-        pool: pool.as_ref(),
-        levels: 0,
-        memory: Vec::new(),
-    };
-    let ending = host.serve();
-    let memory = std::mem::take(&mut host.memory);
-    // The active world exits on its own after Terminate, the others wait
-    // for a turn: make sure all are gone.
-    end_worlds(&mut worlds);
-    inspect(&ram);
-    Ok(RunOutcome {
-        ending,
-        counters: Counters::from_slice(&channel.counters()),
-        worlds: memory,
-    })
-}
-
-fn end_worlds(worlds: &mut [Child]) {
-    for world in worlds.iter_mut() {
-        let _ = world.kill();
-    }
-    for world in worlds.iter_mut() {
-        let _ = world.wait();
-    }
-}
-
-/// Longest the host sleeps before looking at the world process again.
-const POLL: Duration = Duration::from_millis(100);
-
-/// The host side of a running VM: the console and debug-exit devices, the
-/// channel, the world process. (The guest's timer and interrupt
-/// controllers run in the world, which sets its own host timer.)
-struct Host<'a> {
-    channel: &'a Channel,
-    board: Board,
-    /// The world processes (the pool's members, in member order).
-    worlds: &'a mut [Child],
-    /// Which world runs the guest, when there are several.
-    pool: Option<&'a world_switch::pool::Pool>,
-    /// The worlds' memory, read at the debug-exit port.
-    memory: Vec<WorldMemory>,
-    /// The host devices' interrupt lines as last written to the channel.
-    levels: u16,
-}
-
-impl Host<'_> {
-    /// Publishes the host devices' interrupt lines; a change kicks the
-    /// world when it is running (see the channel's protocol: the levels
-    /// are stored before the kick).
-    fn update_levels(&mut self) {
-        let levels = self.board.interrupt_levels();
-        if levels != self.levels {
-            self.levels = levels;
-            if self.channel.set_irq_levels(levels) {
-                self.kick();
+            if machine.pool.is_some() {
+                args.extend(["--member".to_owned(), member.to_string()]);
             }
+            if machine.aliases.is_some() {
+                args.push("--split".to_owned());
+            }
+            let child = world_switch::spawn::spawn(
+                &exe,
+                &args,
+                &machine.ram,
+                channel,
+                machine.pool.as_ref(),
+                machine.aliases.as_ref(),
+                cpu,
+            )?;
+            machine.worlds.push(child);
+        }
+        Ok(machine)
+    }
+}
+
+impl Machine {
+    /// Ends every world process: the active one exits on its own after
+    /// Terminate, the others wait for a turn.
+    fn end_worlds(&mut self) {
+        for world in &mut self.worlds {
+            let _ = world.kill();
+        }
+        for world in &mut self.worlds {
+            let _ = world.wait();
         }
     }
 
-    fn kick(&self) {
-        // The levels are stored: the world that runs the guest now (see
-        // world_switch::pool for why a handoff in between loses nothing).
-        // A world that already died is noticed by world_died.
-        let pid = match self.pool {
+    /// The pid of the world that runs the guest now.
+    fn active_pid(&self) -> Option<i32> {
+        match &self.pool {
             Some(pool) => pool.active_pid(),
             None => self
                 .worlds
                 .first()
                 .and_then(|world| i32::try_from(world.id()).ok()),
-        };
-        if let Some(pid) = pid {
-            let _ = world_switch::spawn::kick_pid(pid);
         }
     }
 
     fn world_died(&mut self) -> Option<Ending> {
-        for world in self.worlds.iter_mut() {
+        for world in &mut self.worlds {
             match world.try_wait() {
                 Ok(Some(status)) => return Some(Ending::WorldDied(describe_status(status))),
                 Ok(None) => {}
@@ -314,12 +449,177 @@ impl Host<'_> {
         }
         None
     }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.end_worlds();
+    }
+}
+
+/// Signals that end the VM cleanly; the host loop looks at the flag.
+fn watch_signals() -> Arc<AtomicUsize> {
+    let flag = Arc::new(AtomicUsize::new(0));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Without the handler the default action ends btvmm abruptly; the
+        // world processes still die with it (PR_SET_PDEATHSIG).
+        #[allow(clippy::cast_sign_loss)] // signal numbers are positive
+        let _ = signal_hook::flag::register_usize(signal, Arc::clone(&flag), signal as usize);
+    }
+    flag
+}
+
+fn serve_vm(
+    request: &RunRequest,
+    images: &Images,
+    console: impl Write + 'static,
+    inspect: impl FnOnce(&GuestRam),
+) -> Result<RunOutcome, LoaderError> {
+    let memory_mib = request.memory_mib.unwrap_or(match images.kind {
+        KernelKind::BzImage => DEFAULT_LINUX_MEMORY_MIB,
+        KernelKind::Multiboot => DEFAULT_MULTIBOOT_MEMORY_MIB,
+    });
+    let ram_size = memory_mib << 20;
+    let channel = Channel::new(SharedRegion::create(CHANNEL_BYTES)?)?;
+    // Host and worlds on one CPU (see spawn).
+    let cpu = world_switch::spawn::current_cpu();
+    if let Some(cpu) = cpu {
+        world_switch::spawn::pin_to(cpu)?;
+    }
+    let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
+    let signals = watch_signals();
+    let console_input = if request.console_input {
+        let waker = channel.reopen()?;
+        Some(Console::start(move || waker.wake_host()))
+    } else {
+        None
+    };
+    let mut host = Host {
+        channel: &channel,
+        board,
+        levels: 0,
+        memory: Vec::new(),
+        stats: request.stats,
+        console: console_input.as_ref(),
+        input: VecDeque::new(),
+        signals: &signals,
+    };
+    let mut resets = 0;
+    let mut inspect = Some(inspect);
+    let ending = loop {
+        let mut machine = Machine::boot(images, request, ram_size, &channel, cpu)?;
+        host.levels = 0;
+        let ending = host.serve(&mut machine);
+        machine.end_worlds();
+        match ending {
+            Ending::Reset if !request.no_reboot => {
+                resets += 1;
+                host.board.reset();
+            }
+            ending => {
+                if let Some(inspect) = inspect.take() {
+                    inspect(&machine.ram);
+                }
+                break ending;
+            }
+        }
+    };
+    let unclaimed_ports = host
+        .board
+        .unclaimed()
+        .iter()
+        .map(|(&port, count)| (port, count.reads, count.writes))
+        .collect();
+    Ok(RunOutcome {
+        ending,
+        counters: Counters::from_slice(&channel.counters()),
+        worlds: std::mem::take(&mut host.memory),
+        unclaimed_ports,
+        resets,
+    })
+}
+
+/// Longest the host sleeps before looking at the world process again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The host side of a running VM: the devices, the channel, the console.
+/// (The guest's timer and interrupt controllers run in the world, which
+/// sets its own host timer.)
+struct Host<'a> {
+    channel: &'a Channel,
+    board: Board,
+    /// The worlds' memory, read at the debug-exit port with --stats.
+    memory: Vec<WorldMemory>,
+    /// Read the worlds' memory at the debug-exit port.
+    stats: bool,
+    /// The host devices' interrupt lines as last written to the channel.
+    levels: u16,
+    /// Standard input, when it feeds COM1.
+    console: Option<&'a Console>,
+    /// Console bytes COM1 has not taken yet.
+    input: VecDeque<u8>,
+    /// Set to the number of a terminating signal.
+    signals: &'a AtomicUsize,
+}
+
+impl Host<'_> {
+    /// Publishes the host devices' interrupt lines; a change kicks the
+    /// world when it is running (see the channel's protocol: the levels
+    /// are stored before the kick).
+    fn update_levels(&mut self, machine: &Machine) {
+        let levels = self.board.interrupt_levels();
+        let pulses = self.board.take_pulses();
+        if levels != self.levels || pulses != 0 {
+            self.levels = levels;
+            if self.channel.set_irq_levels(levels, pulses)
+                && let Some(pid) = machine.active_pid()
+            {
+                // The levels are stored: the world that runs the guest
+                // now (see world_switch::pool for why a handoff in
+                // between loses nothing). A world that already died is
+                // noticed by world_died.
+                let _ = world_switch::spawn::kick_pid(pid);
+            }
+        }
+    }
+
+    /// Console events and signals since the last look; an ending if one
+    /// of them ends the VM.
+    fn outside_events(&mut self) -> Option<Ending> {
+        let signal = self.signals.swap(0, Ordering::Relaxed);
+        if signal != 0 {
+            return Some(Ending::Signal(i32::try_from(signal).unwrap_or(0)));
+        }
+        if let Some(console) = self.console {
+            for event in console.take_events() {
+                match event {
+                    ConsoleEvent::Input(bytes) => self.input.extend(bytes),
+                    // Input just stops; the guest runs on.
+                    ConsoleEvent::EndOfInput => {}
+                    ConsoleEvent::Quit => return Some(Ending::Quit),
+                }
+            }
+        }
+        self.feed_input();
+        None
+    }
+
+    /// Hands waiting console bytes to COM1 as its FIFO has room.
+    fn feed_input(&mut self) {
+        if !self.input.is_empty() {
+            self.board.com1.receive(&mut self.input);
+        }
+    }
 
     /// The loop: serve exits until the VM ends.
-    fn serve(&mut self) -> Ending {
+    fn serve(&mut self, machine: &mut Machine) -> Ending {
         loop {
+            if let Some(ending) = self.outside_events() {
+                return ending;
+            }
+            self.update_levels(machine);
             let Some(exit) = self.channel.wait_exit(POLL) else {
-                if let Some(ending) = self.world_died() {
+                if let Some(ending) = machine.world_died() {
                     return ending;
                 }
                 continue;
@@ -329,30 +629,47 @@ impl Host<'_> {
                 Exit::PortOut { port, size, value } => match self.board.write(port, size, value) {
                     BusEffect::Exit(status) => {
                         // Before the reply: the active world exits then.
-                        self.memory = self
-                            .worlds
-                            .iter()
-                            .filter_map(|world| WorldMemory::of(world.id()))
-                            .collect();
+                        if self.stats {
+                            self.memory = machine
+                                .worlds
+                                .iter()
+                                .filter_map(|world| WorldMemory::of(world.id()))
+                                .collect();
+                        }
                         self.channel.reply(Reply::Terminate);
                         return Ending::DebugExit(status);
+                    }
+                    BusEffect::Reset => {
+                        self.channel.reply(Reply::Terminate);
+                        return Ending::Reset;
                     }
                     BusEffect::None => Reply::Continue,
                 },
                 Exit::Halt { interrupts_enabled } => {
-                    // The world sleeps through HLT itself while an
-                    // interrupt can wake the guest: it exits only when
-                    // none can.
                     self.channel.reply(Reply::Terminate);
-                    return Ending::Halted { interrupts_enabled };
+                    if interrupts_enabled {
+                        // The world sleeps through HLT itself while an
+                        // interrupt can wake the guest: it never asks.
+                        return Ending::Stopped(StopReason::Internal(
+                            "the world reported a HLT with interrupts enabled".into(),
+                        ));
+                    }
+                    return Ending::PowerOff;
+                }
+                Exit::Stop(StopReason::TripleFault) => {
+                    // A PC resets on a triple fault (the shutdown cycle).
+                    self.channel.reply(Reply::Terminate);
+                    return Ending::Reset;
                 }
                 Exit::Stop(reason) => {
                     self.channel.reply(Reply::Terminate);
                     return Ending::Stopped(reason);
                 }
             };
+            // A read of COM1's receiver makes room for waiting input.
+            self.feed_input();
             // The world reads the levels after the reply: publish first.
-            self.update_levels();
+            self.update_levels(machine);
             self.channel.reply(reply);
         }
     }

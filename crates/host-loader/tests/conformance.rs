@@ -14,16 +14,27 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn conformance_kernels_match_qemu() {
+fn conformance_kernels_match_qemu_in_the_split_view() {
+    check_all("conformance-split", "--breakpoints split");
+}
+
+#[test]
+fn conformance_kernels_match_qemu_with_hardware_breakpoints() {
+    check_all("conformance-hw", "--breakpoints hw");
+}
+
+fn check_all(tag: &str, args: &str) {
     let guests = common::guests();
-    let build = common::build_guests("conformance");
+    let build = common::build_guests(tag);
     // security_escape64 asks the host (through seccomp, in vain) to create
     // this file.
     let probe = Path::new("/tmp/btvmm-escape-probe");
     let _ = std::fs::remove_file(probe);
+    // The build directory is an argument: the two tests run side by side.
     let output = Command::new(guests.join("check-btvmm"))
-        .env("BTVMM", env!("CARGO_BIN_EXE_btvmm"))
-        .env("BUILD", &build)
+        .arg(env!("CARGO_BIN_EXE_btvmm"))
+        .arg(&build)
+        .env("BTVMM_ARGS", args)
         .output()
         .expect("run guests/check-btvmm");
     let _ = std::fs::remove_dir_all(&build);
@@ -31,7 +42,7 @@ fn conformance_kernels_match_qemu() {
     let errors = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "conformance failures:\n{report}\n{errors}"
+        "conformance failures ({args}):\n{report}\n{errors}"
     );
     // Every kernel of the manifest was checked.
     let manifest = std::fs::read_to_string(guests.join("conformance/MANIFEST")).expect("MANIFEST");

@@ -298,7 +298,7 @@ fn debian_686_kernel_report() {
 }
 
 #[test]
-fn run_refuses_what_is_not_a_multiboot_kernel() {
+fn run_refuses_what_is_neither_a_bzimage_nor_a_multiboot_kernel() {
     let dir = scratch_dir("run-bad");
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
@@ -306,8 +306,22 @@ fn run_refuses_what_is_not_a_multiboot_kernel() {
         path.to_str().expect("utf-8 path").to_owned()
     };
     let garbage = write("garbage", &[0x55; 8192]);
-    assert_one_line_error(&["run", "--kernel", &garbage], "no Multiboot header");
+    assert_one_line_error(
+        &["run", "--kernel", &garbage],
+        "neither a Linux bzImage (boot sector signature 0xAA55 and a \"HdrS\" setup header at 0x1F1) nor a Multiboot kernel",
+    );
     assert_one_line_error(&["run", "--kernel", "/nonexistent.elf"], "cannot read");
+    // A bzImage of a protocol before the 32-bit entry fields.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&[0x42; 64]).expect("compress");
+    let old = write(
+        "old-bzimage",
+        &wrap_in_bzimage(&gz.finish().expect("compress"), 0x0203),
+    );
+    assert_one_line_error(
+        &["run", "--kernel", &old],
+        "cannot boot this Linux kernel: boot protocol 0x0203",
+    );
     // A valid header whose a.out addresses point outside the file.
     let mut kludge = Vec::new();
     let flags: u32 = 1 << 16;
@@ -323,11 +337,15 @@ fn run_refuses_what_is_not_a_multiboot_kernel() {
     }
     let kludge = write("kludge", &kludge);
     assert_one_line_error(&["run", "--kernel", &kludge], "a.out kludge");
+    assert_one_line_error(
+        &["run", "--kernel", &kludge, "--initrd", &garbage],
+        "--initrd is for Linux kernels",
+    );
     // The fixture ELF has no Multiboot header.
     let fixture = fixture_elf(&dir);
     assert_one_line_error(
         &["run", "--kernel", fixture.to_str().expect("utf-8")],
-        "no Multiboot header",
+        "nor a Multiboot kernel",
     );
     assert_one_line_error(&["run", "--kernel", &garbage, "--memory", "1"], "--memory");
 }

@@ -53,31 +53,69 @@ const REPLY_TERMINATE: u32 = 2;
 pub const COUNTERS: usize = 96;
 const MESSAGE_WORDS: usize = 128;
 
-/// The initial guest state the host hands to the world.
+/// The initial guest state the host hands to the world: 32-bit protected
+/// mode, paging off, interrupts off, flat 4 GiB segments whose selectors
+/// are given (Multiboot: 0x08/0x10; the Linux boot protocol:
+/// `__BOOT_CS` 0x10 and `__BOOT_DS` 0x18, with a GDT holding them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootState {
-    /// EIP (with the boot code segment flat at base 0).
+    /// EIP.
     pub eip: u32,
-    /// EAX.
-    pub eax: u32,
-    /// EBX.
-    pub ebx: u32,
-    /// ESP.
-    pub esp: u32,
+    /// EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI.
+    pub gpr: [u32; 8],
+    /// CS.
+    pub code_selector: u16,
+    /// DS, ES, FS, GS and SS.
+    pub data_selector: u16,
+    /// GDTR base (guest-physical, paging is off).
+    pub gdt_base: u32,
+    /// GDTR limit.
+    pub gdt_limit: u16,
+}
+
+/// Words of [`BootState`] in the channel page.
+const BOOT_WORDS: usize = 12;
+
+impl BootState {
+    fn to_words(self) -> [u32; BOOT_WORDS] {
+        let mut words = [0; BOOT_WORDS];
+        words[0] = self.eip;
+        words[1..9].copy_from_slice(&self.gpr);
+        words[9] = u32::from(self.code_selector) | (u32::from(self.data_selector) << 16);
+        words[10] = self.gdt_base;
+        words[11] = u32::from(self.gdt_limit);
+        words
+    }
+
+    fn from_words(words: [u32; BOOT_WORDS]) -> Self {
+        let mut gpr = [0; 8];
+        gpr.copy_from_slice(&words[1..9]);
+        #[allow(clippy::cast_possible_truncation)] // two selectors in a word
+        Self {
+            eip: words[0],
+            gpr,
+            code_selector: words[9] as u16,
+            data_selector: (words[9] >> 16) as u16,
+            gdt_base: words[10],
+            gdt_limit: words[11] as u16,
+        }
+    }
 }
 
 #[repr(C)]
 struct Page {
     state: AtomicU32,
     irq_levels: AtomicU32,
+    irq_pulses: AtomicU32,
     epoch_ns: AtomicU64,
+    wall_clock_ns: AtomicU64,
     exit_kind: AtomicU32,
     exit_args: [AtomicU32; 3],
     reply_kind: AtomicU32,
     reply_value: AtomicU32,
     message_len: AtomicU32,
     message: [AtomicU32; MESSAGE_WORDS],
-    boot: [AtomicU32; 4],
+    boot: [AtomicU32; BOOT_WORDS],
     counters: [AtomicU64; COUNTERS],
 }
 
@@ -106,6 +144,18 @@ impl Channel {
         &self.region
     }
 
+    /// Another handle on the same channel, for a host thread that wakes
+    /// the host loop ([`Channel::wake_host`]).
+    pub fn reopen(&self) -> Result<Self, WorldError> {
+        Self::new(self.region.reopen()?)
+    }
+
+    /// Host: wakes the host loop from [`Channel::wait_exit`] early (it
+    /// then finds no exit and looks at its other work: console input).
+    pub fn wake_host(&self) {
+        futex::wake(&self.page().state);
+    }
+
     fn page(&self) -> &Page {
         // SAFETY: the region is a page-aligned shared mapping of at least
         // size_of::<Page>() bytes (checked in new), zero-initialised by
@@ -117,11 +167,7 @@ impl Channel {
     /// Host: records the boot state for the world.
     pub fn set_boot(&self, boot: BootState) {
         let page = self.page();
-        for (slot, value) in page
-            .boot
-            .iter()
-            .zip([boot.eip, boot.eax, boot.ebx, boot.esp])
-        {
+        for (slot, value) in page.boot.iter().zip(boot.to_words()) {
             slot.store(value, Ordering::Relaxed);
         }
     }
@@ -130,12 +176,9 @@ impl Channel {
     #[must_use]
     pub fn boot(&self) -> BootState {
         let boot = &self.page().boot;
-        BootState {
-            eip: boot[0].load(Ordering::Relaxed),
-            eax: boot[1].load(Ordering::Relaxed),
-            ebx: boot[2].load(Ordering::Relaxed),
-            esp: boot[3].load(Ordering::Relaxed),
-        }
+        BootState::from_words(std::array::from_fn(|index| {
+            boot[index].load(Ordering::Relaxed)
+        }))
     }
 
     /// World: hands `exit` to the host and waits for the reply.
@@ -238,10 +281,21 @@ impl Channel {
         futex::wake(&page.state);
     }
 
-    /// Host: records the clock's epoch (CLOCK_MONOTONIC nanoseconds at
-    /// boot).
-    pub fn set_epoch(&self, epoch_ns: u64) {
-        self.page().epoch_ns.store(epoch_ns, Ordering::Relaxed);
+    /// Host: makes the channel ready for a new boot (after a reset, its
+    /// last world may have died anywhere): the world runs, no lines are
+    /// raised, the counters start from zero, the clock from `epoch_ns`
+    /// (CLOCK_MONOTONIC nanoseconds), which is `wall_clock_ns` of real time
+    /// (CLOCK_REALTIME, Unix epoch) for the guest's real-time clock.
+    pub fn prepare_boot(&self, epoch_ns: u64, wall_clock_ns: u64) {
+        let page = self.page();
+        page.wall_clock_ns.store(wall_clock_ns, Ordering::Relaxed);
+        page.irq_levels.store(0, Ordering::SeqCst);
+        page.irq_pulses.store(0, Ordering::SeqCst);
+        for counter in &page.counters {
+            counter.store(0, Ordering::Relaxed);
+        }
+        page.epoch_ns.store(epoch_ns, Ordering::Relaxed);
+        page.state.store(RUNNING, Ordering::Release);
     }
 
     /// The epoch (CLOCK_MONOTONIC nanoseconds at boot).
@@ -250,13 +304,33 @@ impl Channel {
         self.page().epoch_ns.load(Ordering::Relaxed)
     }
 
+    /// Real time (Unix epoch nanoseconds) at the epoch.
+    #[must_use]
+    pub fn wall_clock_ns(&self) -> u64 {
+        self.page().wall_clock_ns.load(Ordering::Relaxed)
+    }
+
     /// Host: sets the levels of the host devices' interrupt lines (bit n =
-    /// IRQ n). Returns whether the world owns the page, i.e. whether a
+    /// IRQ n), and marks `pulses`: lines that dropped and rose again, whose
+    /// new edge the world's PIC must latch although the level did not
+    /// change. Returns whether the world owns the page, i.e. whether a
     /// change needs a kick signal to be noticed soon.
-    pub fn set_irq_levels(&self, levels: u16) -> bool {
+    pub fn set_irq_levels(&self, levels: u16, pulses: u16) -> bool {
         let page = self.page();
+        if pulses != 0 {
+            page.irq_pulses
+                .fetch_or(u32::from(pulses), Ordering::SeqCst);
+        }
         page.irq_levels.store(u32::from(levels), Ordering::SeqCst);
         page.state.load(Ordering::SeqCst) == RUNNING
+    }
+
+    /// World: the lines pulsed since the last call (see
+    /// [`Channel::set_irq_levels`]).
+    pub fn take_irq_pulses(&self) -> u16 {
+        #[allow(clippy::cast_possible_truncation)] // only 16 lines exist
+        let pulses = self.page().irq_pulses.swap(0, Ordering::SeqCst) as u16;
+        pulses
     }
 
     /// World: the levels of the host devices' interrupt lines.
@@ -283,6 +357,16 @@ impl Channel {
             .map(|counter| counter.load(Ordering::Relaxed))
             .collect()
     }
+}
+
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch (host side).
+#[must_use]
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
 }
 
 /// CLOCK_MONOTONIC in nanoseconds through the vDSO (no system call on
@@ -377,13 +461,16 @@ mod tests {
         let world =
             Channel::new(unsafe { SharedRegion::from_raw_fd(raw, CHANNEL_BYTES) }.expect("map"))
                 .expect("channel");
-        host.set_boot(BootState {
+        let boot = BootState {
             eip: 0x10_0000,
-            eax: 0x2bad_b002,
-            ebx: 0x9000,
-            esp: 0,
-        });
-        assert_eq!(world.boot().eax, 0x2bad_b002);
+            gpr: [0x2bad_b002, 0, 0, 0x9000, 0, 0, 0x2_0000, 0],
+            code_selector: 0x10,
+            data_selector: 0x18,
+            gdt_base: 0x2_2000,
+            gdt_limit: 0x1f,
+        };
+        host.set_boot(boot);
+        assert_eq!(world.boot(), boot);
         assert_eq!(host.wait_exit(Duration::from_millis(10)), None);
 
         let world_thread = std::thread::spawn(move || {

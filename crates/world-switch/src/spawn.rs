@@ -8,6 +8,7 @@ use std::process::{Child, Command};
 use crate::WorldError;
 use crate::channel::Channel;
 use crate::pool::Pool;
+use crate::sys::alias::AliasMemory;
 use crate::sys::memory::GuestRam;
 
 /// Descriptor number of guest RAM in the world process.
@@ -16,6 +17,8 @@ pub const RAM_FD: RawFd = 3;
 pub const CHANNEL_FD: RawFd = 4;
 /// Descriptor number of the pool region in a pool member.
 pub const POOL_FD: RawFd = 5;
+/// Descriptor number of the code aliases (the split code view).
+pub const ALIAS_FD: RawFd = 6;
 
 /// Sends the world process the kick signal (see the channel's interrupt
 /// line protocol).
@@ -76,8 +79,11 @@ pub fn pin_to(cpu: usize) -> Result<(), WorldError> {
 }
 
 /// Starts `exe args...` as the world process, with guest RAM on
-/// [`RAM_FD`], the channel on [`CHANNEL_FD`] and the pool (if any) on
-/// [`POOL_FD`]. The world dies with the
+/// [`RAM_FD`], the channel on [`CHANNEL_FD`], the pool (if any) on
+/// [`POOL_FD`] and the code aliases (if any) on [`ALIAS_FD`]. Its standard
+/// input is /dev/null (the console belongs to the host) and it runs in a
+/// process group of its own, so that the terminal's signals reach only
+/// the host, which ends the VM cleanly. The world dies with the
 /// host (PR_SET_PDEATHSIG). With `cpu`, the world is pinned to that CPU:
 /// the host pins itself there too, so every handoff between them stays on
 /// one CPU (a cross-CPU futex handoff costs about three times more and
@@ -88,13 +94,18 @@ pub fn spawn(
     ram: &GuestRam,
     channel: &Channel,
     pool: Option<&Pool>,
+    aliases: Option<&AliasMemory>,
     cpu: Option<usize>,
 ) -> Result<Child, WorldError> {
     let ram_fd = ram.fd().as_raw_fd();
+    let alias_fd = aliases.map(|aliases| aliases.fd().as_raw_fd());
     let channel_fd = channel.region().fd().as_raw_fd();
     let pool_fd = pool.map(|pool| pool.fd().as_raw_fd());
     let mut command = Command::new(exe);
-    command.args(args);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe system calls (fcntl, dup2, prctl) on
     // descriptors the parent keeps open across the fork.
@@ -105,8 +116,14 @@ pub fn spawn(
             let ram_copy = libc::fcntl(ram_fd, libc::F_DUPFD_CLOEXEC, 100);
             let channel_copy = libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 100);
             let pool_copy = pool_fd.map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100));
+            let alias_copy = alias_fd.map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100));
             if let Some(pool_copy) = pool_copy
                 && (pool_copy < 0 || libc::dup2(pool_copy, POOL_FD) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(alias_copy) = alias_copy
+                && (alias_copy < 0 || libc::dup2(alias_copy, ALIAS_FD) < 0)
             {
                 return Err(std::io::Error::last_os_error());
             }

@@ -116,7 +116,9 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
         libc::SIGSYS => {
             let compat = info.word4 == AUDIT_ARCH_I386;
             let mut number = info.word3;
-            let sysenter = compat && cs == HOST_USER32_CS && rip >> 32 != 0;
+            // The fast path reports the vDSO landing pad (above 4 GiB here)
+            // in the host's 32-bit user code segment.
+            let fast_path = compat && cs == HOST_USER32_CS && rip >> 32 != 0;
             if !compat {
                 // A 64-bit syscall keeps the number in RAX's low half too.
                 number = low(greg(frame, libc::REG_RAX));
@@ -124,7 +126,7 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
             Trap::SystemCall {
                 number,
                 compat,
-                sysenter,
+                fast_path,
             }
         }
         KICK_SIGNAL => Trap::Kick,

@@ -7,13 +7,14 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use btvmm_core::descriptor::Descriptor;
 use btvmm_core::{
-    Action, AddressSpaces, Exit, GuestVirt, HostRegisters, Reply, Trap, WorldServices,
+    Action, AddressSpaces, CodeAliases, Exit, GuestVirt, HostRegisters, Reply, Trap, WorldServices,
 };
 
 use crate::WorldError;
 use crate::channel::{CHANNEL_BYTES, Channel};
 use crate::pool::Pool;
 use crate::shadow::LdtEntry;
+use crate::sys::alias::AliasMemory;
 use crate::sys::memory::{GuestRam, SharedRegion};
 use crate::sys::perf::Breakpoints;
 use crate::sys::timer::KickTimer;
@@ -37,6 +38,10 @@ pub struct World {
     /// RDTSC faults in this process (the guest's CR4.TSD): the vDSO clock,
     /// which reads the TSC, cannot be used meanwhile.
     timestamp_faulting: bool,
+    /// The split code view's alias pages.
+    aliases: Option<AliasMemory>,
+    /// Which system-call instruction the host's fast path takes.
+    fast_path: btvmm_core::HostFastPath,
 }
 
 impl World {
@@ -79,6 +84,7 @@ impl World {
                 other => other,
             },
         )?;
+        let fast_path = host_fast_path();
         let cpuid_faults = enable_cpuid_faulting();
         Ok(Self {
             ram,
@@ -88,6 +94,8 @@ impl World {
             cpuid_faults,
             pool: None,
             timestamp_faulting: false,
+            aliases: None,
+            fast_path,
         })
     }
 
@@ -102,6 +110,27 @@ impl World {
         // SAFETY: forwarded contract.
         self.pool = Some(unsafe { Pool::from_raw_fd(pool_fd, pages, member)? });
         Ok(())
+    }
+
+    /// Attaches to the alias code pages of the split code view.
+    ///
+    /// # Safety
+    ///
+    /// `alias_fd` must be the alias memfd the host created for this VM's
+    /// guest RAM, owned by this process from now on.
+    pub unsafe fn attach_aliases(&mut self, alias_fd: RawFd) -> Result<(), WorldError> {
+        let pages = self.ram.size() / 4096;
+        // SAFETY: forwarded contract.
+        self.aliases = Some(unsafe { AliasMemory::from_raw_fd(alias_fd, pages)? });
+        Ok(())
+    }
+
+    /// Which 32-bit system-call instruction this host's CPU sends through
+    /// the host kernel's fast path (read with CPUID before faulting was
+    /// turned on).
+    #[must_use]
+    pub fn host_fast_path(&self) -> btvmm_core::HostFastPath {
+        self.fast_path
     }
 
     /// Whether CPUID faults in this process (so guest CPUID, in user mode
@@ -124,7 +153,13 @@ impl World {
         self,
         mut monitor: impl FnMut(Trap, HostRegisters, &mut World) -> Action + 'static,
     ) -> Result<Infallible, WorldError> {
-        let program = seccomp::build(self.ram.fd().as_raw_fd(), &self.breakpoints.fds())?;
+        let program = seccomp::build(
+            self.ram.fd().as_raw_fd(),
+            self.aliases
+                .as_ref()
+                .map(|aliases| aliases.fd().as_raw_fd()),
+            &self.breakpoints.fds(),
+        )?;
         let mut world = self;
         let handler: signal::Handler = Box::new(move |frame| {
             let (trap, registers) = trap::decode(frame);
@@ -143,6 +178,23 @@ impl World {
             what: "entering the guest (the handler returned to the world)",
             source: std::io::Error::other("no guest context"),
         })
+    }
+}
+
+/// The host CPU's vendor decides which 32-bit system-call instruction its
+/// compatibility mode supports: AMD (and Hygon) CPUs take SYSCALL and
+/// raise #UD on SYSENTER, Intel's the other way round.
+fn host_fast_path() -> btvmm_core::HostFastPath {
+    // CPUID leaf 0 exists on every x86-64 CPU (faulting is not on yet).
+    let leaf = std::arch::x86_64::__cpuid(0);
+    let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
+        .iter()
+        .flat_map(|word| word.to_le_bytes())
+        .collect();
+    if vendor == b"AuthenticAMD" || vendor == b"HygonGenuine" {
+        btvmm_core::HostFastPath::Syscall
+    } else {
+        btvmm_core::HostFastPath::Sysenter
     }
 }
 
@@ -209,6 +261,10 @@ impl WorldServices for World {
         self.channel.irq_levels()
     }
 
+    fn take_irq_pulses(&mut self) -> u16 {
+        self.channel.take_irq_pulses()
+    }
+
     fn now_ns(&self) -> u64 {
         let now = if self.timestamp_faulting {
             crate::channel::monotonic_ns_syscall()
@@ -263,6 +319,12 @@ impl WorldServices for World {
         Ok(())
     }
 
+    fn code_aliases(&mut self) -> Option<&mut dyn CodeAliases> {
+        self.aliases
+            .as_mut()
+            .map(|aliases| aliases as &mut dyn CodeAliases)
+    }
+
     fn address_spaces(&self) -> Option<&dyn AddressSpaces> {
         self.pool
             .as_ref()
@@ -281,6 +343,29 @@ impl WorldServices for World {
             return timestamp;
         }
         read_tsc()
+    }
+}
+
+impl CodeAliases for AliasMemory {
+    fn reset(&mut self, guest_phys_page: u32) {
+        AliasMemory::reset(self, guest_phys_page);
+    }
+
+    fn reset_all(&mut self) {
+        AliasMemory::reset_all(self);
+    }
+
+    fn write(&mut self, guest_phys_page: u32, offset: u32, bytes: &[u8]) -> bool {
+        AliasMemory::write(self, guest_phys_page, offset as usize, bytes)
+    }
+
+    fn read(&self, guest_phys_page: u32, offset: u32, buf: &mut [u8]) -> bool {
+        AliasMemory::read(self, guest_phys_page, offset as usize, buf)
+    }
+
+    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), String> {
+        self.map_at(linear, guest_phys_page)
+            .map_err(|error| error.to_string())
     }
 }
 

@@ -243,6 +243,20 @@ impl SharedRegion {
         unsafe { GuestRam::from_raw_fd(fd, size) }.map(Self)
     }
 
+    /// A second mapping of the same memory in this process (for another
+    /// thread to hold on its own: futexes on it are the same futexes, as
+    /// their key is the shared page, not the address).
+    pub fn reopen(&self) -> Result<Self, WorldError> {
+        let fd = self
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|source| WorldError::Host {
+                what: "duplicating a shared region's descriptor",
+                source,
+            })?;
+        GuestRam::map(fd, self.size()).map(Self)
+    }
+
     /// Start of the mapping.
     #[must_use]
     pub fn as_ptr(&self) -> *mut u8 {

@@ -1,6 +1,7 @@
 //! Everything that talks to the host kernel. Each `unsafe` block is small
 //! and says which invariant makes it sound.
 
+pub mod alias;
 pub mod futex;
 pub mod ldt;
 pub mod maps;

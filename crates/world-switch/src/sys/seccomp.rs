@@ -69,9 +69,13 @@ fn filter_error(error: impl std::fmt::Display) -> WorldError {
     WorldError::Seccomp(error.to_string())
 }
 
-/// Builds the filter for a world whose guest RAM is `memfd` and whose
-/// breakpoints are `perf_fds`.
-pub fn build(memfd: RawFd, perf_fds: &[RawFd]) -> Result<BpfProgram, WorldError> {
+/// Builds the filter for a world whose guest RAM is `memfd`, whose code
+/// aliases (if any) are `alias_fd` and whose breakpoints are `perf_fds`.
+pub fn build(
+    memfd: RawFd,
+    alias_fd: Option<RawFd>,
+    perf_fds: &[RawFd],
+) -> Result<BpfProgram, WorldError> {
     let fd = |fd: RawFd| u64::try_from(fd).unwrap_or(u64::MAX);
     let rule =
         |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(filter_error);
@@ -122,6 +126,18 @@ pub fn build(memfd: RawFd, perf_fds: &[RawFd]) -> Result<BpfProgram, WorldError>
             ])?,
         ],
     );
+    // The split code view: an alias page at a fixed address below 4 GiB,
+    // read and execute only (sys::alias).
+    if let Some(alias_fd) = alias_fd
+        && let Some(rules) = rules.get_mut(&libc::SYS_mmap)
+    {
+        let read_exec = u64::from((libc::PROT_READ | libc::PROT_EXEC).cast_unsigned());
+        rules.push(rule(vec![
+            condition(4, SeccompCmpOp::Eq, fd(alias_fd))?,
+            condition(0, SeccompCmpOp::Lt, 1 << 32)?,
+            condition(2, SeccompCmpOp::Eq, read_exec)?,
+        ])?);
+    }
     // ioctl on the breakpoint events only.
     let mut ioctls = Vec::new();
     for &perf in perf_fds {
@@ -202,7 +218,7 @@ mod tests {
 
     #[test]
     fn the_monitor_may_only_make_listed_calls() {
-        let program = build(5, &[6]).expect("builds");
+        let program = build(5, Some(7), &[6]).expect("builds");
         let allowed = in_child(|| {
             if install(&program).is_err() {
                 return 99;
@@ -231,7 +247,7 @@ mod tests {
 
     #[test]
     fn system_calls_from_below_4g_trap_instead_of_running() {
-        let program = build(5, &[6]).expect("builds");
+        let program = build(5, Some(7), &[6]).expect("builds");
         let status = in_child(|| {
             // 64-bit code at 0x20000: mov eax, 39 (getpid); syscall; ret
             let code: [u8; 8] = [0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3];
