@@ -756,7 +756,7 @@ static void test_lar_lsl(void)
 /* ---- CPUID ---------------------------------------------------------------- */
 
 #define CPUID_1_EDX 0x07808139 /* FPU PSE TSC MSR CX8 CMOV MMX FXSR SSE SSE2 */
-#define CPUID_1_ECX 0x00000000
+#define CPUID_1_ECX 0x80000000 /* hypervisor */
 
 static void cpuid(u32 leaf, u32 *a, u32 *b, u32 *c, u32 *d)
 {

@@ -46,7 +46,15 @@ pub struct Chipset {
     host_levels: u16,
     /// The last POST code written.
     post_code: u8,
+    /// Edges of the PIT's counter 0 that came while the PIC still held
+    /// the previous one: raised one at a time as the guest takes them.
+    timer_backlog: u64,
 }
+
+/// Most timer edges kept for catching up: a second's worth at 1 kHz. A
+/// guest kept from running longer than that loses the rest, as a PC whose
+/// CPU was stopped would.
+const MAX_TIMER_BACKLOG: u64 = 1000;
 
 impl Chipset {
     /// Power-on state; the real-time clock shows `wall_clock_at_zero_ns`
@@ -60,6 +68,7 @@ impl Chipset {
             cmos: Cmos::new(wall_clock_at_zero_ns, ram_bytes),
             host_levels: 0,
             post_code: 0,
+            timer_backlog: 0,
         }
     }
 
@@ -129,11 +138,28 @@ impl Chipset {
     /// last call, IRQ 0 gets an edge (the PIC latches one; a world that was
     /// not scheduled for several periods takes one late tick, as a PC whose
     /// CPU was stopped would).
+    ///
+    /// Edges that came while the PIC still held an unacknowledged one are
+    /// not lost but kept and raised one at a time as the guest takes the
+    /// interrupt (up to [`MAX_TIMER_BACKLOG`]): the world may not run for
+    /// a while (an exit to the host, the host's scheduler) while the guest
+    /// counts ticks to keep time, and Linux compares its tick count with
+    /// the TSC, which runs on.
     pub fn advance(&mut self, now_ns: u64) {
-        if self.pit.take_rising_edges(0, now_ns) > 0 {
-            self.pic.set_irq(TIMER_IRQ, true);
-            self.pic.set_irq(TIMER_IRQ, false);
+        let edges = self.pit.take_rising_edges(0, now_ns);
+        if edges > 0 {
+            if self.pic.chip(PicChip::Master).imr() & (1 << TIMER_IRQ) == 0 {
+                self.timer_backlog = self
+                    .timer_backlog
+                    .saturating_add(edges)
+                    .min(MAX_TIMER_BACKLOG);
+            } else {
+                // Masked: the IRR latches one edge, as on a PC.
+                self.pic.set_irq(TIMER_IRQ, true);
+                self.pic.set_irq(TIMER_IRQ, false);
+            }
         }
+        self.raise_timer_backlog();
         // The clock's pin is a level; the PIC latches its rising edge.
         self.cmos.advance(now_ns);
         self.pic.set_irq(RTC_IRQ, self.cmos.irq_level());
@@ -169,7 +195,10 @@ impl Chipset {
         // Brings the counter up to now first: an edge already past is due
         // at once.
         let next = self.pit.next_rising_edge(0, now_ns);
-        let timer = if self.pit.pending_rising_edges(0) > 0 {
+        let timer = if self.pit.pending_rising_edges(0) > 0
+            || (self.timer_backlog > 0
+                && self.pic.chip(PicChip::Master).irr() & (1 << TIMER_IRQ) == 0)
+        {
             Some(now_ns)
         } else {
             next
@@ -177,6 +206,16 @@ impl Chipset {
         match (timer, clock) {
             (Some(timer), Some(clock)) => Some(timer.min(clock)),
             (timer, clock) => timer.or(clock),
+        }
+    }
+
+    /// Raises the next kept timer edge if the PIC's request for the last
+    /// one was taken.
+    fn raise_timer_backlog(&mut self) {
+        if self.timer_backlog > 0 && self.pic.chip(PicChip::Master).irr() & (1 << TIMER_IRQ) == 0 {
+            self.pic.set_irq(TIMER_IRQ, true);
+            self.pic.set_irq(TIMER_IRQ, false);
+            self.timer_backlog -= 1;
         }
     }
 
@@ -194,7 +233,9 @@ impl Chipset {
 
     /// The interrupt acknowledge cycle: the vector to deliver.
     pub fn acknowledge(&mut self) -> u8 {
-        self.pic.acknowledge()
+        let vector = self.pic.acknowledge();
+        self.raise_timer_backlog();
+        vector
     }
 }
 
@@ -243,6 +284,40 @@ mod tests {
         assert_eq!(chipset.next_event(due + MS), Some(due + MS));
         chipset.advance(due + MS);
         assert!(chipset.interrupt_pending());
+    }
+
+    #[test]
+    fn timer_edges_missed_while_one_is_pending_are_delivered_later() {
+        let mut chipset = Chipset::new(0, 64 << 20);
+        program_pic(&mut chipset);
+        // 1 kHz, then 5 ms without a look: five edges.
+        chipset.write(0x43, 1, 0x34, 0);
+        chipset.write(0x40, 1, 1193 & 0xff, 0);
+        chipset.write(0x40, 1, 1193 >> 8, 0);
+        chipset.advance(5 * MS + MS / 2);
+        let mut taken = 0;
+        while chipset.interrupt_pending() {
+            assert_eq!(chipset.acknowledge(), 0x20);
+            chipset.write(0x20, 1, 0x20, 5 * MS + MS / 2);
+            taken += 1;
+        }
+        assert_eq!(taken, 5, "every tick reaches the guest");
+    }
+
+    #[test]
+    fn the_real_time_clock_interrupts_on_irq_8() {
+        let mut chipset = Chipset::new(0, 64 << 20);
+        program_pic(&mut chipset);
+        chipset.write(0xa1, 1, 0xfe, 0); // unmask IRQ 8
+        chipset.write(0x21, 1, 0xfa, 0); // and the cascade
+        // Periodic interrupt at 1024 Hz.
+        chipset.write(0x70, 1, 0x0b, 0);
+        chipset.write(0x71, 1, 0x42, 0);
+        let due = chipset.next_event(0).expect("the clock's next edge");
+        assert!(due <= MS, "{due}");
+        chipset.advance(due);
+        assert!(chipset.interrupt_pending());
+        assert_eq!(chipset.acknowledge(), 0x28);
     }
 
     #[test]

@@ -85,7 +85,11 @@ const INTERPRET_BUDGET: u32 = 256;
 /// monitor's work: after an instruction the monitor had to emulate, it
 /// interprets up to this many more looking for the next one (clusters of
 /// sensitive instructions, port polling loops), then resumes natively.
-const SPLIT_INTERPRET_RUN: u32 = 8;
+/// Linux's PIT calibration polls port 0x42 with 10 instructions between
+/// reads and needs the reads about evenly spaced: with fewer than that
+/// each read is a trap of its own, the timing varies, the calibration
+/// fails and Linux marks the TSC unstable.
+const SPLIT_INTERPRET_RUN: u32 = 16;
 /// Blocks copied into alias pages at one trap (the block at EIP and the
 /// code its direct branches reach on the same page).
 const SPLIT_FILL_BLOCKS: usize = 64;
@@ -1218,7 +1222,10 @@ impl Monitor {
 
     /// Step 4: registers out.
     fn leave(&mut self, world: &mut dyn WorldServices) -> Result<HostRegisters, Failure> {
-        let tsd = self.cpu.cr4 & btvmm_core::emu::system::CR4_TSD != 0;
+        // RDTSC faults while the guest's CR4.TSD asks for it, and while the
+        // guest has moved its TSC with WRMSR: native RDTSC would not show
+        // the offset.
+        let tsd = self.cpu.cr4 & btvmm_core::emu::system::CR4_TSD != 0 || self.cpu.tsc_offset != 0;
         if tsd != self.timestamp_faulting {
             world
                 .set_timestamp_faulting(tsd)

@@ -39,8 +39,14 @@ pub const FEATURES_EDX: u32 = feature::FPU
     | feature::SSE
     | feature::SSE2;
 
-/// Leaf 1 ECX: no SSE3 or later.
-pub const FEATURES_ECX: u32 = 0;
+/// Leaf 1 ECX: no SSE3 or later; bit 31 says a hypervisor runs the CPU
+/// (true, and what lets Linux skip probing model-specific hardware the
+/// virtual CPU does not have: the P6 performance counters, microcode
+/// loading).
+pub const FEATURES_ECX: u32 = HYPERVISOR;
+
+/// Leaf 1 ECX bit 31.
+pub const HYPERVISOR: u32 = 1 << 31;
 
 /// Family 6, model 6, stepping 3 (a Pentium II-era i686, like QEMU's
 /// `qemu32`).
@@ -98,7 +104,7 @@ mod tests {
         assert_eq!(vendor, b"GenuineIntel");
         let [signature, _, ecx, edx] = cpuid(1, 0);
         assert_eq!(signature, 0x663);
-        assert_eq!(ecx, 0);
+        assert_eq!(ecx, 1 << 31, "only the hypervisor bit");
         assert_eq!(edx, 0x0780_8139);
     }
 

@@ -38,6 +38,11 @@ const CR0_DEFINED: u32 = Cr0::PE
 pub mod msr {
     /// IA32_TIME_STAMP_COUNTER.
     pub const TSC: u32 = 0x10;
+    /// IA32_PLATFORM_ID (read-only; P6 family).
+    pub const PLATFORM_ID: u32 = 0x17;
+    /// IA32_BIOS_SIGN_ID: the microcode update signature. Linux writes 0,
+    /// runs CPUID and reads the revision back (every family-6 Intel CPU).
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
     /// IA32_SYSENTER_CS.
     pub const SYSENTER_CS: u32 = 0x174;
     /// IA32_SYSENTER_ESP.
@@ -374,6 +379,9 @@ fn mov_debug(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
 fn rdmsr(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
     let value = match ctx.cpu.gpr[Gpr::Ecx as usize] {
         msr::TSC => ctx.machine.timestamp().wrapping_add(ctx.cpu.tsc_offset),
+        // Platform 0 (bits 52:50), no microcode update loaded (revision 0
+        // in EDX).
+        msr::PLATFORM_ID | msr::BIOS_SIGN_ID => 0,
         msr::SYSENTER_CS => u64::from(ctx.cpu.sysenter[0]),
         msr::SYSENTER_ESP => u64::from(ctx.cpu.sysenter[1]),
         msr::SYSENTER_EIP => u64::from(ctx.cpu.sysenter[2]),
@@ -390,6 +398,8 @@ fn wrmsr(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
     let low = value as u32;
     match ctx.cpu.gpr[Gpr::Ecx as usize] {
         msr::TSC => ctx.cpu.tsc_offset = value.wrapping_sub(ctx.machine.timestamp()),
+        // Writing it asks the CPU to latch the signature: nothing to keep.
+        msr::BIOS_SIGN_ID => {}
         msr::SYSENTER_CS => ctx.cpu.sysenter[0] = low & 0xffff,
         msr::SYSENTER_ESP => ctx.cpu.sysenter[1] = low,
         msr::SYSENTER_EIP => ctx.cpu.sysenter[2] = low,
