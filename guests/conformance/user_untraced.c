@@ -10,9 +10,11 @@
  *   (a) PUSHF (any native read of EFLAGS) shows the host's IF = 1 and
  *       IOPL = 0, not the guest's virtual IF and IOPL;
  *   (b) MOV from a segment register, PUSH Sreg and MOV Sreg to memory give
- *       btvmm's host selector (an LDT slot such as 0xffcf), not the guest's
- *       selector; PUSH Sreg with 32-bit operand size also writes only two
- *       bytes on Intel CPUs, where QEMU writes four;
+ *       btvmm's host selector, not the guest's selector: for a guest GDT
+ *       selector the host LDT entry of the same index (0x1b reads 0x1f),
+ *       otherwise an LDT slot such as 0xffcf; PUSH Sreg with 32-bit operand
+ *       size also writes only two bytes on Intel CPUs, where QEMU writes
+ *       four;
  *   (c) LAR, LSL, VERR and VERW judge the host's descriptors (the host GDT
  *       for selectors with TI = 0);
  *   (d) SGDT, SIDT and SMSW (and SLDT, STR) are UMIP-protected: the host
@@ -42,7 +44,10 @@
  * that way.
  *
  * Under QEMU every check passes (exit status 1). Under btvmm the kernel
- * prints conformance/user_untraced.btvmm-expected and exits with status 3.
+ * prints conformance/user_untraced.btvmm-expected and exits with status 3;
+ * on hosts whose kernel answers (d) itself (UMIP emulation for
+ * compatibility-mode code, as Linux 6.18 does), the (d) checks fail too and
+ * it prints conformance/user_untraced.btvmm-expected.host-umip.
  * So that the output does not depend on the host, (b), (c) and (d) print
  * only whether a value is the one the guest's own state gives, never the
  * value read; (a) prints EFLAGS, whose host part at CPL 3 (IF = 1, IOPL = 0)

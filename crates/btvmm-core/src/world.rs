@@ -153,6 +153,18 @@ pub trait WorldServices {
     fn address_spaces(&self) -> Option<&dyn AddressSpaces> {
         None
     }
+    /// The guest's x87/SSE registers as the trap being handled found them
+    /// (an FXSAVE image): they live in the world process's own FPU, so a
+    /// handoff to another world process must carry them along.
+    fn guest_fpu(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Makes `image` (an FXSAVE image from [`WorldServices::guest_fpu`])
+    /// the guest's x87/SSE registers when it resumes.
+    fn set_guest_fpu(&mut self, image: &[u8]) -> Result<(), String> {
+        let _ = image;
+        Err("this world cannot load FPU state".into())
+    }
     /// The alias code pages of the split code view (DESIGN.md section
     /// 3b), if this world has them.
     fn code_aliases(&mut self) -> Option<&mut dyn CodeAliases> {

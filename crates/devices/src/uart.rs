@@ -67,6 +67,17 @@ impl<W: Write> Uart<W> {
 }
 
 impl<W: Write> Uart<W> {
+    /// Whether the guest asks for data: the modem control register's RTS
+    /// (request to send) is set, as Linux's 8250 driver does when a
+    /// program opens the port (after resetting the FIFOs) and undoes when
+    /// the last one closes it. The host holds console input back until
+    /// then, the way hardware flow control would, instead of letting the
+    /// driver's FIFO resets throw it away.
+    #[must_use]
+    pub fn ready_to_receive(&self) -> bool {
+        self.serial.state().modem_control & MCR_RTS != 0
+    }
+
     /// Moves bytes from `input` into the receiver FIFO while it has room
     /// (received-data interrupt as the IER says). Bytes that do not fit
     /// wait in `input` for the guest to read the FIFO.
@@ -97,6 +108,8 @@ impl Uart<Box<dyn Write>> {
     }
 }
 
+/// MCR: request to send.
+pub const MCR_RTS: u8 = 0x02;
 /// IIR: transmitter holding register empty.
 pub const IIR_THR_EMPTY: u8 = 0x02;
 /// IIR: received data available.
@@ -144,6 +157,9 @@ mod tests {
     #[test]
     fn received_bytes_wait_for_room_in_the_fifo() {
         let mut uart = Uart::new(Vec::new(), InterruptCount::default());
+        assert!(!uart.ready_to_receive(), "RTS is clear at reset");
+        uart.write(4, 1, u32::from(MCR_RTS | 0x08));
+        assert!(uart.ready_to_receive());
         uart.write(1, 1, u32::from(IER_RECEIVED_DATA));
         let mut input: VecDeque<u8> = (0..100u8).collect();
         uart.receive(&mut input);

@@ -179,6 +179,9 @@ struct VcpuState {
     counters: Vec<u64>,
     halted: bool,
     stepping: bool,
+    /// The guest's x87/SSE registers (an FXSAVE image), which live in the
+    /// host FPU of the process that runs the guest.
+    fpu: Option<Vec<u8>>,
 }
 
 /// What went wrong while handling a trap.
@@ -655,6 +658,7 @@ impl Monitor {
             counters: self.counters.as_slice().to_vec(),
             halted: self.halted,
             stepping: self.stepping,
+            fpu: world.guest_fpu(),
         };
         let bytes = bincode::serialize(&state)
             .map_err(|error| StopReason::Internal(format!("packing the vCPU: {error}")))?;
@@ -680,6 +684,11 @@ impl Monitor {
         self.halted = state.halted;
         self.stepping = state.stepping;
         self.published_deadline = None;
+        if let Some(image) = &state.fpu {
+            world.set_guest_fpu(image).map_err(|error| {
+                StopReason::Internal(format!("loading the guest's FPU: {error}"))
+            })?;
+        }
         let catchup = self
             .mmu
             .take_over(world, &mut self.planner, &self.cpu)

@@ -9,6 +9,13 @@
 //! the monitor gives it the guest's meaning (the selector-collision repair
 //! of DESIGN.md section 2). On the way out, slots whose descriptor changed
 //! are rewritten and every register gets its own slot.
+//!
+//! In guest user mode a register holding a guest GDT selector runs on the
+//! host LDT entry of the same index instead (a GDT mirror): its host
+//! selector is then the guest's with the table bit set (0x33 reads 0x37),
+//! so that untraced user code that reads a segment register natively gets
+//! the guest's descriptor index. glibc's pthread_create does exactly that:
+//! it passes `%gs >> 3` to the kernel as the TLS entry of the new thread.
 
 use btvmm_core::cpu::{Cpu, SegReg, Segment};
 use btvmm_core::descriptor::Descriptor;
@@ -31,6 +38,9 @@ pub struct Shadows {
     /// The descriptor each slot holds in the host LDT (the guest's, or its
     /// truncated form in user mode).
     written: [Option<Descriptor>; 6],
+    /// GDT mirrors: host LDT index (= guest GDT index) to the guest segment
+    /// it stands for and the descriptor written there.
+    mirrors: std::collections::BTreeMap<u16, (Segment, Descriptor)>,
 }
 
 /// The outcome of reading a host selector back.
@@ -70,6 +80,12 @@ impl Shadows {
             SegReg::Gs,
         ] {
             let selector = host.selectors[seg as usize];
+            if selector & 4 != 0
+                && let Some((mirrored, _)) = self.mirrors.get(&(selector >> 3))
+            {
+                *cpu.segment_mut(seg) = *mirrored;
+                continue;
+            }
             if let Some(slot) = slot_of(selector) {
                 let Some(loaded) = self.slots[slot as usize] else {
                     return Err(StopReason::Internal(format!(
@@ -161,6 +177,9 @@ impl Shadows {
     ) -> Result<(usize, [u16; 6]), StopReason> {
         let mut writes = 0;
         let mut selectors = [0u16; 6];
+        // GDT mirrors used by a register this time (a second register may
+        // share one only with the same descriptor).
+        let mut used = [0u16; 6];
         for seg in SegReg::ALL {
             let segment = *cpu.segment(seg);
             if segment.is_null() && !matches!(seg, SegReg::Cs | SegReg::Ss) {
@@ -182,6 +201,14 @@ impl Shadows {
             } else {
                 segment.cache
             };
+            if cpu.cpl == 3
+                && let Some((selector, wrote)) = self.mirror(&segment, shadow, &used, world)?
+            {
+                writes += usize::from(wrote);
+                selectors[seg as usize] = selector;
+                used[seg as usize] = selector >> 3;
+                continue;
+            }
             if self.written[seg as usize] != Some(shadow) {
                 world
                     .write_ldt(FIRST_SLOT + seg as u16, Some(&shadow))
@@ -193,6 +220,45 @@ impl Shadows {
             selectors[seg as usize] = slot_selector(seg);
         }
         Ok((writes, selectors))
+    }
+}
+
+impl Shadows {
+    /// Puts user-mode `segment` (a guest GDT selector) on the host LDT
+    /// entry of its index, written as `shadow`: returns its host selector
+    /// and whether the entry had to be written, or None when it cannot be
+    /// mirrored (an LDT selector, an index among the slots, or the entry
+    /// holding another descriptor for a register loaded earlier).
+    fn mirror(
+        &mut self,
+        segment: &Segment,
+        shadow: Descriptor,
+        used: &[u16; 6],
+        world: &mut dyn WorldServices,
+    ) -> Result<Option<(u16, bool)>, StopReason> {
+        let index = segment.selector >> 3;
+        if segment.selector & 4 != 0 || index == 0 || index >= FIRST_SLOT {
+            return Ok(None);
+        }
+        let host_selector = segment.selector | 4;
+        match self.mirrors.get(&index) {
+            Some((mirrored, written)) if *written == shadow => {
+                if mirrored != segment {
+                    // Same descriptor, another cache: keep one.
+                    self.mirrors.insert(index, (*segment, shadow));
+                }
+                return Ok(Some((host_selector, false)));
+            }
+            // Another register loaded this time holds the entry with
+            // another descriptor: this one takes its own slot.
+            Some(_) if used.contains(&index) => return Ok(None),
+            _ => {}
+        }
+        world
+            .write_ldt(index, Some(&shadow))
+            .map_err(StopReason::Internal)?;
+        self.mirrors.insert(index, (*segment, shadow));
+        Ok(Some((host_selector, true)))
     }
 }
 

@@ -604,9 +604,10 @@ impl Host<'_> {
         None
     }
 
-    /// Hands waiting console bytes to COM1 as its FIFO has room.
+    /// Hands waiting console bytes to COM1 as its FIFO has room, once the
+    /// guest asks for them (RTS: see `Uart::ready_to_receive`).
     fn feed_input(&mut self) {
-        if !self.input.is_empty() {
+        if !self.input.is_empty() && self.board.com1.ready_to_receive() {
             self.board.com1.receive(&mut self.input);
         }
     }
@@ -666,7 +667,8 @@ impl Host<'_> {
                     return Ending::Stopped(reason);
                 }
             };
-            // A read of COM1's receiver makes room for waiting input.
+            // A read of COM1's receiver makes room for waiting input, a
+            // write of its MCR may ask for it.
             self.feed_input();
             // The world reads the levels after the reply: publish first.
             self.update_levels(machine);

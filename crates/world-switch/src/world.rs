@@ -42,6 +42,16 @@ pub struct World {
     aliases: Option<AliasMemory>,
     /// Which system-call instruction the host's fast path takes.
     fast_path: btvmm_core::HostFastPath,
+    /// The guest's FPU state in the frame of the trap being handled, read
+    /// before the monitor runs; a new image to load when it resumes.
+    fpu: FpuExchange,
+}
+
+/// The guest FPU image of the current trap (see `WorldServices::guest_fpu`).
+#[derive(Debug, Default)]
+struct FpuExchange {
+    current: Option<[u8; crate::sys::signal::FXSAVE_BYTES]>,
+    replacement: Option<[u8; crate::sys::signal::FXSAVE_BYTES]>,
 }
 
 impl World {
@@ -96,6 +106,7 @@ impl World {
             timestamp_faulting: false,
             aliases: None,
             fast_path,
+            fpu: FpuExchange::default(),
         })
     }
 
@@ -163,7 +174,18 @@ impl World {
         let mut world = self;
         let handler: signal::Handler = Box::new(move |frame| {
             let (trap, registers) = trap::decode(frame);
-            match monitor(trap, registers, &mut world) {
+            // Only a pool's handoff needs the FPU image (its members are
+            // processes with FPUs of their own): read it for pools only.
+            world.fpu.current = if world.pool.is_some() {
+                frame.fpu_image()
+            } else {
+                None
+            };
+            let action = monitor(trap, registers, &mut world);
+            if let Some(image) = world.fpu.replacement.take() {
+                frame.set_fpu_image(&image);
+            }
+            match action {
                 Action::Resume(registers) => trap::apply(frame, &registers),
                 Action::Terminate => {
                     // SAFETY: ends the process at once; nothing to unwind.
@@ -316,6 +338,19 @@ impl WorldServices for World {
     fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String> {
         set_tsc_faulting(faulting)?;
         self.timestamp_faulting = faulting;
+        Ok(())
+    }
+
+    fn guest_fpu(&self) -> Option<Vec<u8>> {
+        self.fpu.current.map(|image| image.to_vec())
+    }
+
+    fn set_guest_fpu(&mut self, image: &[u8]) -> Result<(), String> {
+        let image: [u8; crate::sys::signal::FXSAVE_BYTES] = image
+            .try_into()
+            .map_err(|_| format!("an FPU image of {} bytes", image.len()))?;
+        self.fpu.replacement = Some(image);
+        self.fpu.current = Some(image);
         Ok(())
     }
 

@@ -132,6 +132,64 @@ pub struct SignalFrame<'a> {
     pub segments: &'a mut GuestSegmentRegisters,
 }
 
+/// Bytes of the FXSAVE image of the x87/SSE state (the legacy part of
+/// the signal frame's floating-point state).
+pub const FXSAVE_BYTES: usize = 512;
+/// Where, in the FXSAVE image, the kernel keeps its own signal-frame
+/// bookkeeping (`struct _fpx_sw_bytes`): bytes the FXSAVE format leaves to
+/// software, which sigreturn checks.
+const SW_RESERVED: usize = 464;
+/// `FP_XSTATE_MAGIC1`: the frame's state is in XSAVE format, with an XSAVE
+/// header right after the FXSAVE image.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// XSTATE_BV bits of the x87 and SSE components.
+const XSTATE_FP_SSE: u64 = 0b11;
+
+impl SignalFrame<'_> {
+    fn fpstate(&self) -> *mut u8 {
+        self.context.uc_mcontext.fpregs.cast::<u8>()
+    }
+
+    /// The interrupted code's x87/SSE registers as an FXSAVE image (the
+    /// kernel saved them in the frame), if the frame has them.
+    #[must_use]
+    pub fn fpu_image(&self) -> Option<[u8; FXSAVE_BYTES]> {
+        let state = self.fpstate();
+        if state.is_null() {
+            return None;
+        }
+        let mut image = [0u8; FXSAVE_BYTES];
+        // SAFETY: the kernel's fpregs pointer of a live signal frame points
+        // at its floating-point state, at least the 512-byte FXSAVE image.
+        unsafe { std::ptr::copy_nonoverlapping(state, image.as_mut_ptr(), FXSAVE_BYTES) };
+        Some(image)
+    }
+
+    /// Makes `image` (an FXSAVE image) the x87/SSE registers the
+    /// interrupted code resumes with. The kernel's bookkeeping bytes of the
+    /// frame are kept; in an XSAVE-format frame the x87 and SSE components
+    /// are marked present so that sigreturn loads them. False if the frame
+    /// has no floating-point state.
+    pub fn set_fpu_image(&mut self, image: &[u8; FXSAVE_BYTES]) -> bool {
+        let state = self.fpstate();
+        if state.is_null() {
+            return false;
+        }
+        // SAFETY: as in `fpu_image`; the frame is writable and read back by
+        // sigreturn. The XSAVE header (8 bytes at offset 512) exists when
+        // the kernel wrote magic1 into the software bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(image.as_ptr(), state, SW_RESERVED);
+            let magic = std::ptr::read_unaligned(state.add(SW_RESERVED).cast::<u32>());
+            if magic == FP_XSTATE_MAGIC1 {
+                let header = state.add(FXSAVE_BYTES).cast::<u64>();
+                std::ptr::write_unaligned(header, std::ptr::read_unaligned(header) | XSTATE_FP_SSE);
+            }
+        }
+        true
+    }
+}
+
 /// The monitor's signal handler.
 pub type Handler = Box<dyn FnMut(&mut SignalFrame<'_>)>;
 
