@@ -1,0 +1,434 @@
+//! System tests: Debian's unmodified i386 kernel with the busybox
+//! initramfs of scripts/make-initramfs (with guests/linux/systest in it)
+//! boots under btvmm, as a user would run it (DESIGN.md section 7).
+//!
+//! The kernel and image come from the environment, as .ci/run builds them:
+//! BTVMM_DEBIAN_KERNEL (scripts/fetch-debian-kernel) and BTVMM_LINUX_INITRD
+//! (scripts/make-initramfs --add .../systest:/bin/systest). Hence ignored
+//! by default: `cargo test -p host-loader --test linux -- --ignored`.
+//!
+//! Each test boots once (or, for the reset test, as often as it resets)
+//! and checks everything it can in that boot. A failure shows the last 30
+//! console lines and the monitor's counters.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// The guest's banner (guests/linux/init).
+const BANNER: &str = "btvmm guest: busybox initramfs ready";
+/// Longest a boot with its commands may take here.
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn kernel() -> PathBuf {
+    std::env::var_os("BTVMM_DEBIAN_KERNEL")
+        .map(PathBuf::from)
+        .expect("BTVMM_DEBIAN_KERNEL names Debian's vmlinuz (scripts/fetch-debian-kernel)")
+}
+
+fn initrd() -> PathBuf {
+    std::env::var_os("BTVMM_LINUX_INITRD")
+        .map(PathBuf::from)
+        .expect("BTVMM_LINUX_INITRD names the system-test initramfs (scripts/make-initramfs)")
+}
+
+/// A finished run: console output, stderr (with --stats), exit status.
+struct Run {
+    console: String,
+    stderr: String,
+    status: Option<i32>,
+}
+
+impl Run {
+    /// The last 30 console lines and the counters, for failure messages.
+    fn context(&self) -> String {
+        let lines: Vec<&str> = self.console.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!(
+            "exit status {:?}\n--- last console lines ---\n{tail}\n--- stderr ---\n{}",
+            self.status, self.stderr
+        )
+    }
+
+    /// The console after the banner (what the shell printed), or a panic
+    /// with the context.
+    fn after_banner(&self) -> &str {
+        match self.console.find(BANNER) {
+            Some(at) => &self.console[at + BANNER.len()..],
+            None => panic!("the guest never printed its banner\n{}", self.context()),
+        }
+    }
+}
+
+/// Boots and types each of `inputs` into the console once the banner has
+/// appeared that many times (the first after the first boot, the second
+/// after the kernel booted again, ...), then waits for the end.
+fn boot(extra_args: &[&str], append: &str, inputs: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--stats", "--kernel"])
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(initrd())
+        .args(["--append", append])
+        .args(extra_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start btvmm");
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let console = std::sync::Arc::clone(&console);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = std::io::Read::read(&mut stdout, &mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                console
+                    .lock()
+                    .expect("console buffer")
+                    .extend_from_slice(&buffer[..read]);
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    for (boots, input) in inputs.iter().enumerate() {
+        loop {
+            let seen = String::from_utf8_lossy(&console.lock().expect("console buffer"))
+                .matches(BANNER)
+                .count();
+            if seen > boots {
+                break;
+            }
+            if started.elapsed() > TIMEOUT || child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    drop(stdin);
+    let output = wait_with_timeout(child, TIMEOUT.saturating_sub(started.elapsed()));
+    let _ = reader.join();
+    let console = std::mem::take(&mut *console.lock().expect("console buffer"));
+    Run {
+        // The serial console ends lines with CR LF.
+        console: String::from_utf8_lossy(&console).replace("\r\n", "\n"),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        status: output.status.code(),
+    }
+}
+
+/// Waits for `child`, killing it (and failing) after `limit`.
+fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match waited.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for btvmm"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let output = waited.recv().expect("the waiter").expect("wait for btvmm");
+            panic!(
+                "btvmm did not finish within {limit:?}:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+    }
+}
+
+/// The lines between `@@name` and the next `@@` marker.
+fn section<'a>(shell: &'a str, name: &str) -> &'a str {
+    let marker = format!("@@{name}\n");
+    let start = shell
+        .find(&marker)
+        .map(|at| at + marker.len())
+        .unwrap_or_else(|| panic!("no {name} section in:\n{shell}"));
+    let rest = &shell[start..];
+    let end = rest.find("@@").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The systest lines (`ok`/`FAIL` and the summary) of a transcript.
+fn systest_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| line.trim_start_matches("~ # ").trim_end_matches('\r'))
+        .filter(|line| {
+            line.starts_with("ok ") || line.starts_with("FAIL ") || line.starts_with("systest: ")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
+    let commands = "echo @@uname; uname -a\n\
+                    echo @@cpuinfo; cat /proc/cpuinfo\n\
+                    echo @@dmesg; dmesg\n\
+                    echo @@systest; /bin/systest; echo @@end\n\
+                    poweroff -f\n";
+    let run = boot(
+        &[],
+        "console=ttyS0 quiet panic=-1 btvmm.echo=off",
+        &[commands],
+    );
+    let context = run.context();
+    assert_eq!(
+        run.status,
+        Some(0),
+        "power-off ends btvmm with 0\n{context}"
+    );
+    let shell = run.after_banner();
+
+    let uname = section(shell, "uname");
+    assert!(
+        uname.contains("Linux btvmm 6.1.0-") && uname.contains(" i686 GNU/Linux"),
+        "uname -a: {uname}\n{context}"
+    );
+
+    let cpuinfo = section(shell, "cpuinfo");
+    for line in [
+        "vendor_id\t: GenuineIntel",
+        "model name\t: btvmm virtual i686 CPU",
+        "cpu family\t: 6",
+        "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 cpuid hypervisor",
+    ] {
+        assert!(
+            cpuinfo.lines().any(|got| got.trim_end() == line),
+            "/proc/cpuinfo lacks {line:?}:\n{cpuinfo}"
+        );
+    }
+
+    let dmesg = section(shell, "dmesg");
+    assert!(
+        dmesg.contains("Run /init as init process"),
+        "dmesg:\n{dmesg}"
+    );
+    for bad in ["WARNING", "BUG", "Oops", "Call Trace"] {
+        let lines: Vec<&str> = dmesg.lines().filter(|line| line.contains(bad)).collect();
+        assert!(lines.is_empty(), "dmesg has {bad}:\n{}", lines.join("\n"));
+    }
+
+    let ours = systest_lines(section(shell, "systest"));
+    assert!(
+        ours.last()
+            .is_some_and(|summary| summary.ends_with(" passed, 0 failed")),
+        "systest under btvmm:\n{}\n{context}",
+        ours.join("\n")
+    );
+
+    // The same image under QEMU TCG gives the same program output.
+    let qemu = Command::new(common::guests().join("linux/run-qemu"))
+        .arg(kernel())
+        .arg(initrd())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(b"/bin/systest\n")?;
+            Ok(child)
+        })
+        .expect("run guests/linux/run-qemu");
+    let qemu = wait_with_timeout(qemu, TIMEOUT);
+    let theirs = systest_lines(&String::from_utf8_lossy(&qemu.stdout).replace("\r\n", "\n"));
+    assert_eq!(
+        ours,
+        theirs,
+        "systest output under btvmm and under QEMU\n{}",
+        String::from_utf8_lossy(&qemu.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn linux_resets_reboot_a_panic_is_shown_and_power_off_ends_the_run() {
+    // reboot -f resets the machine (the keyboard controller's pulse):
+    // the kernel boots again from its entry and reads the rest of the
+    // input; a panic with panic=-1 resets it too; then it powers off.
+    let run = boot(
+        &[],
+        "console=ttyS0 quiet panic=-1",
+        &[
+            "reboot -f\n",
+            "echo c > /proc/sysrq-trigger\n",
+            "poweroff -f\n",
+        ],
+    );
+    let context = run.context();
+    assert_eq!(run.status, Some(0), "{context}");
+    assert_eq!(
+        run.console.matches(BANNER).count(),
+        3,
+        "three boots\n{context}"
+    );
+    assert!(
+        run.console.contains("Kernel panic - not syncing"),
+        "the panic is on the console\n{context}"
+    );
+    assert!(
+        run.stderr.contains("guest resets: 2"),
+        "two resets in --stats\n{context}"
+    );
+
+    // With --no-reboot the reset ends the run, with status 0 and a line.
+    let run = boot(
+        &["--no-reboot"],
+        "console=ttyS0 quiet panic=-1",
+        &["reboot -f\n"],
+    );
+    let context = run.context();
+    assert_eq!(run.status, Some(0), "{context}");
+    assert_eq!(run.console.matches(BANNER).count(), 1, "{context}");
+    assert!(
+        run.stderr
+            .contains("btvmm: the guest reset the machine; stopping (--no-reboot)"),
+        "{context}"
+    );
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn sigterm_and_sigint_stop_the_vm_cleanly() {
+    for (signal, status) in [("TERM", 143), ("INT", 130)] {
+        let child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+            .args(["run", "--kernel"])
+            .arg(kernel())
+            .arg("--initrd")
+            .arg(initrd())
+            .args(["--append", "console=ttyS0 quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start btvmm");
+        let pid = child.id();
+        // Let it start its world processes and run the guest a while.
+        std::thread::sleep(Duration::from_secs(3));
+        let worlds = world_processes(pid);
+        assert!(!worlds.is_empty(), "no world processes under {pid}");
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        let output = wait_with_timeout(child, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(status), "SIG{signal}: {stderr}");
+        assert!(
+            stderr.contains("stopped by signal"),
+            "SIG{signal}: {stderr}"
+        );
+        for world in worlds {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{world}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{world}/stat"))
+                        .is_ok_and(|stat| stat.contains(") Z ")),
+                "world process {world} still runs after SIG{signal}"
+            );
+        }
+    }
+}
+
+/// The pids of `parent`'s children (its world processes).
+fn world_processes(parent: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// What a tmux pane shows now.
+fn capture(session: &str) -> String {
+    let output = Command::new("tmux")
+        .args(["capture-pane", "-p", "-J", "-S", "-200", "-t", session])
+        .output()
+        .expect("tmux capture-pane");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits until the pane shows `text` (`count` times at least).
+fn wait_for(session: &str, text: &str, count: usize) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let screen = capture(session);
+        if screen.matches(text).count() >= count {
+            return screen;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the terminal never showed {text:?}:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn keys(session: &str, keys: &[&str]) {
+    let status = Command::new("tmux")
+        .args(["send-keys", "-t", session])
+        .args(keys)
+        .status()
+        .expect("tmux send-keys");
+    assert!(status.success());
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn on_a_terminal_the_console_is_raw_ctrl_c_reaches_the_guest_and_ctrl_a_x_quits() {
+    let session = format!("btvmm-test-{}", std::process::id());
+    let command = format!(
+        "{} run --kernel {} --initrd {} --append 'console=ttyS0 quiet'; echo EXIT=$?; stty -a; sleep 600",
+        env!("CARGO_BIN_EXE_btvmm"),
+        kernel().display(),
+        initrd().display()
+    );
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "160", "-y", "50"])
+        .arg(command)
+        .status()
+        .expect("tmux (scripts/install-deps --tests installs it)");
+    assert!(started.success(), "tmux new-session");
+    let outcome = std::panic::catch_unwind(|| {
+        wait_for(&session, BANNER, 1);
+        wait_for(&session, "~ # ", 1);
+        // Typing works, and the guest's shell echoes and computes.
+        keys(&session, &["echo $((6*7))", "Enter"]);
+        wait_for(&session, "\n42\n", 1);
+        // Ctrl-C goes to the guest: it interrupts the guest's sleep, not
+        // btvmm.
+        keys(&session, &["sleep 100", "Enter"]);
+        std::thread::sleep(Duration::from_secs(2));
+        keys(&session, &["C-c"]);
+        keys(&session, &["echo after-ctrl-c", "Enter"]);
+        wait_for(&session, "\nafter-ctrl-c\n", 1);
+        // Ctrl-A x ends btvmm with status 0 and the terminal is cooked
+        // again.
+        keys(&session, &["C-a", "x"]);
+        let screen = wait_for(&session, "EXIT=0", 1);
+        assert!(
+            screen.contains(" icanon ") && screen.contains(" echo "),
+            "the terminal was not restored:\n{screen}"
+        );
+    });
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
