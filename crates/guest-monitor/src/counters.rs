@@ -110,11 +110,21 @@ pub enum Counter {
     /// Kernel-mode resumes under hardware breakpoints although the split
     /// view is on (code whose alias cannot be placed).
     SplitFallbacks,
+    /// Nanoseconds the monitor worked (trap handling, without the waits
+    /// below).
+    MonitorNs,
+    /// Nanoseconds waiting for the host's reply to an exit.
+    ExitWaitNs,
+    /// Nanoseconds asleep in a guest HLT.
+    HaltNs,
+    /// Guest-physical accesses outside RAM (open bus: reads give all ones,
+    /// writes are dropped).
+    OpenBus,
 }
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 47] = [
+    pub const ALL: [Counter; 51] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -162,6 +172,10 @@ impl Counter {
         Counter::SplitWindowMoves,
         Counter::SplitStraddlers,
         Counter::SplitFallbacks,
+        Counter::MonitorNs,
+        Counter::ExitWaitNs,
+        Counter::HaltNs,
+        Counter::OpenBus,
     ];
 
     /// Name for reports.
@@ -215,6 +229,10 @@ impl Counter {
             Self::SplitWindowMoves => "split: window moves",
             Self::SplitStraddlers => "split: page-straddling instructions emulated",
             Self::SplitFallbacks => "split: resumes under hardware breakpoints instead",
+            Self::MonitorNs => "time: monitor work (ns)",
+            Self::ExitWaitNs => "time: waiting for the host (ns)",
+            Self::HaltNs => "time: guest HLT sleeps (ns)",
+            Self::OpenBus => "memory: open-bus accesses outside RAM",
         }
     }
 }

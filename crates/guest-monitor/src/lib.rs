@@ -161,6 +161,9 @@ pub struct Monitor {
     resumed_window: Option<split::Window>,
     /// Hardware breakpoints are armed.
     breakpoints_armed: bool,
+    /// When the monitor's current stretch of work began (VM clock, ns),
+    /// and the waits counted up to then: monitor time is the rest.
+    work_started: (u64, u64),
     /// The last alias fetch fault (EIP) and how often it repeated: a
     /// fault that does not go away sends that code to hardware
     /// breakpoints instead of looping.
@@ -243,6 +246,7 @@ impl Monitor {
             split: false,
             resumed_window: None,
             breakpoints_armed: false,
+            work_started: (0, 0),
             last_alias_fault: (0, 0),
         })
     }
@@ -283,6 +287,7 @@ impl Monitor {
         host: HostRegisters,
         world: &mut dyn WorldServices,
     ) -> Action {
+        self.start_work(world);
         self.counters.bump(Counter::Traps);
         if self.trace {
             world.trace(&format!(
@@ -302,6 +307,7 @@ impl Monitor {
             .enter(trap, &host, world)
             .and_then(|()| self.run_kernel(world))
             .and_then(|()| self.leave(world));
+        self.charge_work(world);
         match result {
             Ok(registers) => Action::Resume(registers),
             Err(Failure::Terminated) => {
@@ -316,6 +322,29 @@ impl Monitor {
                 Action::Terminate
             }
         }
+    }
+
+    /// The waits counted so far (exits and HLT sleeps).
+    fn waits(&self) -> u64 {
+        self.counters
+            .get(Counter::ExitWaitNs)
+            .wrapping_add(self.counters.get(Counter::HaltNs))
+    }
+
+    /// Starts timing the monitor's work.
+    fn start_work(&mut self, world: &dyn WorldServices) {
+        self.work_started = (world.now_ns(), self.waits());
+    }
+
+    /// Counts the monitor's work since [`Monitor::start_work`], without the
+    /// waits, and starts again.
+    fn charge_work(&mut self, world: &dyn WorldServices) {
+        let (started, waits_then) = self.work_started;
+        let elapsed = world.now_ns().saturating_sub(started);
+        let waited = self.waits().wrapping_sub(waits_then);
+        self.counters
+            .add(Counter::MonitorNs, elapsed.saturating_sub(waited));
+        self.start_work(world);
     }
 
     /// Steps 1 and 2: registers in, the trap itself.
@@ -337,7 +366,10 @@ impl Monitor {
                 _ => false,
             };
             if later_member {
-                return self.take_over(world, &state);
+                let taken = self.take_over(world, &state);
+                // The wait for a turn was not work.
+                self.start_work(world);
+                return taken;
             }
             self.mmu
                 .start(world)
@@ -644,6 +676,7 @@ impl Monitor {
         target: usize,
     ) -> Result<(), Failure> {
         self.counters.bump(Counter::AddressSpaceSwitches);
+        self.charge_work(world);
         self.mmu.sync_pool(world);
         // This process does not run the guest until it is handed back.
         if self.published_deadline.is_some() {
@@ -671,7 +704,10 @@ impl Monitor {
             pool.touch(target);
             pool.hand_over(target, &bytes, &mut back);
         }
-        self.take_over(world, &back)
+        let taken = self.take_over(world, &back);
+        // The counters came with the vCPU: time from here.
+        self.start_work(world);
+        taken
     }
 
     /// Takes over the vCPU another pool member handed here.
@@ -876,7 +912,10 @@ impl Monitor {
         self.counters.bump(Counter::Halts);
         if self.cpu.interrupts_enabled() {
             self.publish_deadline(world)?;
+            let slept = world.now_ns();
             world.wait_for_kick();
+            self.counters
+                .add(Counter::HaltNs, world.now_ns().saturating_sub(slept));
             self.update_chipset(world);
             return Ok(());
         }

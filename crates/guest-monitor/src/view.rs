@@ -66,7 +66,12 @@ impl GuestView<'_> {
             stats.blocks.invalidated + stats.plans.invalidated,
         );
         self.world.publish_counters(self.counters.as_slice());
+        let asked = self.world.now_ns();
         let reply = self.world.exit(exit);
+        self.counters.add(
+            Counter::ExitWaitNs,
+            self.world.now_ns().saturating_sub(asked),
+        );
         if reply == Reply::Terminate {
             *self.terminate = true;
             return Err(Stop::Machine("the host ended the VM".into()));
@@ -124,7 +129,10 @@ impl Machine for GuestView<'_> {
             let end = buf.len().min(done + 4096);
             for (phys, len) in self.translate(at, end - done, access)? {
                 if len > 0 {
-                    read_physical(&*self.world, phys, &mut buf[done..done + len]);
+                    if !self.world.read_phys(phys, &mut buf[done..done + len]) {
+                        self.counters.bump(Counter::OpenBus);
+                        read_physical(&*self.world, phys, &mut buf[done..done + len]);
+                    }
                     done += len;
                 }
             }
@@ -144,6 +152,7 @@ impl Machine for GuestView<'_> {
                 }
                 let piece = &data[done..done + len];
                 if !self.world.write_phys(phys, piece) {
+                    self.counters.bump(Counter::OpenBus);
                     // Partly outside RAM: what is RAM is written, the rest
                     // is dropped (open bus).
                     for (offset, byte) in piece.iter().enumerate() {
