@@ -288,6 +288,7 @@ impl Monitor {
         world: &mut dyn WorldServices,
     ) -> Action {
         self.start_work(world);
+        self.mmu.flush_tlb();
         self.counters.bump(Counter::Traps);
         if self.trace {
             world.trace(&format!(
@@ -1296,6 +1297,9 @@ impl Monitor {
                 .shadow()
                 .map_or(0, |shadow| shadow.mapped_pages() as u64),
         );
+        if let Some(failure) = self.mmu.split.take_failure() {
+            return Err(StopReason::Internal(format!("split view: {failure}")).into());
+        }
         let window = self.resumed_window.filter(|_| self.cpu.cpl == 0);
         if window.is_some() && self.breakpoints_armed {
             world.arm_breakpoints(&[]).map_err(StopReason::Internal)?;

@@ -226,6 +226,76 @@ impl HostMapper for DeferredMapper {
     }
 }
 
+/// Entries of the emulator's translation cache.
+const TLB_ENTRIES: usize = 64;
+
+/// A translation the emulator made during the current trap, with the rights
+/// the guest's tables gave it.
+#[derive(Clone, Copy, Debug)]
+struct TlbEntry {
+    virt_page: u32,
+    phys_page: u32,
+    writable: bool,
+    user: bool,
+    /// The leaf's Dirty bit is set: a write needs no walk to set it.
+    dirty: bool,
+    /// The guest-physical page holding the leaf entry (a page table, or
+    /// the directory for a 4 MiB page): a write there drops the cache.
+    table_page: u32,
+}
+
+/// The emulator's translations (a software TLB), kept for one trap only:
+/// between traps the guest may change tables the shadow does not track.
+/// Within a trap every change goes through the emulator: control register
+/// writes, INVLPG and writes to the directory or to a table a cached
+/// translation came from drop it all.
+#[derive(Debug)]
+struct Tlb {
+    entries: [Option<TlbEntry>; TLB_ENTRIES],
+    /// The directory the entries came through.
+    directory_page: u32,
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Self {
+            entries: [None; TLB_ENTRIES],
+            directory_page: u32::MAX,
+        }
+    }
+}
+
+impl Tlb {
+    fn flush(&mut self) {
+        self.entries = [None; TLB_ENTRIES];
+    }
+
+    fn lookup(&self, virt_page: u32, access: Access, cr0_wp: bool) -> Option<u32> {
+        let entry = self.entries[virt_page as usize % TLB_ENTRIES]?;
+        if entry.virt_page != virt_page || (access.write && !entry.dirty) {
+            return None;
+        }
+        let allowed = if access.user {
+            entry.user && (!access.write || entry.writable)
+        } else {
+            !access.write || entry.writable || !cr0_wp
+        };
+        allowed.then_some(entry.phys_page)
+    }
+
+    fn written(&mut self, page: u32) {
+        if page == self.directory_page
+            || self
+                .entries
+                .iter()
+                .flatten()
+                .any(|entry| entry.table_page == page)
+        {
+            self.flush();
+        }
+    }
+}
+
 /// The guest's paging state and the shadow of its current address space.
 #[derive(Debug, Default)]
 pub struct Mmu {
@@ -256,6 +326,8 @@ pub struct Mmu {
     pool_epoch: u64,
     /// The split code view's alias pages in this process.
     pub split: crate::split::SplitView,
+    /// The emulator's translations during the current trap.
+    tlb: Tlb,
 }
 
 /// What a member must catch up on when it takes the vCPU over.
@@ -352,16 +424,40 @@ impl Mmu {
         if self.shadow.is_none() {
             return Ok(guest_virt);
         }
+        let regs = self.regs();
+        let virt_page = guest_virt / PAGE_SIZE;
+        if let Some(phys_page) = self.tlb.lookup(virt_page, access, regs.cr0_wp) {
+            return Ok(phys_page * PAGE_SIZE + guest_virt % PAGE_SIZE);
+        }
         match walk_and_update(
             &mut PhysWindowMut(world),
-            self.regs(),
+            regs,
             GuestVirt(guest_virt),
             access,
         ) {
-            Ok(WalkOutcome::Translated(translation)) => Ok(translation.guest_phys.0),
+            Ok(WalkOutcome::Translated(translation)) => {
+                if let Some(leaf) = translation.path.leaf() {
+                    self.tlb.directory_page = self.cr3 / PAGE_SIZE;
+                    self.tlb.entries[virt_page as usize % TLB_ENTRIES] = Some(TlbEntry {
+                        virt_page,
+                        phys_page: translation.guest_phys.0 / PAGE_SIZE,
+                        writable: translation.writable,
+                        user: translation.user,
+                        dirty: translation.dirty,
+                        table_page: leaf.entry_guest_phys.0 / PAGE_SIZE,
+                    });
+                }
+                Ok(translation.guest_phys.0)
+            }
             Ok(WalkOutcome::Fault(fault)) => Err(TranslateError::Fault(fault)),
             Err(error) => Err(TranslateError::Broken(error)),
         }
+    }
+
+    /// Drops the emulator's translations (each trap starts without them:
+    /// the guest may have changed its tables meanwhile).
+    pub fn flush_tlb(&mut self) {
+        self.tlb.flush();
     }
 
     /// Translates without changing guest memory (the planner's view).
@@ -393,6 +489,7 @@ impl Mmu {
         register: u8,
         value: u32,
     ) -> Result<(), ShadowError> {
+        self.tlb.flush();
         match register {
             0 => {
                 let was = self.cr0 & Cr0::PG != 0;
@@ -483,6 +580,7 @@ impl Mmu {
         planner: &mut Planner,
         guest_virt: u32,
     ) -> Result<(), ShadowError> {
+        self.tlb.flush();
         let regs = self.regs();
         let Some(shadow) = &mut self.shadow else {
             return Ok(());
@@ -531,6 +629,9 @@ impl Mmu {
         guest_phys: u32,
         len: u32,
     ) {
+        self.tlb.written(guest_phys / PAGE_SIZE);
+        self.tlb
+            .written(guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE);
         if self.shadow.is_none() && !self.identity_code.is_empty() {
             // Paging off: the written code pages become writable again
             // until the planner decodes them again (their decoded blocks
@@ -718,6 +819,7 @@ impl Mmu {
         planner: &mut Planner,
         cpu: &btvmm_core::cpu::Cpu,
     ) -> Result<Catchup, ShadowError> {
+        self.tlb.flush();
         let pse_changed = (self.cr4 ^ cpu.cr4) & CR4_PSE != 0;
         self.cr0 = cpu.cr0;
         self.cr4 = cpu.cr4;
@@ -1039,5 +1141,52 @@ mod tests {
         assert_eq!(truncate_user_segment(&flat(0xb, USER_TOP, 0xfff)), None);
         let down = truncate_user_segment(&flat(0x7, 0x1000_0000, 0xfff)).expect("data");
         assert_eq!(down.limit, u32::MAX);
+    }
+
+    fn cached(tlb: &mut Tlb, writable: bool, user: bool, dirty: bool) {
+        tlb.directory_page = 0x10;
+        tlb.entries[0x400 % TLB_ENTRIES] = Some(TlbEntry {
+            virt_page: 0x400,
+            phys_page: 0x99,
+            writable,
+            user,
+            dirty,
+            table_page: 0x11,
+        });
+    }
+
+    #[test]
+    fn the_translation_cache_keeps_the_guests_rights() {
+        let mut tlb = Tlb::default();
+        cached(&mut tlb, false, false, false);
+        assert_eq!(tlb.lookup(0x400, Access::read(false), true), Some(0x99));
+        assert_eq!(tlb.lookup(0x400, Access::read(true), true), None, "user");
+        assert_eq!(tlb.lookup(0x400, Access::write(false), true), None);
+        assert_eq!(tlb.lookup(0x440, Access::read(false), true), None);
+        cached(&mut tlb, false, false, true);
+        assert_eq!(
+            tlb.lookup(0x400, Access::write(false), true),
+            None,
+            "CR0.WP"
+        );
+        assert_eq!(tlb.lookup(0x400, Access::write(false), false), Some(0x99));
+        cached(&mut tlb, true, true, false);
+        // A write must walk to set the Dirty bit.
+        assert_eq!(tlb.lookup(0x400, Access::write(true), true), None);
+        cached(&mut tlb, true, true, true);
+        assert_eq!(tlb.lookup(0x400, Access::write(true), true), Some(0x99));
+    }
+
+    #[test]
+    fn writes_to_the_directory_or_a_cached_table_drop_the_cache() {
+        let mut tlb = Tlb::default();
+        cached(&mut tlb, true, true, true);
+        tlb.written(0x12);
+        assert!(tlb.lookup(0x400, Access::read(true), true).is_some());
+        tlb.written(0x11);
+        assert!(tlb.lookup(0x400, Access::read(true), true).is_none());
+        cached(&mut tlb, true, true, true);
+        tlb.written(0x10);
+        assert!(tlb.lookup(0x400, Access::read(true), true).is_none());
     }
 }

@@ -95,6 +95,8 @@ pub struct SplitView {
     moves: u32,
     /// Given up for this process (too many moves).
     disabled: bool,
+    /// An alias the host would not unmap: the guest must not run on.
+    failure: Option<String>,
 }
 
 /// What [`SplitView::decide`] found.
@@ -133,6 +135,11 @@ impl SplitView {
     #[must_use]
     pub fn window(&self) -> Option<Window> {
         self.window
+    }
+
+    /// A host failure to unmap an alias, if one happened.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
     }
 
     /// Window moves so far.
@@ -272,9 +279,10 @@ impl SplitView {
         {
             let linear = window.base.wrapping_add(virt_page.wrapping_mul(PAGE_SIZE));
             // Failing to unmap leaves a stale alias the guest could run:
-            // record it where the monitor stops the VM.
+            // the monitor stops the VM before it resumes.
             if let Err(what) = world.unmap_guest(linear, PAGE_SIZE) {
-                world.trace(&format!("split view: unmapping an alias failed: {what}"));
+                self.failure
+                    .get_or_insert(format!("unmapping the code alias at {linear:#x}: {what}"));
             }
         }
     }
@@ -522,7 +530,7 @@ impl Monitor {
                 return Ok(SplitStep::Continue);
             }
         }
-        self.split_fill(world, window, GuestVirt(linear))?;
+        self.split_fill(world, GuestVirt(linear))?;
         Ok(SplitStep::Resume(window))
     }
 
@@ -558,7 +566,6 @@ impl Monitor {
     fn split_fill(
         &mut self,
         world: &mut dyn WorldServices,
-        window: Window,
         start: GuestVirt,
     ) -> Result<(), Failure> {
         let Some(start_phys) = self.mmu.peek(&*world, start.0) else {
@@ -568,7 +575,6 @@ impl Monitor {
             .split
             .map(world, start.page(), start_phys / PAGE_SIZE)
             .map_err(|what| StopReason::Internal(format!("mapping a code alias: {what}")))?;
-        let _ = window;
         let mut work = vec![start];
         let mut blocks = 0;
         while let Some(at) = work.pop() {
@@ -609,16 +615,28 @@ impl Monitor {
         end: &BlockEnd,
     ) -> Result<Vec<GuestVirt>, Failure> {
         let page_end = at.0 - at.0 % PAGE_SIZE + PAGE_SIZE;
-        let mut bytes = vec![0u8; (at.bytes_to_page_end() as usize) + MAX_INSTRUCTION];
+        // The block's bytes up to its last instruction's end at most (the
+        // page's end, and what an instruction there needs of the next).
+        let block_len = end.at().0.wrapping_sub(at.0) as usize + MAX_INSTRUCTION;
+        let in_page = (at.bytes_to_page_end() as usize).min(block_len);
+        let mut buffer = [0u8; 256];
+        let mut heap = Vec::new();
+        let bytes: &mut [u8] = if in_page + MAX_INSTRUCTION <= buffer.len() {
+            &mut buffer[..in_page + MAX_INSTRUCTION]
+        } else {
+            heap.resize(in_page + MAX_INSTRUCTION, 0);
+            &mut heap
+        };
         let readable = {
             let memory = PlannerMemory::new(&*world, &self.mmu);
-            let in_page = at.bytes_to_page_end() as usize;
             if btvmm_core::GuestMemory::read_virt(&memory, at, &mut bytes[..in_page]).is_err() {
                 return Ok(Vec::new());
             }
             #[allow(clippy::cast_possible_truncation)] // a page at most
             let next = at.offset(in_page as u32);
-            if btvmm_core::GuestMemory::read_virt(&memory, next, &mut bytes[in_page..]).is_ok() {
+            if in_page < block_len
+                && btvmm_core::GuestMemory::read_virt(&memory, next, &mut bytes[in_page..]).is_ok()
+            {
                 bytes.len()
             } else {
                 in_page

@@ -24,15 +24,28 @@ const BANNER: &str = "btvmm guest: busybox initramfs ready";
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 fn kernel() -> PathBuf {
-    std::env::var_os("BTVMM_DEBIAN_KERNEL")
+    let kernel = std::env::var_os("BTVMM_DEBIAN_KERNEL")
         .map(PathBuf::from)
-        .expect("BTVMM_DEBIAN_KERNEL names Debian's vmlinuz (scripts/fetch-debian-kernel)")
+        .expect("BTVMM_DEBIAN_KERNEL names Debian's vmlinuz (scripts/fetch-debian-kernel)");
+    assert!(
+        kernel.is_file(),
+        "BTVMM_DEBIAN_KERNEL: no file {}",
+        kernel.display()
+    );
+    kernel
 }
 
 fn initrd() -> PathBuf {
-    std::env::var_os("BTVMM_LINUX_INITRD")
+    let initrd = std::env::var_os("BTVMM_LINUX_INITRD")
         .map(PathBuf::from)
-        .expect("BTVMM_LINUX_INITRD names the system-test initramfs (scripts/make-initramfs)")
+        .expect("BTVMM_LINUX_INITRD names the system-test initramfs (scripts/make-initramfs)");
+    // Without it each boot would only time out waiting for a shell.
+    assert!(
+        initrd.is_file(),
+        "BTVMM_LINUX_INITRD: no file {}",
+        initrd.display()
+    );
+    initrd
 }
 
 /// A finished run: console output, stderr (with --stats), exit status.
