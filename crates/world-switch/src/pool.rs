@@ -140,6 +140,12 @@ impl Pool {
         self.region.fd()
     }
 
+    /// The shared region (its words are futexes).
+    #[must_use]
+    pub fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
     /// The size of the region.
     #[must_use]
     pub fn size(&self) -> usize {

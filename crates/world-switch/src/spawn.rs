@@ -81,7 +81,8 @@ pub fn pin_to(cpu: usize) -> Result<(), WorldError> {
 /// Starts `exe args...` as the world process, with guest RAM on
 /// [`RAM_FD`], the channel on [`CHANNEL_FD`], the pool (if any) on
 /// [`POOL_FD`] and the code aliases (if any) on [`ALIAS_FD`]. Its standard
-/// input is /dev/null (the console belongs to the host) and it runs in a
+/// input and output are /dev/null (the console belongs to the host; its
+/// standard error is the host's, for fatal messages) and it runs in a
 /// process group of its own, so that the terminal's signals reach only
 /// the host, which ends the VM cleanly. The world dies with the
 /// host (PR_SET_PDEATHSIG). With `cpu`, the world is pinned to that CPU:
@@ -105,6 +106,7 @@ pub fn spawn(
     command
         .args(args)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe system calls (fcntl, dup2, prctl) on

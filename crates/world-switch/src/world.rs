@@ -18,7 +18,7 @@ use crate::sys::alias::AliasMemory;
 use crate::sys::memory::{GuestRam, SharedRegion};
 use crate::sys::perf::Breakpoints;
 use crate::sys::timer::KickTimer;
-use crate::sys::{ldt, maps, seccomp, signal};
+use crate::sys::{ldt, lockdown, maps, seccomp, signal};
 use crate::trap::{self, ENTER_SIGNAL, SIGNALS};
 
 /// Hardware breakpoints on x86.
@@ -45,6 +45,11 @@ pub struct World {
     /// The guest's FPU state in the frame of the trap being handled, read
     /// before the monitor runs; a new image to load when it resumes.
     fpu: FpuExchange,
+    /// The btvmm process (this one's parent), which it must die with.
+    parent: libc::pid_t,
+    /// Say at start-up what the sandbox could not do (one world of a pool
+    /// says it for all).
+    announce_sandbox: bool,
 }
 
 /// The guest FPU image of the current trap (see `WorldServices::guest_fpu`).
@@ -72,6 +77,7 @@ impl World {
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         }
+        let parent = nix::unistd::getppid().as_raw();
         signal::check_fsgsbase()?;
         // SAFETY: forwarded ownership of the host's descriptors.
         let ram = unsafe { GuestRam::from_raw_fd(ram_fd, ram_size)? };
@@ -107,6 +113,8 @@ impl World {
             aliases: None,
             fast_path,
             fpu: FpuExchange::default(),
+            parent,
+            announce_sandbox: true,
         })
     }
 
@@ -120,6 +128,7 @@ impl World {
         let pages = u32::try_from(self.ram.size() / 4096).unwrap_or(u32::MAX);
         // SAFETY: forwarded contract.
         self.pool = Some(unsafe { Pool::from_raw_fd(pool_fd, pages, member)? });
+        self.announce_sandbox = member == 0;
         Ok(())
     }
 
@@ -157,20 +166,59 @@ impl World {
         &self.channel
     }
 
-    /// Installs `monitor` as the handler of every world signal, locks the
-    /// process down with seccomp and enters the guest. Returns only if
-    /// set-up fails.
+    /// The descriptors the world keeps: guest RAM, the channel, the pool,
+    /// the code aliases and the breakpoint events.
+    fn descriptors(&self) -> Vec<RawFd> {
+        let mut kept = vec![
+            self.ram.fd().as_raw_fd(),
+            self.channel.region().fd().as_raw_fd(),
+        ];
+        kept.extend(self.pool.as_ref().map(|pool| pool.fd().as_raw_fd()));
+        kept.extend(
+            self.aliases
+                .as_ref()
+                .map(|aliases| aliases.fd().as_raw_fd()),
+        );
+        kept.extend(self.breakpoints.fds());
+        kept
+    }
+
+    /// What the filter lets the monitor name in its system calls.
+    fn allowed(&self) -> seccomp::Allowed {
+        let region = |region: &SharedRegion| {
+            (
+                region.as_ptr() as u64,
+                u64::try_from(region.size()).unwrap_or(0),
+            )
+        };
+        let mut futex_regions = vec![region(self.channel.region())];
+        futex_regions.extend(self.pool.as_ref().map(|pool| region(pool.region())));
+        seccomp::Allowed {
+            ram_fd: self.ram.fd().as_raw_fd(),
+            alias_fd: self
+                .aliases
+                .as_ref()
+                .map(|aliases| aliases.fd().as_raw_fd()),
+            perf_fds: self.breakpoints.fds(),
+            futex_regions,
+            pid: nix::unistd::getpid().as_raw(),
+        }
+    }
+
+    /// Installs `monitor` as the handler of every world signal, drops every
+    /// privilege (sys::lockdown), locks the process down with seccomp and
+    /// enters the guest. Returns only if set-up fails.
     pub fn run(
         self,
         mut monitor: impl FnMut(Trap, HostRegisters, &mut World) -> Action + 'static,
     ) -> Result<Infallible, WorldError> {
-        let program = seccomp::build(
-            self.ram.fd().as_raw_fd(),
-            self.aliases
-                .as_ref()
-                .map(|aliases| aliases.fd().as_raw_fd()),
-            &self.breakpoints.fds(),
-        )?;
+        let sandbox = lockdown::lock_down(&self.descriptors(), self.parent);
+        if self.announce_sandbox {
+            for missing in &sandbox.missing {
+                eprintln!("btvmm: world sandbox: no {missing}");
+            }
+        }
+        let program = seccomp::build(&self.allowed())?;
         let mut world = self;
         let handler: signal::Handler = Box::new(move |frame| {
             let (trap, registers) = trap::decode(frame);

@@ -30,8 +30,14 @@ fn host_error(what: &'static str) -> WorldError {
 impl GuestRam {
     /// Creates `size` bytes of zeroed guest RAM and maps its window.
     pub fn create(size: usize) -> Result<Self, WorldError> {
-        // SAFETY: memfd_create reads the NUL-terminated name literal.
-        let raw = unsafe { libc::memfd_create(c"btvmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        Self::create_named(c"btvmm-guest-ram", size)
+    }
+
+    /// Creates `size` zeroed bytes in a memfd called `name` (what
+    /// /proc/PID/fd shows) and maps them.
+    fn create_named(name: &std::ffi::CStr, size: usize) -> Result<Self, WorldError> {
+        // SAFETY: memfd_create reads the NUL-terminated name.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         if raw < 0 {
             return Err(host_error("memfd_create"));
         }
@@ -230,7 +236,7 @@ pub struct SharedRegion(GuestRam);
 impl SharedRegion {
     /// Creates a zeroed region of `size` bytes.
     pub fn create(size: usize) -> Result<Self, WorldError> {
-        GuestRam::create(size).map(Self)
+        GuestRam::create_named(c"btvmm-shared", size).map(Self)
     }
 
     /// Maps a region created by another process.

@@ -4,6 +4,7 @@
 pub mod alias;
 pub mod futex;
 pub mod ldt;
+pub mod lockdown;
 pub mod maps;
 pub mod memory;
 pub mod perf;

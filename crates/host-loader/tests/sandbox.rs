@@ -1,0 +1,148 @@
+//! The world processes of a running VM hold nothing of the host: looked at
+//! from outside, as an administrator would (/proc), while an idle guest
+//! runs. Each world runs as nobody (when btvmm runs as root), with no
+//! capability in any set, no_new_privs and a seccomp filter, in user,
+//! network, IPC, mount and UTS namespaces of its own, with an empty root
+//! directory, no core dumps and only the descriptors the monitor needs.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The world processes (children) of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            list.split_whitespace()
+                .filter_map(|word| word.parse::<u32>().ok()),
+        );
+    }
+    found
+}
+
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+        .trim()
+        .to_string()
+}
+
+fn link(path: impl AsRef<Path>) -> String {
+    std::fs::read_link(path)
+        .map(|target| target.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn world_processes_run_without_privileges_in_namespaces_of_their_own() {
+    let build = common::build_guests("sandbox");
+    let mut btvmm = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--kernel"])
+        .arg(build.join("bench/idle.elf"))
+        .args(["--cmdline", "hz=100 seconds=5", "--address-spaces", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run btvmm");
+    // Both worlds exist once the guest runs; give them time to lock down.
+    let start = Instant::now();
+    let mut worlds = Vec::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        worlds = children(btvmm.id());
+        if worlds.len() == 2
+            && worlds.iter().all(|world| {
+                std::fs::read_to_string(format!("/proc/{world}/status"))
+                    .is_ok_and(|status| status_field(&status, "Seccomp") == "2")
+            })
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let root = nix::unistd::Uid::effective().is_root();
+    let mut findings = Vec::new();
+    for &world in &worlds {
+        let status = std::fs::read_to_string(format!("/proc/{world}/status")).expect("status");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            if status_field(&status, set) != "0000000000000000" {
+                findings.push(format!(
+                    "world {world}: {set} {}",
+                    status_field(&status, set)
+                ));
+            }
+        }
+        if status_field(&status, "NoNewPrivs") != "1" || status_field(&status, "Seccomp") != "2" {
+            findings.push(format!("world {world}: no filter"));
+        }
+        if root {
+            for ids in ["Uid", "Gid"] {
+                let values = status_field(&status, ids);
+                if values.split_whitespace().any(|id| id != "65534") {
+                    findings.push(format!("world {world}: {ids} {values}"));
+                }
+            }
+            if !status_field(&status, "Groups").is_empty() {
+                findings.push(format!("world {world}: supplementary groups"));
+            }
+        }
+        for namespace in ["user", "net", "ipc", "mnt", "uts"] {
+            let own = link(format!("/proc/{world}/ns/{namespace}"));
+            if own.is_empty() || own == link(format!("/proc/self/ns/{namespace}")) {
+                findings.push(format!("world {world}: the host's {namespace} namespace"));
+            }
+        }
+        let root_entries = std::fs::read_dir(format!("/proc/{world}/root"))
+            .map(|entries| entries.count())
+            .unwrap_or(usize::MAX);
+        if root_entries != 0 {
+            findings.push(format!("world {world}: root directory not empty"));
+        }
+        let mut descriptors: Vec<String> = std::fs::read_dir(format!("/proc/{world}/fd"))
+            .expect("fd")
+            .flatten()
+            .map(|entry| link(entry.path()))
+            .collect();
+        descriptors.sort();
+        let unexpected: Vec<&String> = descriptors
+            .iter()
+            .filter(|target| {
+                !(target.starts_with("/memfd:btvmm-")
+                    || target.as_str() == "anon_inode:[perf_event]"
+                    || target.as_str() == "/dev/null"
+                    || target.starts_with("pipe:"))
+            })
+            .collect();
+        // Standard error is the test's pipe; everything else is guest
+        // RAM, the channel, the pool, the aliases and the breakpoints.
+        if !unexpected.is_empty() || descriptors.len() > 12 {
+            findings.push(format!("world {world}: descriptors {descriptors:?}"));
+        }
+        let limits = std::fs::read_to_string(format!("/proc/{world}/limits")).expect("limits");
+        for (name, want) in [("Max core file size", "0"), ("Max processes", "0")] {
+            let line = limits
+                .lines()
+                .find(|line| line.starts_with(name))
+                .unwrap_or("");
+            if line.split_whitespace().rev().nth(1) != Some(want) {
+                findings.push(format!("world {world}: {line}"));
+            }
+        }
+    }
+    let _ = btvmm.kill();
+    let output = btvmm.wait_with_output().expect("wait");
+    let _ = std::fs::remove_dir_all(&build);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(worlds.len(), 2, "world processes: {worlds:?}\n{stderr}");
+    assert!(findings.is_empty(), "{findings:#?}\n{stderr}");
+    // Everything was available on this host: nothing to report.
+    assert!(!stderr.contains("world sandbox"), "{stderr}");
+}
