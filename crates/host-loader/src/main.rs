@@ -76,6 +76,11 @@ enum Command {
         /// `hw` with the CPU's 4 hardware breakpoints only.
         #[arg(long, value_enum, default_value_t = BreakpointsArg::Split)]
         breakpoints: BreakpointsArg,
+        /// For the attacker tests only: the first world writes the address
+        /// of a `syscall; ret` in its own code to this guest-physical
+        /// address, standing in for an attacker who broke ASLR.
+        #[arg(long, hide = true, value_parser = parse_address)]
+        test_leak_syscall_gadget: Option<u32>,
     },
     /// Measure what each monitor path costs on this host against the bare
     /// host trap(s) it needs, side by side in one run.
@@ -125,6 +130,9 @@ enum Command {
         /// Use the split code view (the code aliases are on descriptor 6).
         #[arg(long)]
         split: bool,
+        /// See `run --test-leak-syscall-gadget`.
+        #[arg(long, value_parser = parse_address)]
+        leak_syscall_gadget: Option<u32>,
     },
     /// Report what breakpoint tracing faces in a kernel: instruction and
     /// point-of-interest counts, and the CFG and breakpoint plans from an
@@ -180,7 +188,13 @@ enum BreakpointsArg {
 
 /// The world process: attach to what the host passed, build the monitor
 /// and enter the guest. Returns only on a set-up error.
-fn world_main(ram_size: usize, trace: bool, member: Option<usize>, split: bool) -> anyhow::Error {
+fn world_main(
+    ram_size: usize,
+    trace: bool,
+    member: Option<usize>,
+    split: bool,
+    leak_syscall_gadget: Option<u32>,
+) -> anyhow::Error {
     use world_switch::spawn::{ALIAS_FD, CHANNEL_FD, POOL_FD, RAM_FD};
     // SAFETY: the host's spawn put the guest RAM and channel memfds on
     // these descriptors for this process alone.
@@ -201,6 +215,16 @@ fn world_main(ram_size: usize, trace: bool, member: Option<usize>, split: bool) 
         // for this process alone.
         if let Err(error) = unsafe { world.attach_aliases(ALIAS_FD) } {
             return error.into();
+        }
+    }
+    if let Some(guest_phys) = leak_syscall_gadget.filter(|_| member.unwrap_or(0) == 0) {
+        use btvmm_core::WorldServices;
+        // syscall; ret
+        let Some(gadget) = world_switch::sys::maps::find_code(&[0x0f, 0x05, 0xc3]) else {
+            return anyhow::anyhow!("no syscall; ret in the world's code");
+        };
+        if !world.write_phys(guest_phys, &gadget.to_le_bytes()) {
+            return anyhow::anyhow!("--leak-syscall-gadget {guest_phys:#x} lies outside guest RAM");
         }
     }
     let boot = world.channel().boot();
@@ -264,6 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trace,
             address_spaces,
             breakpoints,
+            test_leak_syscall_gadget,
         } => {
             let request = RunRequest {
                 kernel,
@@ -279,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BreakpointsArg::Hw => host_loader::run::Breakpoints::Hardware,
                     BreakpointsArg::Split => host_loader::run::Breakpoints::Split,
                 },
+                leak_syscall_gadget: test_leak_syscall_gadget,
             };
             let outcome = host_loader::run::run(&request, std::io::stdout());
             host_loader::console::restore_terminal();
@@ -350,8 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trace,
             member,
             split,
+            leak_syscall_gadget,
         } => {
-            let error = world_main(ram_size, trace, member, split);
+            let error = world_main(ram_size, trace, member, split, leak_syscall_gadget);
             anyhow::bail!("world process: {error}");
         }
         Command::Plan {

@@ -66,6 +66,9 @@ pub struct RunRequest {
     pub console_input: bool,
     /// How guest kernel code is traced.
     pub breakpoints: Breakpoints,
+    /// Attacker tests only: the first world writes the address of a
+    /// `syscall; ret` of its own code at this guest-physical address.
+    pub leak_syscall_gadget: Option<u32>,
 }
 
 /// How guest kernel code is traced (`--breakpoints`).
@@ -108,6 +111,7 @@ impl RunRequest {
             address_spaces: usize::from(DEFAULT_ADDRESS_SPACES),
             console_input: false,
             breakpoints: Breakpoints::DEFAULT,
+            leak_syscall_gadget: None,
         }
     }
 }
@@ -398,6 +402,12 @@ impl Machine {
             }
             if machine.aliases.is_some() {
                 args.push("--split".to_owned());
+            }
+            if let Some(guest_phys) = request.leak_syscall_gadget {
+                args.extend([
+                    "--leak-syscall-gadget".to_owned(),
+                    format!("{guest_phys:#x}"),
+                ]);
             }
             let child = world_switch::spawn::spawn(
                 &exe,

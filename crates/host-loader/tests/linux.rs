@@ -15,7 +15,7 @@ mod common;
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The guest's banner (guests/linux/init).
@@ -127,7 +127,7 @@ fn boot(extra_args: &[&str], append: &str, inputs: &[&str]) -> Run {
         let _ = stdin.write_all(input.as_bytes());
     }
     drop(stdin);
-    let output = wait_with_timeout(child, TIMEOUT.saturating_sub(started.elapsed()));
+    let output = common::wait_with_timeout(child, TIMEOUT.saturating_sub(started.elapsed()));
     let _ = reader.join();
     let console = std::mem::take(&mut *console.lock().expect("console buffer"));
     Run {
@@ -135,28 +135,6 @@ fn boot(extra_args: &[&str], append: &str, inputs: &[&str]) -> Run {
         console: String::from_utf8_lossy(&console).replace("\r\n", "\n"),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         status: output.status.code(),
-    }
-}
-
-/// Waits for `child`, killing it (and failing) after `limit`.
-fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let (done, waited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match waited.recv_timeout(limit) {
-        Ok(output) => output.expect("wait for btvmm"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            let output = waited.recv().expect("the waiter").expect("wait for btvmm");
-            panic!(
-                "btvmm did not finish within {limit:?}:\n{}",
-                String::from_utf8_lossy(&output.stdout)
-            );
-        }
     }
 }
 
@@ -258,7 +236,7 @@ fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
             Ok(child)
         })
         .expect("run guests/linux/run-qemu");
-    let qemu = wait_with_timeout(qemu, TIMEOUT);
+    let qemu = common::wait_with_timeout(qemu, TIMEOUT);
     let theirs = systest_lines(&String::from_utf8_lossy(&qemu.stdout).replace("\r\n", "\n"));
     assert_eq!(
         ours,
@@ -339,7 +317,7 @@ fn sigterm_and_sigint_stop_the_vm_cleanly() {
             .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .expect("kill");
-        let output = wait_with_timeout(child, Duration::from_secs(20));
+        let output = common::wait_with_timeout(child, Duration::from_secs(20));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(status), "SIG{signal}: {stderr}");
         assert!(

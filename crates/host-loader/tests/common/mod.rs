@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// The guests/ directory.
 pub fn guests() -> PathBuf {
@@ -37,4 +38,26 @@ pub fn counter(stats: &str, name: &str) -> Option<u64> {
         .find(|line| line.starts_with(name) && line[name.len()..].starts_with("  "))
         .and_then(|line| line.split_whitespace().last())
         .map(|value| value.parse().expect("a number"))
+}
+
+/// Waits for `child`, killing it (and failing) after `limit`.
+pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match waited.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for btvmm"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let output = waited.recv().expect("the waiter").expect("wait for btvmm");
+            panic!(
+                "btvmm did not finish within {limit:?}:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+    }
 }

@@ -29,6 +29,31 @@ pub fn parse(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
+/// The address of the first occurrence of `pattern` in this process's
+/// readable, executable mappings, the C library's first: what an attacker
+/// who owns the world looks for (a `syscall; ret` of the monitor's own
+/// code). For the attacker tests only (`--test-leak-syscall-gadget`).
+#[must_use]
+pub fn find_code(pattern: &[u8]) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut code: Vec<Mapping> = parse(&text)
+        .into_iter()
+        .filter(|mapping| mapping.line.split_whitespace().nth(1) == Some("r-xp"))
+        .filter(|mapping| !mapping.line.contains('['))
+        .collect();
+    code.sort_by_key(|mapping| !mapping.line.contains("libc"));
+    code.iter().find_map(|mapping| {
+        let len = usize::try_from(mapping.end - mapping.start).ok()?;
+        // SAFETY: a readable mapping of this process's own file-backed
+        // code (never unmapped while the process runs), read only.
+        let bytes = unsafe { std::slice::from_raw_parts(mapping.start as *const u8, len) };
+        let at = bytes
+            .windows(pattern.len())
+            .position(|window| window == pattern)?;
+        Some(mapping.start + at as u64)
+    })
+}
+
 /// Mappings that reach below 4 GiB.
 #[must_use]
 pub fn below_4g(mappings: &[Mapping]) -> Vec<Mapping> {
