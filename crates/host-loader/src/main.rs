@@ -81,6 +81,14 @@ enum Command {
         /// address, standing in for an attacker who broke ASLR.
         #[arg(long, hide = true, value_parser = parse_address)]
         test_leak_syscall_gadget: Option<u32>,
+        /// For the attacker tests only: the worlds write garbage into the
+        /// channel and the pool (from this seed) instead of running the
+        /// guest, naming `--test-scribble-victim` as a world.
+        #[arg(long, hide = true, requires = "test_scribble_victim")]
+        test_scribble: Option<u64>,
+        /// See `--test-scribble`.
+        #[arg(long, hide = true)]
+        test_scribble_victim: Option<i32>,
     },
     /// Measure what each monitor path costs on this host against the bare
     /// host trap(s) it needs, side by side in one run.
@@ -133,6 +141,12 @@ enum Command {
         /// See `run --test-leak-syscall-gadget`.
         #[arg(long, value_parser = parse_address)]
         leak_syscall_gadget: Option<u32>,
+        /// See `run --test-scribble`.
+        #[arg(long, requires = "scribble_victim")]
+        scribble: Option<u64>,
+        /// See `run --test-scribble-victim`.
+        #[arg(long)]
+        scribble_victim: Option<i32>,
     },
     /// Report what breakpoint tracing faces in a kernel: instruction and
     /// point-of-interest counts, and the CFG and breakpoint plans from an
@@ -188,12 +202,20 @@ enum BreakpointsArg {
 
 /// The world process: attach to what the host passed, build the monitor
 /// and enter the guest. Returns only on a set-up error.
+/// The world's test-only behaviours (attacker tests).
+struct WorldTests {
+    /// Write a `syscall; ret` address at this guest-physical address.
+    leak_syscall_gadget: Option<u32>,
+    /// Scribble over the channel and pool (seed, victim pid).
+    scribble: Option<(u64, i32)>,
+}
+
 fn world_main(
     ram_size: usize,
     trace: bool,
     member: Option<usize>,
     split: bool,
-    leak_syscall_gadget: Option<u32>,
+    tests: &WorldTests,
 ) -> anyhow::Error {
     use world_switch::spawn::{ALIAS_FD, CHANNEL_FD, POOL_FD, RAM_FD};
     // SAFETY: the host's spawn put the guest RAM and channel memfds on
@@ -217,7 +239,17 @@ fn world_main(
             return error.into();
         }
     }
-    if let Some(guest_phys) = leak_syscall_gadget.filter(|_| member.unwrap_or(0) == 0) {
+    if let Some((seed, victim)) = tests.scribble {
+        let seed = seed.wrapping_add(member.unwrap_or(0) as u64);
+        return match world.scribble(seed, victim) {
+            Ok(never) => match never {},
+            Err(error) => error.into(),
+        };
+    }
+    if let Some(guest_phys) = tests
+        .leak_syscall_gadget
+        .filter(|_| member.unwrap_or(0) == 0)
+    {
         use btvmm_core::WorldServices;
         // syscall; ret
         let Some(gadget) = world_switch::sys::maps::find_code(&[0x0f, 0x05, 0xc3]) else {
@@ -289,6 +321,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             address_spaces,
             breakpoints,
             test_leak_syscall_gadget,
+            test_scribble,
+            test_scribble_victim,
         } => {
             let request = RunRequest {
                 kernel,
@@ -305,6 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BreakpointsArg::Split => host_loader::run::Breakpoints::Split,
                 },
                 leak_syscall_gadget: test_leak_syscall_gadget,
+                scribble: test_scribble.zip(test_scribble_victim),
             };
             let outcome = host_loader::run::run(&request, std::io::stdout());
             host_loader::console::restore_terminal();
@@ -377,8 +412,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             member,
             split,
             leak_syscall_gadget,
+            scribble,
+            scribble_victim,
         } => {
-            let error = world_main(ram_size, trace, member, split, leak_syscall_gadget);
+            let tests = WorldTests {
+                leak_syscall_gadget,
+                scribble: scribble.zip(scribble_victim),
+            };
+            let error = world_main(ram_size, trace, member, split, &tests);
             anyhow::bail!("world process: {error}");
         }
         Command::Plan {

@@ -69,6 +69,9 @@ pub struct RunRequest {
     /// Attacker tests only: the first world writes the address of a
     /// `syscall; ret` of its own code at this guest-physical address.
     pub leak_syscall_gadget: Option<u32>,
+    /// Attacker tests only: the worlds scribble over the channel and the
+    /// pool (seed, and a pid they name as a world) instead of running.
+    pub scribble: Option<(u64, i32)>,
 }
 
 /// How guest kernel code is traced (`--breakpoints`).
@@ -112,6 +115,7 @@ impl RunRequest {
             console_input: false,
             breakpoints: Breakpoints::DEFAULT,
             leak_syscall_gadget: None,
+            scribble: None,
         }
     }
 }
@@ -403,6 +407,14 @@ impl Machine {
             if machine.aliases.is_some() {
                 args.push("--split".to_owned());
             }
+            if let Some((seed, victim)) = request.scribble {
+                args.extend([
+                    "--scribble".to_owned(),
+                    seed.to_string(),
+                    "--scribble-victim".to_owned(),
+                    victim.to_string(),
+                ]);
+            }
             if let Some(guest_phys) = request.leak_syscall_gadget {
                 args.extend([
                     "--leak-syscall-gadget".to_owned(),
@@ -436,10 +448,12 @@ impl Machine {
         }
     }
 
-    /// The pid of the world that runs the guest now.
+    /// The pid of the world that runs the guest now. The pool's record of
+    /// it is written by the (untrusted) worlds: a pid that is not one of
+    /// this machine's world processes is never signalled.
     fn active_pid(&self) -> Option<i32> {
         match &self.pool {
-            Some(pool) => pool.active_pid(),
+            Some(pool) => pool.active_pid().filter(|&pid| self.is_world(pid)),
             None => self
                 .worlds
                 .first()
@@ -447,7 +461,24 @@ impl Machine {
         }
     }
 
+    fn is_world(&self, pid: i32) -> bool {
+        self.worlds
+            .iter()
+            .any(|world| i32::try_from(world.id()) == Ok(pid))
+    }
+
     fn world_died(&mut self) -> Option<Ending> {
+        if let Some(pid) = self
+            .pool
+            .as_ref()
+            .and_then(world_switch::pool::Pool::active_pid)
+            && !self.is_world(pid)
+        {
+            return Some(Ending::WorldDied(format!(
+                "broke the pool's protocol: it named process {pid}, which is no world, as the \
+                 one running the guest"
+            )));
+        }
         for world in &mut self.worlds {
             match world.try_wait() {
                 Ok(Some(status)) => return Some(Ending::WorldDied(describe_status(status))),

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,15 +24,15 @@ const GADGET_AT: u32 = 0x7000;
 const MESSAGE: &str = "btvmm-attack: write(2) from the guest's 64-bit code";
 
 /// The victim is still running and nobody traces it.
-fn check_victim(victim: &mut Child, attack: u32, findings: &mut Vec<String>) {
+fn check_victim(victim: &mut Child, run: &str, findings: &mut Vec<String>) {
     match victim.try_wait() {
         Ok(None) => {}
-        other => findings.push(format!("attack {attack}: the victim ended: {other:?}")),
+        other => findings.push(format!("{run}: the victim ended: {other:?}")),
     }
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", victim.id())).unwrap_or_default();
     if !status.lines().any(|line| line == "TracerPid:\t0") {
-        findings.push(format!("attack {attack}: the victim is traced"));
+        findings.push(format!("{run}: the victim is traced"));
     }
 }
 
@@ -98,11 +99,79 @@ fn guest_code_calling_the_worlds_own_syscall_cannot_reach_the_host() {
         if attack == 9 && !stderr.contains(MESSAGE) {
             findings.push(format!("attack 9: the allowed write did not run\n{said}"));
         }
-        check_victim(&mut victim, attack, &mut findings);
+        check_victim(&mut victim, &format!("attack {attack}"), &mut findings);
         if Path::new(PROBE).exists() {
             findings.push(format!("attack {attack}: {PROBE} was created"));
             let _ = std::fs::remove_file(PROBE);
         }
+    }
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = std::fs::remove_dir_all(&build);
+    assert!(findings.is_empty(), "{}", findings.join("\n"));
+}
+
+/// A world that owns its process writes garbage, out-of-range values and
+/// torn updates into the channel and the pool, posts exits with wild
+/// ports and values, and names another process as the pool's running
+/// member (btvmm's test-only --test-scribble). The btvmm process must
+/// never signal that process, never panic or hang, print nothing raw from
+/// the world (no terminal escapes), and end cleanly: by itself with one
+/// line, or on SIGTERM.
+#[test]
+fn a_world_scribbling_over_the_channel_and_pool_cannot_take_the_host() {
+    let build = common::build_guests("scribble");
+    let kernel = build.join("pit.elf");
+    let mut victim = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the victim");
+    let mut findings = Vec::new();
+    for seed in 1..=4u32 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+            .args(["run", "--no-reboot", "--kernel"])
+            .arg(&kernel)
+            .args(["--test-scribble", &seed.to_string()])
+            .args(["--test-scribble-victim", &victim.id().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run btvmm");
+        let pid = child.id();
+        // Console input: host interrupt lines change while the world
+        // runs, which the host announces with kicks.
+        let mut input = child.stdin.take().expect("stdin");
+        let terminate = std::thread::spawn(move || {
+            for _ in 0..200 {
+                if input.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        });
+        let output = common::wait_with_timeout(child, Duration::from_secs(15));
+        let _ = terminate.join();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let status = output.status.code();
+        // 143: SIGTERM; 2: the VM stopped; 0: a power-off; odd: a
+        // debug-exit write (all of them the guest's own ways of ending).
+        let clean = matches!(status, Some(143 | 2 | 0)) || status.is_some_and(|code| code % 2 == 1);
+        if !clean || stderr.contains("panicked") || stderr.contains('\u{1b}') {
+            findings.push(format!("seed {seed}: status {:?}\n{stderr}", output.status));
+        }
+        if status == Some(2)
+            && !stderr
+                .lines()
+                .any(|line| line.starts_with("btvmm: the VM stopped"))
+        {
+            findings.push(format!("seed {seed}: stopped without saying why\n{stderr}"));
+        }
+        check_victim(&mut victim, &format!("seed {seed}"), &mut findings);
     }
     let _ = victim.kill();
     let _ = victim.wait();

@@ -242,8 +242,15 @@ impl Channel {
             .ok()
             .filter(|size| matches!(size, 1 | 2 | 4));
         let port = u16::try_from(args[0]).ok();
-        let malformed = || Exit::Stop(StopReason::Internal("malformed exit from the world".into()));
-        Some(match page.exit_kind.load(Ordering::Relaxed) {
+        let kind = page.exit_kind.load(Ordering::Relaxed);
+        let malformed = || {
+            Exit::Stop(StopReason::GuestEscape(format!(
+                "the world process broke the channel's protocol (exit {kind}, arguments \
+                 {:#x} {:#x})",
+                args[0], args[1]
+            )))
+        };
+        Some(match kind {
             EXIT_PORT_IN => match (port, size) {
                 (Some(port), Some(size)) => Exit::PortIn { port, size },
                 _ => malformed(),
@@ -442,7 +449,21 @@ fn read_message(page: &Page) -> String {
         .flat_map(|word| word.load(Ordering::Relaxed).to_le_bytes())
         .take(len)
         .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    printable(&String::from_utf8_lossy(&bytes))
+}
+
+/// The text with control characters escaped: a world's message reaches
+/// the user's terminal, where escape sequences must not.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -162,6 +162,16 @@ impl Pool {
         (pid > 0).then_some(pid)
     }
 
+    /// Attacker tests only (`World::scribble`): what a hostile member can
+    /// write into the header, here naming `pid` as the active member.
+    pub fn forge_active(&self, pid: i32) {
+        let header = self.header();
+        for slot in &header.pids {
+            slot.store(pid, SeqCst);
+        }
+        header.active.store(0, SeqCst);
+    }
+
     fn header(&self) -> &Header {
         // SAFETY: the region is a page-aligned shared mapping larger than
         // Header (bytes_for), zeroed by ftruncate; every field is an

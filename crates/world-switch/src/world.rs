@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 
 use btvmm_core::descriptor::Descriptor;
 use btvmm_core::{
@@ -248,6 +249,134 @@ impl World {
             what: "entering the guest (the handler returned to the world)",
             source: std::io::Error::other("no guest context"),
         })
+    }
+}
+
+impl World {
+    /// Attacker tests only (`btvmm run --test-scribble`): instead of
+    /// running the guest, lock down exactly as for a guest and then do
+    /// what a guest that owns this process could do to the btvmm process:
+    /// write garbage, out-of-range values and torn updates into the
+    /// channel and the pool, name `victim` as the pool's active member,
+    /// and wake the host, forever. The btvmm process must stay in control
+    /// (its test checks it never signals `victim`, never panics and ends
+    /// cleanly).
+    pub fn scribble(self, seed: u64, victim: libc::pid_t) -> Result<Infallible, WorldError> {
+        let sandbox = lockdown::lock_down(&self.descriptors(), self.parent);
+        drop(sandbox);
+        seccomp::install(&seccomp::build(&self.allowed())?)?;
+        let words = |region: &SharedRegion| {
+            // SAFETY: the region is a page-aligned shared mapping of
+            // `size` bytes that lives as long as `self`; AtomicU32 is valid
+            // for any bits and sound to share across processes.
+            unsafe {
+                std::slice::from_raw_parts(
+                    region.as_ptr().cast::<std::sync::atomic::AtomicU32>(),
+                    region.size() / 4,
+                )
+            }
+        };
+        let channel = words(self.channel.region());
+        let pool = self.pool.as_ref().map(|pool| words(pool.region()));
+        let edges = [
+            0,
+            1,
+            2,
+            3,
+            4,
+            10,
+            11,
+            12,
+            13,
+            0x3f8,
+            0x3fd,
+            0xffff,
+            0x7fff_ffff,
+            0x8000_0000,
+            u32::MAX,
+            victim.cast_unsigned(),
+        ];
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        loop {
+            let random = next();
+            let value = if random & 1 == 0 {
+                edges[(random >> 8) as usize % edges.len()]
+            } else {
+                #[allow(clippy::cast_possible_truncation)] // any 32 bits
+                let bits = (random >> 32) as u32;
+                bits
+            };
+            // Any port but those that end the run (debug exit, resets), so
+            // that the garbage keeps coming.
+            #[allow(clippy::cast_possible_truncation)] // any 16 bits
+            let port = match (random >> 40) as u16 {
+                port @ (0xf0..=0xf7 | 0x64 | 0x92 | 0xcf9) => port ^ 0x100,
+                port => port,
+            };
+            match (random >> 4) % 16 {
+                // Well-formed exits with wild ports, sizes and values: the
+                // host's devices take whatever the guest could send.
+                0..=7 => {
+                    let size = [1, 2, 4][(random >> 20) as usize % 3];
+                    let exit = if random & 2 == 0 {
+                        Exit::PortIn { port, size }
+                    } else {
+                        Exit::PortOut { port, size, value }
+                    };
+                    if self.channel.exit(&exit) == Reply::Terminate {
+                        // The host ended the VM; a real world would exit.
+                        continue;
+                    }
+                }
+                // The channel's header words (state, lines, exit, reply,
+                // message length), sometimes anywhere in it.
+                8..=10 => channel[(random >> 16) as usize % 16].store(value, Ordering::SeqCst),
+                11 => {
+                    channel[(random >> 16) as usize % channel.len()].store(value, Ordering::SeqCst)
+                }
+                12 => {
+                    if let Some(pool) = pool {
+                        pool[(random >> 16) as usize % 64].store(value, Ordering::SeqCst);
+                    }
+                }
+                13 => {
+                    // Ask for console input with COM1's receive interrupt
+                    // on (RTS and OUT2 in the MCR, IER bit 0), then name
+                    // the victim as the running member: console input
+                    // raises IRQ 4 while this world runs, which the host
+                    // announces with a kick to the running member.
+                    for _ in 0..16 {
+                        // Empty the receive FIFO: the line drops, and the
+                        // next byte raises it while this world runs.
+                        let _ = self.channel.exit(&Exit::PortIn {
+                            port: 0x3f8,
+                            size: 1,
+                        });
+                    }
+                    for (port, value) in [(0x3fc, 0x0b), (0x3f9, 0x01)] {
+                        let _ = self.channel.exit(&Exit::PortOut {
+                            port,
+                            size: 1,
+                            value,
+                        });
+                    }
+                    if let Some(pool) = &self.pool {
+                        pool.forge_active(victim);
+                    }
+                }
+                _ => {
+                    // An exit, with whatever the fields hold now.
+                    channel[0].store(1, Ordering::SeqCst);
+                    crate::sys::futex::wake(&channel[0]);
+                }
+            }
+        }
     }
 }
 
