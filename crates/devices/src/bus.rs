@@ -129,8 +129,9 @@ impl Bus {
         if whole {
             return 0xff;
         }
-        // Split into bytes at consecutive ports.
-        (0..size).fold(0, |value, index| {
+        // Split into bytes at consecutive ports (at most four: IN has no
+        // wider form, and a wider value would not fit).
+        (0..size.min(4)).fold(0, |value, index| {
             let byte = match self.find(port.wrapping_add(u16::from(index))) {
                 Some((range, offset)) => range.device.read(offset, 1) & 0xff,
                 None => 0xff,
@@ -149,7 +150,7 @@ impl Bus {
             _ => {}
         }
         let mut effect = BusEffect::None;
-        for index in 0..size {
+        for index in 0..size.min(4) {
             if let Some((range, offset)) = self.find(port.wrapping_add(u16::from(index))) {
                 let byte = (value >> (8 * u32::from(index))) & 0xff;
                 match range.device.write(offset, 1, byte) {
@@ -194,6 +195,22 @@ mod tests {
         assert_eq!(bus.read(0x80, 2), 0xffff);
         assert_eq!(bus.read(0x80, 4), 0xffff_ffff);
         assert_eq!(bus.write(0x80, 4, 1), BusEffect::None);
+    }
+
+    /// Sizes the CPU never uses (IN and OUT move 1, 2 or 4 bytes) once
+    /// overflowed the byte shift of a split access: found by the fuzz
+    /// target `bus_splits_and_floats`.
+    #[test]
+    fn odd_access_sizes_do_not_overflow_the_split() {
+        let mut bus = Bus::new();
+        bus.add("echo", 0x3f8, 8, Box::new(Echo(Vec::new())))
+            .expect("free range");
+        assert_eq!(bus.read(0x80, 5), 0xffff_ffff);
+        assert_eq!(bus.read(0x80, 255), 0xffff_ffff);
+        assert_eq!(bus.read(0x3f8, 3), 0x12_1110);
+        assert_eq!(bus.read(0x3f8, 0), 0);
+        assert_eq!(bus.write(0x3f8, 200, 0x0403_0201), BusEffect::None);
+        assert_eq!(bus.write(0x80, 9, 1), BusEffect::None);
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl Chipset {
             return None;
         }
         let mut value = 0u32;
-        for index in 0..size {
+        // At most four bytes: IN has no wider form.
+        for index in 0..size.min(4) {
             let byte = match port.wrapping_add(u16::from(index)) {
                 port @ (PIC_MASTER | 0x21) => self.pic.read(PicChip::Master, port - PIC_MASTER),
                 port @ (PIC_SLAVE | 0xa1) => self.pic.read(PicChip::Slave, port - PIC_SLAVE),
@@ -168,7 +169,12 @@ impl Chipset {
     /// Applies the levels of the host's interrupt lines (bit n = IRQ n);
     /// only lines that changed are touched, except `pulses`: lines that
     /// dropped and rose again meanwhile, which give the PIC a new edge.
+    /// The chipset's own lines (IRQ 0, the cascade IRQ 2, IRQ 8) are left
+    /// to the chipset: a host level there would fight the timer's and the
+    /// clock's pins and give the PIC edges `next_event` never announced.
     pub fn set_host_levels(&mut self, levels: u16, pulses: u16) {
+        let own = (1 << TIMER_IRQ) | (1 << 2) | (1 << RTC_IRQ);
+        let (levels, pulses) = (levels & !own, pulses & !own);
         let changed = levels ^ self.host_levels;
         for line in 0..16u8 {
             let bit = 1 << line;
@@ -344,6 +350,45 @@ mod tests {
         );
         assert_eq!(chipset.read(0x3f8, 1, 0), None);
         assert!(!chipset.write(0x3f8, 1, 0, 0));
+    }
+
+    /// A host level on the clock's IRQ 8 once fought the RTC's pin: the
+    /// host dropping it let the next `advance` give the PIC an edge that
+    /// `next_event` had not announced. Found by the fuzz target
+    /// `chipset_survives_any_port_sequence`.
+    #[test]
+    fn host_levels_leave_the_chipsets_own_lines_alone() {
+        let mut chipset = Chipset::new(0, 64 << 20);
+        program_pic(&mut chipset);
+        chipset.write(0x21, 1, 0x00, 0);
+        chipset.write(0xa1, 1, 0x00, 0);
+        // The clock's update-ended interrupt: IRQ 8 high after a second.
+        chipset.write(0x70, 1, 0x0b, 0);
+        chipset.write(0x71, 1, 0x12, 0);
+        chipset.advance(2_000 * MS);
+        assert!(chipset.interrupt_pending());
+        assert_eq!(chipset.acknowledge(), 0x28);
+        chipset.write(0xa0, 1, 0x20, 2_000 * MS);
+        chipset.write(0x20, 1, 0x20, 2_000 * MS);
+        assert!(!chipset.interrupt_pending());
+        // The host claims IRQ 8 (and 0 and 2) and lets go again.
+        chipset.set_host_levels(0x0105, 0x0105);
+        chipset.set_host_levels(0, 0);
+        assert_eq!(chipset.next_event(2_000 * MS), None);
+        chipset.advance(2_000 * MS);
+        assert!(!chipset.interrupt_pending(), "an edge nobody announced");
+    }
+
+    /// An IN wider than four bytes (no CPU makes one) once overflowed the
+    /// byte shift: found by the fuzz target
+    /// `chipset_survives_any_port_sequence`.
+    #[test]
+    fn reads_wider_than_a_dword_stop_at_four_bytes() {
+        let mut chipset = Chipset::new(0, 64 << 20);
+        assert_eq!(chipset.read(0x80, 5, 0), Some(0xffff_ffff));
+        assert!(chipset.read(0x40, 255, 0).is_some());
+        assert!(chipset.write(0x80, 255, 0x42, 0));
+        assert_eq!(chipset.post_code(), 0x42);
     }
 
     #[test]

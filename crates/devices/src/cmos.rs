@@ -734,7 +734,9 @@ impl Cmos {
         if seconds == 0 || minutes == 0 || hours == 0 {
             return None;
         }
-        let day_start = after - after.rem_euclid(SECONDS_PER_DAY);
+        // Near the ends of the i64 range (a host clock far off) the alarm
+        // day cannot be written down: no alarm then.
+        let day_start = after.checked_sub(after.rem_euclid(SECONDS_PER_DAY))?;
         // The first candidate second of the day (86400: none today).
         let start = after.rem_euclid(SECONDS_PER_DAY) + 1;
         // The alarm matches once a day at least: today or tomorrow.
@@ -752,7 +754,7 @@ impl Cmos {
                     let candidates = seconds & (u64::MAX << first);
                     if candidates != 0 {
                         let second = i64::from(candidates.trailing_zeros());
-                        return Some(day_start + day * SECONDS_PER_DAY + base + second);
+                        return day_start.checked_add(day * SECONDS_PER_DAY + base + second);
                     }
                 }
             }
