@@ -105,6 +105,11 @@ impl KernelElf {
             let bytes = section
                 .data(endian, data)
                 .map_err(|_| LoaderError::Elf("a section lies outside the file".into()))?;
+            // An executable SHT_NOBITS section has a size but no bytes:
+            // no code to decode either.
+            if bytes.is_empty() {
+                continue;
+            }
             let name = file
                 .elf_section_table()
                 .section_name(endian, section)
@@ -259,6 +264,32 @@ mod tests {
     fn odd_physical_addresses_are_errors_not_panics() {
         let elf = elf_with_segment(0xc000_0000, 0xffff_f000, 0x2000, 0x100);
         assert!(matches!(KernelElf::parse(&elf), Err(LoaderError::Elf(_))));
+    }
+
+    /// An executable section of type SHT_NOBITS (a size, no bytes in the
+    /// file) once became a code section without code, and the only one
+    /// made the kernel look like it had some. Found by the fuzz target
+    /// `kernel_elfs_parse_or_fail_cleanly`.
+    #[test]
+    fn executable_sections_without_bytes_are_no_code() {
+        let mut elf = elf_with_segment(0xc000_0000, 0x10_0000, 16, 0x10_0000);
+        let names = u32::try_from(elf.len()).expect("small");
+        elf.extend_from_slice(b"\0.text\0\0");
+        let shoff = u32::try_from(elf.len()).expect("small");
+        elf[32..36].copy_from_slice(&shoff.to_le_bytes());
+        elf[48..50].copy_from_slice(&3u16.to_le_bytes()); // shnum
+        elf[50..52].copy_from_slice(&2u16.to_le_bytes()); // shstrndx
+        // Null; .text: SHT_NOBITS, ALLOC|EXECINSTR; the name table.
+        elf.extend_from_slice(&[0; 0x28]);
+        for value in [1u32, 8, 6, 0xc000_0000, 0x54, 16, 0, 0, 16, 0] {
+            elf.extend_from_slice(&value.to_le_bytes());
+        }
+        for value in [0u32, 3, 0, 0, names, 8, 0, 0, 1, 0] {
+            elf.extend_from_slice(&value.to_le_bytes());
+        }
+        assert!(
+            matches!(KernelElf::parse(&elf), Err(LoaderError::Elf(message)) if message.contains("no executable"))
+        );
     }
 
     #[test]

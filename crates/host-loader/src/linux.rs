@@ -176,6 +176,11 @@ pub fn load(
     };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE;
+    // Fields the loader writes, whatever the file holds there: no initrd
+    // (unless one is placed below) and no setup_data list.
+    params.hdr.ramdisk_image = 0;
+    params.hdr.ramdisk_size = 0;
+    params.hdr.setup_data = 0;
     if let (Some(initrd), Some(at)) = (initrd, initrd_place) {
         params.hdr.ramdisk_image = at;
         #[allow(clippy::cast_possible_truncation)] // placed below 4 GiB
@@ -413,6 +418,24 @@ mod tests {
         let (result, _) = load_into(&file, Some(&initrd), 64 * MIB);
         let error = result.expect_err("the initrd would overlap the kernel");
         assert!(error.to_string().contains("initrd"), "{error}");
+    }
+
+    /// The header copied from the file once carried its `ramdisk_image`,
+    /// `ramdisk_size` and `setup_data` into the zero page: a kernel booted
+    /// without an initrd was told of one at whatever address the file
+    /// held. Found by the fuzz target `bzimages_load_inside_ram`.
+    #[test]
+    fn loader_fields_in_the_file_do_not_reach_the_kernel() {
+        let mut file = image(&[0x90; 100], 0);
+        file[0x218..0x21c].copy_from_slice(&0x0300_0000u32.to_le_bytes());
+        file[0x21c..0x220].copy_from_slice(&0x1000u32.to_le_bytes());
+        file[0x250..0x258].copy_from_slice(&0x9_0000u64.to_le_bytes());
+        let (result, memory) = load_into(&file, None, 64 * MIB);
+        result.expect("loads");
+        let params = boot_params::from_slice(&memory[&ZERO_PAGE]).expect("a zero page");
+        let hdr = params.hdr;
+        let (image_at, size, setup_data) = (hdr.ramdisk_image, hdr.ramdisk_size, hdr.setup_data);
+        assert_eq!((image_at, size, setup_data), (0, 0, 0));
     }
 
     #[test]
