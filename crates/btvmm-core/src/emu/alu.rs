@@ -575,9 +575,15 @@ fn xadd(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
     let src = ctx.read_op(1)?;
     let (sum, status) = flags::add(dest, src, false, size);
     // SRC <- DEST, then DEST <- SUM (XADD r, r with one register gives the
-    // sum).
-    ctx.write_op(1, dest)?;
-    ctx.write_op(0, sum)?;
+    // sum). A memory destination is written first: its address may use
+    // the source register.
+    if ctx.instr.op0_kind() == OpKind::Memory {
+        ctx.write_op(0, sum)?;
+        ctx.write_op(1, dest)?;
+    } else {
+        ctx.write_op(1, dest)?;
+        ctx.write_op(0, sum)?;
+    }
     set_status(ctx, STATUS, status);
     Ok(())
 }
@@ -1387,6 +1393,26 @@ pub(crate) mod tests {
         m.poke_u32(0x2000, 0x8000_0000);
         exec(&mut c, &mut m, &[0x0f, 0xbc, 0x05, 0x00, 0x20, 0x00, 0x00]); // bsf 0x2000,%eax
         assert_eq!(get(&c, Eax), 31);
+    }
+
+    /// XADD with its source register in the destination's address once
+    /// wrote the sum where the address pointed after the register took
+    /// the old value. Found by the fuzz target
+    /// `instructions_retire_or_fault_cleanly`.
+    #[test]
+    fn xadd_writes_memory_at_the_address_before_the_register_changes() {
+        let (mut c, mut m) = setup(0);
+        m.poke(0x2010, &[0x30, 0, 0, 0]);
+        set(&mut c, Ecx, 0x2000);
+        exec(&mut c, &mut m, &[0x0f, 0xc1, 0x49, 0x10]); // xadd %ecx,0x10(%ecx)
+        assert_eq!(get(&c, Ecx), 0x30, "the old value");
+        assert_eq!(m.u32_at(0x2010), 0x2030, "the sum, at the address before");
+        assert_eq!(m.u32_at(0x40), 0, "nothing at the old value's address");
+        set(&mut c, Ebx, 0x3001);
+        m.poke(0x3002, &[0x10]);
+        exec(&mut c, &mut m, &[0x0f, 0xc0, 0x5b, 0x01]); // xadd %bl,0x1(%ebx)
+        assert_eq!(get(&c, Ebx), 0x3010);
+        assert_eq!((m.memory[0x3002], m.memory[0x3011]), (0x11, 0));
     }
 
     #[test]
