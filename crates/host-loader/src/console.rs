@@ -71,11 +71,22 @@ impl Console {
             }
         }
         let (sender, events) = crossbeam_channel::unbounded();
+        let (started, start) = crossbeam_channel::bounded(1);
         // Without a thread there is no input, as with standard input at
         // its end: the guest runs on.
-        let _ = std::thread::Builder::new()
+        if std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || read_input(terminal, &sender, &wake));
+            .spawn(move || {
+                let _ = started.send(());
+                read_input(terminal, &sender, &wake);
+            })
+            .is_ok()
+        {
+            // The thread's own start-up (its name, stack bounds, signal
+            // stack) is over before btvmm confines itself: the host's
+            // filter need not allow those calls.
+            let _ = start.recv();
+        }
         Self { events }
     }
 

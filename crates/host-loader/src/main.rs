@@ -89,6 +89,16 @@ enum Command {
         /// See `--test-scribble`.
         #[arg(long, hide = true)]
         test_scribble_victim: Option<i32>,
+        /// For the attacker tests only: once confined, btvmm itself tries
+        /// this (`file`, `exec`, `kill:PID`, `socket`, `setuid`), standing
+        /// in for a btvmm process a guest took over.
+        #[arg(long, hide = true, value_parser = host_loader::run::HostEscape::parse)]
+        test_host_escape: Option<host_loader::run::HostEscape>,
+        /// For measuring the filter's cost only: the btvmm process keeps
+        /// its capabilities and runs without its own seccomp filter (the
+        /// worlds keep theirs).
+        #[arg(long, hide = true)]
+        test_no_host_filter: bool,
     },
     /// Measure what each monitor path costs on this host against the bare
     /// host trap(s) it needs, side by side in one run.
@@ -147,6 +157,13 @@ enum Command {
         /// See `run --test-scribble-victim`.
         #[arg(long)]
         scribble_victim: Option<i32>,
+    },
+    /// The launcher, which starts world processes (started by `btvmm run`).
+    #[command(name = "__launcher", hide = true)]
+    Launcher {
+        /// The btvmm process it serves (its parent).
+        #[arg(long)]
+        host: i32,
     },
     /// Report what breakpoint tracing faces in a kernel: instruction and
     /// point-of-interest counts, and the CFG and breakpoint plans from an
@@ -323,7 +340,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             test_leak_syscall_gadget,
             test_scribble,
             test_scribble_victim,
+            test_host_escape,
+            test_no_host_filter,
         } => {
+            // SAFETY: nothing of this process owns a descriptor above
+            // standard error yet (argument parsing opens none).
+            unsafe { world_switch::sys::host_filter::close_inherited_descriptors() }?;
+            if test_no_host_filter {
+                eprintln!("btvmm: warning: the btvmm process runs without its own seccomp filter");
+            }
             let request = RunRequest {
                 kernel,
                 initrd,
@@ -340,6 +365,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 leak_syscall_gadget: test_leak_syscall_gadget,
                 scribble: test_scribble.zip(test_scribble_victim),
+                host_escape: test_host_escape,
+                confine_host: !test_no_host_filter,
             };
             let outcome = host_loader::run::run(&request, std::io::stdout());
             host_loader::console::restore_terminal();
@@ -422,6 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let error = world_main(ram_size, trace, member, split, &tests);
             anyhow::bail!("world process: {error}");
         }
+        Command::Launcher { host } => world_switch::launcher::serve(host),
         Command::Plan {
             kernel,
             at,

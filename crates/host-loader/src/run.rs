@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,7 +20,10 @@ use btvmm_core::{Exit, Reply, StopReason};
 use devices::BusEffect;
 use devices::board::Board;
 use guest_monitor::counters::Counters;
+use std::os::fd::AsRawFd;
+
 use world_switch::channel::{BootState, CHANNEL_BYTES, Channel};
+use world_switch::launcher::{Launcher, WorldProcess, WorldSpec};
 use world_switch::sys::alias::AliasMemory;
 use world_switch::sys::memory::{GuestRam, SharedRegion};
 
@@ -72,6 +74,79 @@ pub struct RunRequest {
     /// Attacker tests only: the worlds scribble over the channel and the
     /// pool (seed, and a pid they name as a world) instead of running.
     pub scribble: Option<(u64, i32)>,
+    /// Attacker tests only: once confined, btvmm itself tries this, as a
+    /// btvmm process a guest took over would.
+    pub host_escape: Option<HostEscape>,
+    /// Put the btvmm process under its own seccomp filter once the VM is
+    /// set up (`btvmm run` does; a library caller that goes on doing other
+    /// things afterwards cannot).
+    pub confine_host: bool,
+}
+
+/// What a btvmm process a guest took over might try (`--test-host-escape`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostEscape {
+    /// Create /tmp/btvmm-host-probe.
+    CreateFile,
+    /// Run a shell that creates /tmp/btvmm-host-probe.
+    Execute,
+    /// Send SIGTERM to this process.
+    Kill(i32),
+    /// Open a network socket.
+    Socket,
+    /// Become root (setuid 0).
+    SetUid,
+}
+
+/// The file the host-escape attempts would create.
+pub const HOST_ESCAPE_PROBE: &str = "/tmp/btvmm-host-probe";
+
+impl HostEscape {
+    /// Parses `file`, `exec`, `kill:PID`, `socket` or `setuid`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "file" => Ok(Self::CreateFile),
+            "exec" => Ok(Self::Execute),
+            "socket" => Ok(Self::Socket),
+            "setuid" => Ok(Self::SetUid),
+            _ => text
+                .strip_prefix("kill:")
+                .and_then(|pid| pid.parse().ok())
+                .map(Self::Kill)
+                .ok_or_else(|| format!("unknown host escape {text:?}")),
+        }
+    }
+
+    /// Tries it; returns what happened if the filter let it through.
+    fn attempt(self) -> String {
+        match self {
+            Self::CreateFile => format!(
+                "created a file: {:?}",
+                std::fs::File::create(HOST_ESCAPE_PROBE)
+            ),
+            Self::Execute => format!(
+                "ran a shell: {:?}",
+                std::process::Command::new("/bin/sh")
+                    .args(["-c", &format!("touch {HOST_ESCAPE_PROBE}")])
+                    .status()
+            ),
+            Self::Kill(pid) => format!(
+                "signalled {pid}: {:?}",
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM
+                )
+            ),
+            Self::Socket => format!(
+                "opened a socket: {:?}",
+                std::net::UdpSocket::bind("127.0.0.1:0")
+            ),
+            Self::SetUid => format!(
+                "set its uid: {:?}",
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(0))
+            ),
+        }
+    }
 }
 
 /// How guest kernel code is traced (`--breakpoints`).
@@ -116,6 +191,8 @@ impl RunRequest {
             breakpoints: Breakpoints::DEFAULT,
             leak_syscall_gadget: None,
             scribble: None,
+            host_escape: None,
+            confine_host: false,
         }
     }
 }
@@ -145,42 +222,10 @@ pub enum Ending {
 }
 
 /// What one world process used when the guest wrote the debug-exit port
-/// (from /proc/PID/status and /proc/PID/maps): the cost of the shadow it
-/// holds, beside guest RAM, which every world maps and shares.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorldMemory {
-    /// Host page tables, KiB (VmPTE).
-    pub page_tables_kib: u64,
-    /// Private memory touched, KiB (RssAnon): the monitor's heap (shadow
-    /// entries, decode caches) and stacks.
-    pub anonymous_kib: u64,
-    /// Shared memory touched through this process, KiB (RssShmem): guest
-    /// RAM and the channels.
-    pub shared_kib: u64,
-    /// Mappings (lines of /proc/PID/maps): shadow runs, mostly.
-    pub mappings: u64,
-}
-
-impl WorldMemory {
-    fn of(pid: u32) -> Option<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|value| value.parse().ok())
-                .unwrap_or(0)
-        };
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        Some(Self {
-            page_tables_kib: field("VmPTE:"),
-            anonymous_kib: field("RssAnon:"),
-            shared_kib: field("RssShmem:"),
-            mappings: maps.lines().count() as u64,
-        })
-    }
-}
+/// (from /proc/PID/status and /proc/PID/maps, read by the launcher): the
+/// cost of the shadow it holds, beside guest RAM, which every world maps
+/// and shares.
+pub use world_switch::launcher::WorldMemory;
 
 /// The result of a run.
 #[derive(Debug)]
@@ -340,20 +385,23 @@ fn load(
 }
 
 /// One boot's world processes and their RAM, pool and code aliases.
-struct Machine {
+struct Machine<'a> {
     ram: GuestRam,
     pool: Option<world_switch::pool::Pool>,
     aliases: Option<AliasMemory>,
-    worlds: Vec<Child>,
+    launcher: &'a Launcher,
+    worlds: Vec<WorldProcess>,
 }
 
-impl Machine {
-    /// Loads the images into fresh RAM and starts the world processes.
+impl<'a> Machine<'a> {
+    /// Loads the images into fresh RAM and has the launcher start the
+    /// world processes.
     fn boot(
         images: &Images,
         request: &RunRequest,
         ram_size: u32,
         channel: &Channel,
+        launcher: &'a Launcher,
         cpu: Option<usize>,
     ) -> Result<Self, LoaderError> {
         let ram = GuestRam::create(ram_size as usize)?;
@@ -370,10 +418,6 @@ impl Machine {
             gdt_base: handover.gdt_base,
             gdt_limit: handover.gdt_limit,
         });
-        let exe = std::env::current_exe().map_err(|source| LoaderError::Io {
-            path: "/proc/self/exe".into(),
-            source,
-        })?;
         let pool = if request.address_spaces > 1 {
             Some(world_switch::pool::Pool::create(
                 request.address_spaces,
@@ -390,81 +434,62 @@ impl Machine {
             ram,
             pool,
             aliases,
+            launcher,
             worlds: Vec::new(),
         };
         for member in 0..request.address_spaces {
-            let mut args = vec![
-                "__world".to_owned(),
-                "--ram-size".to_owned(),
-                ram_size.to_string(),
+            let spec = WorldSpec {
+                ram_size,
+                member: machine
+                    .pool
+                    .as_ref()
+                    .map(|_| u32::try_from(member).unwrap_or(u32::MAX)),
+                split: machine.aliases.is_some(),
+                trace: request.trace,
+                cpu: cpu.and_then(|cpu| u32::try_from(cpu).ok()),
+                scribble: request.scribble,
+                leak_syscall_gadget: request.leak_syscall_gadget,
+            };
+            let mut fds = vec![
+                machine.ram.fd().as_raw_fd(),
+                channel.region().fd().as_raw_fd(),
             ];
-            if request.trace {
-                args.push("--trace".to_owned());
-            }
-            if machine.pool.is_some() {
-                args.extend(["--member".to_owned(), member.to_string()]);
-            }
-            if machine.aliases.is_some() {
-                args.push("--split".to_owned());
-            }
-            if let Some((seed, victim)) = request.scribble {
-                args.extend([
-                    "--scribble".to_owned(),
-                    seed.to_string(),
-                    "--scribble-victim".to_owned(),
-                    victim.to_string(),
-                ]);
-            }
-            if let Some(guest_phys) = request.leak_syscall_gadget {
-                args.extend([
-                    "--leak-syscall-gadget".to_owned(),
-                    format!("{guest_phys:#x}"),
-                ]);
-            }
-            let child = world_switch::spawn::spawn(
-                &exe,
-                &args,
-                &machine.ram,
-                channel,
-                machine.pool.as_ref(),
-                machine.aliases.as_ref(),
-                cpu,
-            )?;
-            machine.worlds.push(child);
+            fds.extend(machine.pool.as_ref().map(|pool| pool.fd().as_raw_fd()));
+            fds.extend(
+                machine
+                    .aliases
+                    .as_ref()
+                    .map(|aliases| aliases.fd().as_raw_fd()),
+            );
+            let world = launcher.spawn(&spec, &fds)?;
+            machine.worlds.push(world);
         }
         Ok(machine)
     }
-}
 
-impl Machine {
     /// Ends every world process: the active one exits on its own after
     /// Terminate, the others wait for a turn.
     fn end_worlds(&mut self) {
-        for world in &mut self.worlds {
-            let _ = world.kill();
+        for world in &self.worlds {
+            let _ = world.signal(nix::sys::signal::Signal::SIGKILL as i32);
         }
-        for world in &mut self.worlds {
-            let _ = world.wait();
+        for world in self.worlds.drain(..) {
+            let _ = self.launcher.wait(&world);
         }
     }
 
-    /// The pid of the world that runs the guest now. The pool's record of
-    /// it is written by the (untrusted) worlds: a pid that is not one of
-    /// this machine's world processes is never signalled.
-    fn active_pid(&self) -> Option<i32> {
+    /// The world that runs the guest now. The pool's record of it is
+    /// written by the (untrusted) worlds: only one of this machine's world
+    /// processes is ever signalled.
+    fn active(&self) -> Option<&WorldProcess> {
         match &self.pool {
-            Some(pool) => pool.active_pid().filter(|&pid| self.is_world(pid)),
-            None => self
-                .worlds
-                .first()
-                .and_then(|world| i32::try_from(world.id()).ok()),
+            Some(pool) => pool.active_pid().and_then(|pid| self.world(pid)),
+            None => self.worlds.first(),
         }
     }
 
-    fn is_world(&self, pid: i32) -> bool {
-        self.worlds
-            .iter()
-            .any(|world| i32::try_from(world.id()) == Ok(pid))
+    fn world(&self, pid: i32) -> Option<&WorldProcess> {
+        self.worlds.iter().find(|world| world.pid() == pid)
     }
 
     fn world_died(&mut self) -> Option<Ending> {
@@ -472,15 +497,15 @@ impl Machine {
             .pool
             .as_ref()
             .and_then(world_switch::pool::Pool::active_pid)
-            && !self.is_world(pid)
+            && self.world(pid).is_none()
         {
             return Some(Ending::WorldDied(format!(
                 "broke the pool's protocol: it named process {pid}, which is no world, as the \
                  one running the guest"
             )));
         }
-        for world in &mut self.worlds {
-            match world.try_wait() {
+        for world in &self.worlds {
+            match self.launcher.try_wait(world) {
                 Ok(Some(status)) => return Some(Ending::WorldDied(describe_status(status))),
                 Ok(None) => {}
                 Err(error) => {
@@ -492,7 +517,7 @@ impl Machine {
     }
 }
 
-impl Drop for Machine {
+impl Drop for Machine<'_> {
     fn drop(&mut self) {
         self.end_worlds();
     }
@@ -529,12 +554,33 @@ fn serve_vm(
     }
     let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
     let signals = watch_signals();
+    // Before any guest input is parsed: the only process that can start
+    // worlds once btvmm is confined.
+    let exe = std::env::current_exe().map_err(|source| LoaderError::Io {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let launcher = Launcher::start(&exe)?;
+    if request.confine_host {
+        // Capabilities are per thread: before the console reader starts.
+        world_switch::sys::host_filter::keep_only_kill_capability()?;
+    }
     let console_input = if request.console_input {
         let waker = channel.reopen()?;
         Some(Console::start(move || waker.wake_host()))
     } else {
         None
     };
+    if request.confine_host {
+        confine(&launcher)?;
+    }
+    if let Some(escape) = request.host_escape {
+        // Only reached when the filter let the attempt through.
+        return Err(LoaderError::Option(format!(
+            "the host filter failed: btvmm {}",
+            escape.attempt()
+        )));
+    }
     let mut host = Host {
         channel: &channel,
         board,
@@ -548,7 +594,7 @@ fn serve_vm(
     let mut resets = 0;
     let mut inspect = Some(inspect);
     let ending = loop {
-        let mut machine = Machine::boot(images, request, ram_size, &channel, cpu)?;
+        let mut machine = Machine::boot(images, request, ram_size, &channel, &launcher, cpu)?;
         host.levels = 0;
         let ending = host.serve(&mut machine);
         machine.end_worlds();
@@ -580,6 +626,17 @@ fn serve_vm(
     })
 }
 
+/// Puts this process under its own seccomp filter (sys::host_filter).
+fn confine(launcher: &Launcher) -> Result<(), LoaderError> {
+    let allowed = world_switch::sys::host_filter::HostAllowed {
+        launcher_socket: launcher.socket(),
+        launcher_pid: launcher.pid(),
+        pid: i32::try_from(std::process::id()).unwrap_or(-1),
+    };
+    world_switch::sys::host_filter::install(&allowed)?;
+    Ok(())
+}
+
 /// Longest the host sleeps before looking at the world process again.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -607,19 +664,19 @@ impl Host<'_> {
     /// Publishes the host devices' interrupt lines; a change kicks the
     /// world when it is running (see the channel's protocol: the levels
     /// are stored before the kick).
-    fn update_levels(&mut self, machine: &Machine) {
+    fn update_levels(&mut self, machine: &Machine<'_>) {
         let levels = self.board.interrupt_levels();
         let pulses = self.board.take_pulses();
         if levels != self.levels || pulses != 0 {
             self.levels = levels;
             if self.channel.set_irq_levels(levels, pulses)
-                && let Some(pid) = machine.active_pid()
+                && let Some(world) = machine.active()
             {
                 // The levels are stored: the world that runs the guest
                 // now (see world_switch::pool for why a handoff in
                 // between loses nothing). A world that already died is
                 // noticed by world_died.
-                let _ = world_switch::spawn::kick_pid(pid);
+                let _ = world.signal(world_switch::trap::KICK_SIGNAL);
             }
         }
     }
@@ -654,7 +711,7 @@ impl Host<'_> {
     }
 
     /// The loop: serve exits until the VM ends.
-    fn serve(&mut self, machine: &mut Machine) -> Ending {
+    fn serve(&mut self, machine: &mut Machine<'_>) -> Ending {
         loop {
             if let Some(ending) = self.outside_events() {
                 return ending;
@@ -675,7 +732,7 @@ impl Host<'_> {
                             self.memory = machine
                                 .worlds
                                 .iter()
-                                .filter_map(|world| WorldMemory::of(world.id()))
+                                .filter_map(|world| machine.launcher.memory(world).ok().flatten())
                                 .collect();
                         }
                         self.channel.reply(Reply::Terminate);

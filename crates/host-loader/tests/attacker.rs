@@ -178,3 +178,63 @@ fn a_world_scribbling_over_the_channel_and_pool_cannot_take_the_host() {
     let _ = std::fs::remove_dir_all(&build);
     assert!(findings.is_empty(), "{}", findings.join("\n"));
 }
+
+/// The file a taken-over btvmm process tries to create (see
+/// `host_loader::run::HOST_ESCAPE_PROBE`).
+const HOST_PROBE: &str = "/tmp/btvmm-host-probe";
+
+/// A btvmm process a guest took over (a bug in a device model, say),
+/// stood in for by the test-only `--test-host-escape`: once the VM is set
+/// up, btvmm's own filter refuses to create a file, run a program, signal
+/// another process, open a socket or become root. The attempt never
+/// happens; btvmm ends at once, saying which call was refused (or, when the
+/// call came with SIGSYS blocked, as std's process spawning does, killed by
+/// the kernel), and its worlds and launcher end with it.
+#[test]
+fn a_btvmm_process_taken_over_cannot_reach_the_host() {
+    let build = common::build_guests("host-escape");
+    let kernel = build.join("pit.elf");
+    let mut victim = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the victim");
+    let _ = std::fs::remove_file(HOST_PROBE);
+    let mut findings = Vec::new();
+    let kill = format!("kill:{}", victim.id());
+    for escape in ["file", "exec", kill.as_str(), "socket", "setuid"] {
+        let child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+            .args(["run", "--no-reboot", "--kernel"])
+            .arg(&kernel)
+            .args(["--test-host-escape", escape])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run btvmm");
+        let output = common::wait_with_timeout(child, Duration::from_secs(15));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let refused = output.status.code() == Some(2)
+            && stderr.lines().count() == 1
+            && stderr.starts_with(
+                "btvmm: internal error: the btvmm process made a system call outside its \
+                 seccomp allow-list (system call ",
+            );
+        let killed = {
+            use std::os::unix::process::ExitStatusExt;
+            output.status.signal() == Some(31) && stderr.is_empty()
+        };
+        if !(refused || killed) {
+            findings.push(format!("{escape}: {:?}\n{stderr}", output.status));
+        }
+        if Path::new(HOST_PROBE).exists() {
+            findings.push(format!("{escape}: {HOST_PROBE} exists"));
+            let _ = std::fs::remove_file(HOST_PROBE);
+        }
+        check_victim(&mut victim, escape, &mut findings);
+    }
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = std::fs::remove_dir_all(&build);
+    assert!(findings.is_empty(), "{}", findings.join("\n"));
+}

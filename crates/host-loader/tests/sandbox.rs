@@ -4,6 +4,8 @@
 //! capability in any set, no_new_privs and a seccomp filter, in user,
 //! network, IPC, mount and UTS namespaces of its own, with an empty root
 //! directory, no core dumps and only the descriptors the monitor needs.
+//! They are children of the launcher, btvmm's only child; btvmm itself
+//! runs under its own seccomp filter with no capability but CAP_KILL.
 
 mod common;
 
@@ -57,7 +59,10 @@ fn world_processes_run_without_privileges_in_namespaces_of_their_own() {
     let start = Instant::now();
     let mut worlds = Vec::new();
     while start.elapsed() < Duration::from_secs(20) {
-        worlds = children(btvmm.id());
+        worlds = children(btvmm.id())
+            .into_iter()
+            .flat_map(children)
+            .collect();
         if worlds.len() == 2
             && worlds.iter().all(|world| {
                 std::fs::read_to_string(format!("/proc/{world}/status"))
@@ -70,6 +75,61 @@ fn world_processes_run_without_privileges_in_namespaces_of_their_own() {
     }
     let root = nix::unistd::Uid::effective().is_root();
     let mut findings = Vec::new();
+    let launchers = children(btvmm.id());
+    for &launcher in &launchers {
+        let command = std::fs::read(format!("/proc/{launcher}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&command).contains("__launcher") {
+            findings.push(format!("btvmm's child {launcher} is no launcher"));
+        }
+    }
+    if launchers.len() != 1 {
+        findings.push(format!("btvmm has children {launchers:?}"));
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", btvmm.id())).expect("tasks");
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if status.is_empty() {
+            continue;
+        }
+        // CAP_KILL (bit 5) alone, when btvmm runs as root.
+        let kill_only = if root {
+            "0000000000000020"
+        } else {
+            "0000000000000000"
+        };
+        for (field, want) in [
+            ("NoNewPrivs", "1"),
+            ("Seccomp", "2"),
+            ("CapEff", kill_only),
+            ("CapPrm", kill_only),
+            ("CapInh", "0000000000000000"),
+            ("CapAmb", "0000000000000000"),
+        ] {
+            if status_field(&status, field) != want {
+                findings.push(format!(
+                    "btvmm thread {}: {field} {}",
+                    task.path().display(),
+                    status_field(&status, field)
+                ));
+            }
+        }
+    }
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", btvmm.id()))
+        .expect("fd")
+        .flatten()
+    {
+        let target = link(entry.path());
+        let number: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(-1);
+        // The standard streams; then the launcher's socket, the machine's
+        // memfds and the worlds' pidfds, nothing else.
+        if !(number <= 2
+            || target.starts_with("socket:")
+            || target.starts_with("/memfd:btvmm-")
+            || target == "anon_inode:[pidfd]")
+        {
+            findings.push(format!("btvmm descriptor {number}: {target}"));
+        }
+    }
     for &world in &worlds {
         let status = std::fs::read_to_string(format!("/proc/{world}/status")).expect("status");
         for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {

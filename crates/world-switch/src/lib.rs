@@ -12,6 +12,7 @@
 
 pub mod bare;
 pub mod channel;
+pub mod launcher;
 pub mod pool;
 pub mod shadow;
 pub mod spawn;
@@ -20,6 +21,11 @@ pub mod trap;
 pub mod world;
 
 use thiserror::Error;
+
+/// Exit status of btvmm when its own seccomp filter refused a call (the
+/// status `btvmm run` ends with when the VM stopped for a reason other
+/// than the guest's own ending).
+pub const HOST_FILTER_EXIT: i32 = 2;
 
 /// Why the world could not be set up or driven.
 #[derive(Debug, Error)]

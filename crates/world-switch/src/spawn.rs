@@ -1,15 +1,11 @@
 //! The host side: creating the world process.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
 use crate::WorldError;
-use crate::channel::Channel;
-use crate::pool::Pool;
-use crate::sys::alias::AliasMemory;
-use crate::sys::memory::GuestRam;
 
 /// Descriptor number of guest RAM in the world process.
 pub const RAM_FD: RawFd = 3;
@@ -19,29 +15,6 @@ pub const CHANNEL_FD: RawFd = 4;
 pub const POOL_FD: RawFd = 5;
 /// Descriptor number of the code aliases (the split code view).
 pub const ALIAS_FD: RawFd = 6;
-
-/// Sends the world process the kick signal (see the channel's interrupt
-/// line protocol).
-pub fn kick(world: &Child) -> Result<(), WorldError> {
-    let pid = libc::pid_t::try_from(world.id()).map_err(|_| WorldError::Host {
-        what: "kicking the world",
-        source: std::io::Error::other("pid out of range"),
-    })?;
-    kick_pid(pid)
-}
-
-/// Sends the world process `pid` (one of ours) the kick signal.
-pub fn kick_pid(pid: libc::pid_t) -> Result<(), WorldError> {
-    // SAFETY: kill(2) with our own child's pid and a signal the world
-    // handles.
-    if unsafe { libc::kill(pid, crate::trap::KICK_SIGNAL) } != 0 {
-        return Err(WorldError::Host {
-            what: "kicking the world",
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
 
 /// The CPU this thread runs on now.
 #[must_use]
@@ -78,7 +51,21 @@ pub fn pin_to(cpu: usize) -> Result<(), WorldError> {
     Ok(())
 }
 
-/// Starts `exe args...` as the world process, with guest RAM on
+/// The descriptors a world starts with (this process's numbers).
+#[derive(Clone, Copy, Debug)]
+pub struct WorldFds {
+    /// Guest RAM.
+    pub ram: RawFd,
+    /// The channel.
+    pub channel: RawFd,
+    /// The pool region, in a pool.
+    pub pool: Option<RawFd>,
+    /// The code aliases, with the split view.
+    pub aliases: Option<RawFd>,
+}
+
+/// Starts `exe args...` as a world process (the launcher does), with
+/// guest RAM on
 /// [`RAM_FD`], the channel on [`CHANNEL_FD`], the pool (if any) on
 /// [`POOL_FD`] and the code aliases (if any) on [`ALIAS_FD`]. Its standard
 /// input and output are /dev/null (the console belongs to the host; its
@@ -92,16 +79,13 @@ pub fn pin_to(cpu: usize) -> Result<(), WorldError> {
 pub fn spawn(
     exe: &Path,
     args: &[String],
-    ram: &GuestRam,
-    channel: &Channel,
-    pool: Option<&Pool>,
-    aliases: Option<&AliasMemory>,
+    fds: WorldFds,
     cpu: Option<usize>,
 ) -> Result<Child, WorldError> {
-    let ram_fd = ram.fd().as_raw_fd();
-    let alias_fd = aliases.map(|aliases| aliases.fd().as_raw_fd());
-    let channel_fd = channel.region().fd().as_raw_fd();
-    let pool_fd = pool.map(|pool| pool.fd().as_raw_fd());
+    let ram_fd = fds.ram;
+    let alias_fd = fds.aliases;
+    let channel_fd = fds.channel;
+    let pool_fd = fds.pool;
     let mut command = Command::new(exe);
     command
         .args(args)

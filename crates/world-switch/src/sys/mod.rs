@@ -3,6 +3,7 @@
 
 pub mod alias;
 pub mod futex;
+pub mod host_filter;
 pub mod ldt;
 pub mod lockdown;
 pub mod maps;

@@ -117,10 +117,10 @@ const FOUR_GIB: u64 = 1 << 32;
 
 /// `int` arguments are compared on their low 32 bits: the ABI leaves a
 /// register's upper half undefined for them.
-const INT: u8 = 32;
-const LONG: u8 = 64;
+pub(crate) const INT: u8 = 32;
+pub(crate) const LONG: u8 = 64;
 
-fn rule(
+pub(crate) fn rule(
     name: &'static str,
     number: i64,
     conditions: Vec<(u8, u8, Check)>,
@@ -134,7 +134,7 @@ fn rule(
     }
 }
 
-fn int(value: i32) -> u64 {
+pub(crate) fn int(value: i32) -> u64 {
     u64::from(value.cast_unsigned())
 }
 
@@ -431,13 +431,16 @@ fn seccomp_condition((arg, width, check): (u8, u8, Check)) -> Result<SeccompCond
     SeccompCondition::new(arg, length, operator, value).map_err(filter_error)
 }
 
-/// Builds the filter: guest system calls trap, the monitor's go through
-/// [`rules`], anything else kills the world.
-pub fn build(allowed: &Allowed) -> Result<BpfProgram, WorldError> {
+/// Compiles `rules` into an allow-list: a call no rule allows gets
+/// `otherwise`.
+pub(crate) fn allow_list(
+    rules: Vec<Rule>,
+    otherwise: SeccompAction,
+) -> Result<BpfProgram, WorldError> {
     // seccompiler allows a call outright when its rule list is empty.
     let mut rules_by_number: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut unconditional = Vec::new();
-    for entry in rules(allowed) {
+    for entry in rules {
         if entry.conditions.is_empty() {
             unconditional.push(entry.number);
             continue;
@@ -457,12 +460,18 @@ pub fn build(allowed: &Allowed) -> Result<BpfProgram, WorldError> {
     }
     let filter = SeccompFilter::new(
         rules_by_number,
-        SeccompAction::KillProcess,
+        otherwise,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
     .map_err(filter_error)?;
-    let allow_list: BpfProgram = filter.try_into().map_err(filter_error)?;
+    filter.try_into().map_err(filter_error)
+}
+
+/// Builds the filter: guest system calls trap, the monitor's go through
+/// [`rules`], anything else kills the world.
+pub fn build(allowed: &Allowed) -> Result<BpfProgram, WorldError> {
+    let allow_list = allow_list(rules(allowed), SeccompAction::KillProcess)?;
     let mut program = guest_trap_prefix();
     program.extend(allow_list);
     Ok(program)
