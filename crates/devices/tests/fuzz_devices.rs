@@ -808,7 +808,7 @@ fn run_bus(ops: &[(u16, u8, Option<u32>)], starts: (u16, u16)) -> Vec<u32> {
     let mut claimed = Vec::new();
     for (name, start) in [("echo-a", starts.0), ("echo-b", starts.1)] {
         if u32::from(start) + 4 <= 0x1_0000 && bus.add(name, start, 4, Box::new(Echo(0))).is_ok() {
-            claimed.push(start..start + 4);
+            claimed.push(start..=start + 3);
         }
     }
     let mut seen = Vec::new();
@@ -833,6 +833,15 @@ fn run_bus(ops: &[(u16, u8, Option<u32>)], starts: (u16, u16)) -> Vec<u32> {
         }
     }
     seen
+}
+
+/// A device in the bus's last four ports: a wide IN there splits and
+/// wraps to port 0, which floats. (The target's own range arithmetic once
+/// overflowed on such a device.)
+#[test]
+fn bus_with_a_device_at_the_top_port() {
+    let seen = run_bus(&[(0xfffc, 4, None), (0xffff, 2, None)], (0x1f, 0xfffc));
+    assert_eq!(seen, [0x0302_0100, 0xff03]);
 }
 
 proptest! {
