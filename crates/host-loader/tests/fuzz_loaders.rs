@@ -1057,7 +1057,7 @@ fn random_file() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1024))]
 
     /// Every entry point on random bytes: detection agrees with the
     /// loaders, and each fails cleanly or loads inside RAM.
