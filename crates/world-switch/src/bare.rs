@@ -77,6 +77,10 @@ pub enum BareEvent {
     /// handing the vCPU to another world process of the pool cannot do
     /// without (the address space changes with the thread).
     FutexHandoffProcess,
+    /// The same with the measuring process under the btvmm process's own
+    /// seccomp filter (sys::host_filter): what the filter adds to the
+    /// host's side of every exit (its futex wake and wait).
+    FutexHandoffProcessFiltered,
     /// An asynchronous signal (sent by a POSIX timer or tgkill from another
     /// thread) interrupting a 32-bit loop -> handler -> sigreturn; cost per
     /// signal by the difference method (loop time with signals minus
@@ -86,7 +90,7 @@ pub enum BareEvent {
 
 impl BareEvent {
     /// Every event, in report order.
-    pub const ALL: [BareEvent; 9] = [
+    pub const ALL: [BareEvent; 10] = [
         BareEvent::GeneralProtection,
         BareEvent::HardwareBreakpoint,
         BareEvent::PageFault,
@@ -95,6 +99,7 @@ impl BareEvent {
         BareEvent::BreakpointMove,
         BareEvent::FutexHandoff,
         BareEvent::FutexHandoffProcess,
+        BareEvent::FutexHandoffProcessFiltered,
         BareEvent::AsyncSignal,
     ];
 
@@ -110,6 +115,7 @@ impl BareEvent {
             BareEvent::BreakpointMove => "bp-move",
             BareEvent::FutexHandoff => "futex-handoff",
             BareEvent::FutexHandoffProcess => "futex-handoff-proc",
+            BareEvent::FutexHandoffProcessFiltered => "futex-handoff-proc-filtered",
             BareEvent::AsyncSignal => "signal",
         }
     }
@@ -141,6 +147,9 @@ impl BareEvent {
             }
             BareEvent::FutexHandoffProcess => {
                 "futex wake + wait between two processes on one CPU (half a round trip)"
+            }
+            BareEvent::FutexHandoffProcessFiltered => {
+                "the same, the measuring process under btvmm's own seccomp filter"
             }
             BareEvent::AsyncSignal => {
                 "POSIX timer signal interrupting a 32-bit loop -> handler -> sigreturn"
@@ -189,8 +198,11 @@ pub fn measure(event: BareEvent, iterations: u32, rounds: u32) -> Result<f64, Wo
         | BareEvent::SeccompSigsys => trapping(event, iterations, rounds),
         BareEvent::AsyncSignal => async_signal(iterations, rounds),
         BareEvent::BreakpointMove => breakpoint_move(iterations, rounds),
-        BareEvent::FutexHandoff => futex_handoff(iterations, rounds, false),
-        BareEvent::FutexHandoffProcess => futex_handoff(iterations, rounds, true),
+        BareEvent::FutexHandoff => futex_handoff(iterations, rounds, Partner::Thread),
+        BareEvent::FutexHandoffProcess => futex_handoff(iterations, rounds, Partner::Process),
+        BareEvent::FutexHandoffProcessFiltered => {
+            futex_handoff(iterations, rounds, Partner::ProcessFiltered)
+        }
     };
     RUN.busy.store(false, SeqCst);
     result
@@ -1237,7 +1249,18 @@ fn breakpoint_move(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
     })
 }
 
-fn futex_handoff(iterations: u32, rounds: u32, processes: bool) -> Result<f64, WorldError> {
+/// Who the futex handoffs go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Partner {
+    /// A thread of this process.
+    Thread,
+    /// Another process.
+    Process,
+    /// Another process, this one under the host's seccomp filter.
+    ProcessFiltered,
+}
+
+fn futex_handoff(iterations: u32, rounds: u32, partner: Partner) -> Result<f64, WorldError> {
     let affinity_error = |what| {
         move |errno: nix::Error| WorldError::Host {
             what,
@@ -1248,12 +1271,17 @@ fn futex_handoff(iterations: u32, rounds: u32, processes: bool) -> Result<f64, W
     let previous =
         sched_getaffinity(Pid::from_raw(0)).map_err(affinity_error("sched_getaffinity"))?;
     pin(cpu)?;
-    let result = if processes {
-        process_handoffs(iterations, rounds)
-    } else {
-        handoffs(cpu, iterations, rounds)
+    let result = match partner {
+        Partner::Thread => handoffs(cpu, iterations, rounds),
+        Partner::Process => process_handoffs(iterations, rounds, false),
+        Partner::ProcessFiltered => process_handoffs(iterations, rounds, true),
     };
-    sched_setaffinity(Pid::from_raw(0), &previous).map_err(affinity_error("sched_setaffinity"))?;
+    // A filtered measurement cannot change its affinity any more (the
+    // host's filter does not allow it); its process ends after it.
+    if partner != Partner::ProcessFiltered {
+        sched_setaffinity(Pid::from_raw(0), &previous)
+            .map_err(affinity_error("sched_setaffinity"))?;
+    }
     result
 }
 
@@ -1303,8 +1331,10 @@ fn handoffs(cpu: usize, iterations: u32, rounds: u32) -> Result<f64, WorldError>
 }
 
 /// Handoffs with a forked partner process (which inherits the pinning)
-/// over a word in a shared mapping.
-fn process_handoffs(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
+/// over a word in a shared mapping; with `filtered`, this process installs
+/// the host's seccomp filter first (for good: the measurement runs in a
+/// process of its own).
+fn process_handoffs(iterations: u32, rounds: u32, filtered: bool) -> Result<f64, WorldError> {
     let region = crate::sys::memory::SharedRegion::create(PAGE)?;
     // SAFETY: the region is page-aligned, zeroed, at least 4 bytes, shared
     // with the child after fork; an AtomicU32 is valid for any bits.
@@ -1323,6 +1353,14 @@ fn process_handoffs(iterations: u32, rounds: u32) -> Result<f64, WorldError> {
         }
         // SAFETY: ends the child at once.
         unsafe { libc::_exit(0) };
+    }
+    if filtered {
+        crate::sys::host_filter::install(&crate::sys::host_filter::HostAllowed {
+            launcher_socket: -1,
+            // The partner stands for the launcher: the one child waited for.
+            launcher_pid: child,
+            pid: nix::unistd::getpid().as_raw(),
+        })?;
     }
     let cost = rounds_of(iterations, rounds, || {
         let start = Instant::now();
