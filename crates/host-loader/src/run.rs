@@ -479,29 +479,26 @@ impl<'a> Machine<'a> {
     }
 
     /// The world that runs the guest now. The pool's record of it is
-    /// written by the (untrusted) worlds: only one of this machine's world
-    /// processes is ever signalled.
+    /// written by the (untrusted) worlds: it is a member index, mapped to
+    /// the processes this machine started (members in order), so only one
+    /// of them is ever signalled.
     fn active(&self) -> Option<&WorldProcess> {
         match &self.pool {
-            Some(pool) => pool.active_pid().and_then(|pid| self.world(pid)),
+            Some(pool) => pool
+                .active_member()
+                .and_then(|member| self.worlds.get(member)),
             None => self.worlds.first(),
         }
     }
 
-    fn world(&self, pid: i32) -> Option<&WorldProcess> {
-        self.worlds.iter().find(|world| world.pid() == pid)
-    }
-
     fn world_died(&mut self) -> Option<Ending> {
-        if let Some(pid) = self
-            .pool
-            .as_ref()
-            .and_then(world_switch::pool::Pool::active_pid)
-            && self.world(pid).is_none()
+        if let Some(pool) = &self.pool
+            && pool.active_word() as usize >= self.worlds.len()
         {
             return Some(Ending::WorldDied(format!(
-                "broke the pool's protocol: it named process {pid}, which is no world, as the \
-                 one running the guest"
+                "broke the pool's protocol: it named member {} of {} as the one running the guest",
+                pool.active_word(),
+                self.worlds.len()
             )));
         }
         for world in &self.worlds {

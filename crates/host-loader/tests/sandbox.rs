@@ -1,8 +1,8 @@
 //! The world processes of a running VM hold nothing of the host: looked at
 //! from outside, as an administrator would (/proc), while an idle guest
 //! runs. Each world runs as nobody (when btvmm runs as root), with no
-//! capability in any set, no_new_privs and a seccomp filter, in user,
-//! network, IPC, mount and UTS namespaces of its own, with an empty root
+//! capability in any set, no_new_privs and a seccomp filter, in user, PID
+//! (as its process 1), network, IPC, mount and UTS namespaces of its own, with an empty root
 //! directory, no core dumps and only the descriptors the monitor needs.
 //! They are children of the launcher, btvmm's only child; btvmm itself
 //! runs under its own seccomp filter with no capability but CAP_KILL.
@@ -154,7 +154,13 @@ fn world_processes_run_without_privileges_in_namespaces_of_their_own() {
                 findings.push(format!("world {world}: supplementary groups"));
             }
         }
-        for namespace in ["user", "net", "ipc", "mnt", "uts"] {
+        if status_field(&status, "NSpid").split_whitespace().last() != Some("1") {
+            findings.push(format!(
+                "world {world}: not process 1 of its own PID namespace (NSpid {})",
+                status_field(&status, "NSpid")
+            ));
+        }
+        for namespace in ["user", "pid", "net", "ipc", "mnt", "uts"] {
             let own = link(format!("/proc/{world}/ns/{namespace}"));
             if own.is_empty() || own == link(format!("/proc/self/ns/{namespace}")) {
                 findings.push(format!("world {world}: the host's {namespace} namespace"));

@@ -18,7 +18,7 @@
 //! torn or merged), encoded with bincode with a size limit; descriptors
 //! travel as SCM_RIGHTS.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -477,7 +477,7 @@ pub fn serve(host: libc::pid_t) -> ! {
         Ok(exe) => {
             let mut launcher = Serving {
                 exe,
-                worlds: HashMap::new(),
+                worlds: HashSet::new(),
             };
             launcher.run();
             launcher.end_worlds();
@@ -493,7 +493,8 @@ pub fn serve(host: libc::pid_t) -> ! {
 
 struct Serving {
     exe: PathBuf,
-    worlds: HashMap<i32, Child>,
+    /// The worlds started and not yet waited for.
+    worlds: HashSet<i32>,
 }
 
 impl Serving {
@@ -543,26 +544,21 @@ impl Serving {
                 }
             }
             Request::Wait { pid, block } if fds.is_empty() => {
-                let Some(world) = self.worlds.get_mut(&pid) else {
+                if !self.worlds.contains(&pid) {
                     return refuse(format!("process {pid} is no world"));
-                };
-                let status = if block {
-                    world.wait().map(Some)
-                } else {
-                    world.try_wait()
-                };
-                match status {
+                }
+                match wait(pid, block) {
                     Ok(status) => {
                         if status.is_some() {
                             self.worlds.remove(&pid);
                         }
-                        (Response::Status(status.map(ExitStatus::into_raw)), None)
+                        (Response::Status(status), None)
                     }
                     Err(error) => refuse(format!("waiting for {pid}: {error}")),
                 }
             }
             Request::Memory { pid } if fds.is_empty() => {
-                if self.worlds.contains_key(&pid) {
+                if self.worlds.contains(&pid) {
                     (Response::Memory(WorldMemory::of(pid)), None)
                 } else {
                     refuse(format!("process {pid} is no world"))
@@ -590,12 +586,12 @@ impl Serving {
             },
             cpu,
         )?;
-        let pid = i32::try_from(child.id()).unwrap_or(-1);
+        let pid = child.pid;
         // The child is not waited for until asked: its pid cannot be
         // reused before the pidfd exists.
         // SAFETY: pidfd_open with our own child's pid and no flags.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        self.worlds.insert(pid, child);
+        self.worlds.insert(pid);
         let pidfd = RawFd::try_from(pidfd)
             .ok()
             .filter(|&fd| fd >= 0)
@@ -609,11 +605,33 @@ impl Serving {
     }
 
     fn end_worlds(&mut self) {
-        for world in self.worlds.values_mut() {
-            let _ = world.kill();
+        for &pid in &self.worlds {
+            // SAFETY: kill(2) of our own child, not yet waited for.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        for (_, mut world) in self.worlds.drain() {
-            let _ = world.wait();
+        for pid in self.worlds.drain() {
+            let _ = wait(pid, true);
+        }
+    }
+}
+
+/// The raw wait status of child `pid` if it has ended (waits for it with
+/// `block`).
+fn wait(pid: i32, block: bool) -> std::io::Result<Option<i32>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid for our own child into a local.
+        let result =
+            unsafe { libc::waitpid(pid, &raw mut status, if block { 0 } else { libc::WNOHANG }) };
+        match result {
+            0 => return Ok(None),
+            result if result == pid => return Ok(Some(status)),
+            _ => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //! its shadow mappings still in place. The processes share one region
 //! (a memfd the host creates) holding
 //!
-//! - which member runs the vCPU now, and each member's pid (the host kicks
-//!   the active one),
+//! - which member runs the vCPU now (the host kicks it), and each member's
+//!   pid as it sees itself (non-zero: attached),
 //! - each member's key (the CR3 it shadows) and last use (LRU),
 //! - the vCPU state in transit and one futex word per member: a handoff
 //!   writes the state, makes the target active, wakes it and waits on its
@@ -19,7 +19,7 @@
 //! writes before the next member reads them.
 //!
 //! Kicks and the handoff: the host stores the interrupt lines, then reads
-//! `active` and kicks that pid; a member taking over stores `active`
+//! `active` and kicks that member; a member taking over stores `active`
 //! before it reads the lines. Either the host sees the new member (and
 //! kicks it), or the new member sees the new lines: no change is missed.
 //! A kick that reaches a waiting member stays pending until it runs again
@@ -152,14 +152,26 @@ impl Pool {
         self.region.size()
     }
 
-    /// Host: the pid of the member that runs the vCPU now, once it has
-    /// attached.
+    /// Host: the member that runs the vCPU now, once it has attached
+    /// (None when the word the members write names no member). The host
+    /// maps it to the process it started: a pid a member writes is never
+    /// trusted (each world may be process 1 of a PID namespace of its own
+    /// anyway).
     #[must_use]
-    pub fn active_pid(&self) -> Option<i32> {
+    pub fn active_member(&self) -> Option<usize> {
         let header = self.header();
         let active = header.active.load(SeqCst) as usize;
-        let pid = header.pids.get(active)?.load(SeqCst);
-        (pid > 0).then_some(pid)
+        if active >= self.members() {
+            return None;
+        }
+        let attached = header.pids.get(active)?.load(SeqCst) != 0;
+        attached.then_some(active)
+    }
+
+    /// Host: the word naming the active member, as the members wrote it.
+    #[must_use]
+    pub fn active_word(&self) -> u32 {
+        self.header().active.load(SeqCst)
     }
 
     /// Attacker tests only (`World::scribble`): what a hostile member can

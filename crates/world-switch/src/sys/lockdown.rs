@@ -38,10 +38,22 @@ impl Sandbox {
 
 /// Locks this process down, keeping only the descriptors in `keep` (and
 /// standard input, output and error, which the host pointed at /dev/null,
-/// /dev/null and its own standard error). `parent` is the pid of the btvmm
-/// process, which this one must die with.
+/// /dev/null and its own standard error). `parent` is what getppid said
+/// at start: the launcher, which this one must die with (0 in a PID
+/// namespace of its own, where the parent is outside: the check below
+/// then cannot see the launcher die, the parent-death signal still does).
 pub fn lock_down(keep: &[RawFd], parent: libc::pid_t) -> Sandbox {
     let mut sandbox = Sandbox::default();
+    // The launcher starts each world as process 1 of a PID namespace of
+    // its own where the host allows it (spawn::spawn).
+    if nix::unistd::getpid().as_raw() != 1 {
+        sandbox.missing(
+            "a PID namespace",
+            "the launcher could not create one",
+            "the world sees the host's process ids (its filter allows no call that names \
+             another process)",
+        );
+    }
     close_other_descriptors(keep, &mut sandbox);
     drop_user(&mut sandbox);
     let namespaces = enter_namespaces(&mut sandbox);
