@@ -120,6 +120,39 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Run the benchmarks natively and in Debian's kernel under btvmm and
+    /// QEMU, side by side (scripts/bench prepares the inputs).
+    Bench {
+        /// Debian's i386 kernel (scripts/fetch-debian-kernel).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The initramfs holding /bin/bench (scripts/make-initramfs --add).
+        #[arg(long)]
+        initrd: PathBuf,
+        /// The bench program (guests/linux/bench.c) for the native runs.
+        #[arg(long)]
+        program: PathBuf,
+        /// busybox for the native gzip run.
+        #[arg(long)]
+        busybox: PathBuf,
+        /// Only these benchmarks (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Runs of each benchmark on each system.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+        /// Systems (comma-separated): native, btvmm, tcg, kvm.
+        #[arg(long, value_delimiter = ',', default_value = "native,btvmm,tcg,kvm",
+              value_parser = experiments::results::System::parse)]
+        systems: Vec<experiments::results::System>,
+        /// Where results.json, results.csv and results.md go.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Small counts: checks that every benchmark runs everywhere, not
+        /// what it costs.
+        #[arg(long)]
+        quick: bool,
+    },
     /// One bare host event measurement (started by `btvmm calibrate`).
     #[command(name = "__bare", hide = true)]
     Bare {
@@ -450,6 +483,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::bail!("world process: {error}");
         }
         Command::Launcher { host } => world_switch::launcher::serve(host),
+        Command::Bench {
+            kernel,
+            initrd,
+            program,
+            busybox,
+            only,
+            runs,
+            systems,
+            out,
+            quick,
+        } => {
+            let request = experiments::bench::BenchRequest {
+                btvmm: std::env::current_exe()?,
+                kernel,
+                initrd,
+                program,
+                busybox,
+                only,
+                runs,
+                systems,
+                out: out.clone(),
+                quick,
+                memory_mib: host_loader::run::DEFAULT_LINUX_MEMORY_MIB,
+            };
+            let results = experiments::bench::run(&request)?;
+            print!("{}", results.markdown());
+            println!(
+                "\nresults: {} (results.json, results.csv, results.md)",
+                out.display()
+            );
+            println!(
+                "not done yet (experiments issue): plots, the per-benchmark breakdown of btvmm's \
+                 traps, the boot's end time"
+            );
+            Ok(())
+        }
         Command::Plan {
             kernel,
             at,

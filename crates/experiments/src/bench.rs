@@ -1,0 +1,588 @@
+//! `btvmm bench`: the benchmarks of `guests/linux/bench.c` natively and in
+//! Debian's kernel under btvmm, QEMU TCG and QEMU KVM, side by side.
+//!
+//! Every system runs the same static i386 program with the same counts.
+//! Native: the program on the host, pinned to one CPU (`taskset`). The
+//! virtual machines: one boot per run of the same kernel and initramfs
+//! (256 MiB, one CPU, `console=ttyS0 quiet`), whose /init runs the
+//! benchmarks named by `benchmarks=` on the kernel command line and powers
+//! off (guests/linux/init); each boot is also the boot benchmark (host
+//! wall time to /init's first line). Every run has a timeout.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ExperimentsError;
+use crate::results::{Line, Results, System, parse_line};
+
+/// A benchmark of `bench.c` and its counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Benchmark {
+    /// Its name (bench.c's).
+    pub name: &'static str,
+    /// What one repetition is.
+    pub unit: &'static str,
+    /// Repetitions in a full run.
+    pub count: u32,
+    /// Repetitions in a quick run.
+    pub quick_count: u32,
+}
+
+/// The benchmarks, in table order.
+pub const BENCHMARKS: [Benchmark; 10] = [
+    Benchmark {
+        name: "getuid",
+        unit: "call",
+        count: 100_000,
+        quick_count: 100,
+    },
+    Benchmark {
+        name: "getuid-int80",
+        unit: "call",
+        count: 100_000,
+        quick_count: 100,
+    },
+    Benchmark {
+        name: "fork-exec",
+        unit: "process",
+        count: 100,
+        quick_count: 2,
+    },
+    Benchmark {
+        name: "pipe-switch",
+        unit: "round-trip",
+        count: 10_000,
+        quick_count: 20,
+    },
+    Benchmark {
+        name: "thread-switch",
+        unit: "round-trip",
+        count: 10_000,
+        quick_count: 20,
+    },
+    Benchmark {
+        name: "sigsegv",
+        unit: "fault",
+        count: 10_000,
+        quick_count: 20,
+    },
+    Benchmark {
+        name: "mmap",
+        unit: "MiB",
+        count: 100,
+        quick_count: 2,
+    },
+    Benchmark {
+        name: "nqueens",
+        unit: "solve",
+        count: 200,
+        quick_count: 2,
+    },
+    Benchmark {
+        name: "gzip",
+        unit: "MiB",
+        count: 3,
+        quick_count: 1,
+    },
+    Benchmark {
+        name: "compile",
+        unit: "pass",
+        count: 20,
+        quick_count: 1,
+    },
+];
+
+/// The boot benchmark's row: host wall time from start to /init's first
+/// line.
+pub const BOOT: &str = "boot to /init";
+
+/// The kernel command line every virtual machine boots with, before
+/// `benchmarks=`.
+pub const APPEND: &str = "console=ttyS0 quiet panic=-1";
+
+/// What `btvmm bench` was asked.
+#[derive(Clone, Debug)]
+pub struct BenchRequest {
+    /// btvmm itself.
+    pub btvmm: PathBuf,
+    /// Debian's i386 kernel.
+    pub kernel: PathBuf,
+    /// The initramfs with /bin/bench (scripts/make-initramfs --add).
+    pub initrd: PathBuf,
+    /// The same bench program for the native runs.
+    pub program: PathBuf,
+    /// A busybox for the native gzip run.
+    pub busybox: PathBuf,
+    /// Benchmarks to run (empty: all).
+    pub only: Vec<String>,
+    /// Runs of each.
+    pub runs: u32,
+    /// Systems to run on.
+    pub systems: Vec<System>,
+    /// Where the results go.
+    pub out: PathBuf,
+    /// Small counts (checks that everything runs, not what it costs).
+    pub quick: bool,
+    /// Guest RAM, MiB.
+    pub memory_mib: u32,
+}
+
+/// The timeout of one native benchmark run.
+const NATIVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The timeout of one boot with its benchmarks.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+/// The line /init prints before the benchmarks.
+const BANNER: &str = "btvmm guest: benchmarks";
+
+impl BenchRequest {
+    fn benchmarks(&self) -> Result<Vec<Benchmark>, ExperimentsError> {
+        for name in &self.only {
+            if !BENCHMARKS.iter().any(|benchmark| benchmark.name == name) {
+                return Err(ExperimentsError::Option(format!(
+                    "unknown benchmark {name:?} (one of: {})",
+                    BENCHMARKS.map(|benchmark| benchmark.name).join(", ")
+                )));
+            }
+        }
+        Ok(BENCHMARKS
+            .into_iter()
+            .filter(|benchmark| {
+                self.only.is_empty() || self.only.iter().any(|n| n == benchmark.name)
+            })
+            .collect())
+    }
+
+    fn count(&self, benchmark: &Benchmark) -> u32 {
+        if self.quick {
+            benchmark.quick_count
+        } else {
+            benchmark.count
+        }
+    }
+
+    /// `benchmarks=name:count,...` for the kernel command line.
+    fn kernel_argument(&self, benchmarks: &[Benchmark]) -> String {
+        let list: Vec<String> = benchmarks
+            .iter()
+            .map(|benchmark| format!("{}:{}", benchmark.name, self.count(benchmark)))
+            .collect();
+        format!("benchmarks={}", list.join(","))
+    }
+
+    fn vm_command(&self, system: System, benchmarks: &[Benchmark]) -> Command {
+        let append = format!("{APPEND} {}", self.kernel_argument(benchmarks));
+        let memory = self.memory_mib.to_string();
+        match system {
+            System::Btvmm => {
+                let mut command = Command::new(&self.btvmm);
+                command
+                    .args(["run", "--kernel"])
+                    .arg(&self.kernel)
+                    .arg("--initrd")
+                    .arg(&self.initrd)
+                    .args(["--memory", &memory, "--append", &append]);
+                command
+            }
+            _ => {
+                let accel = if system == System::Kvm { "kvm" } else { "tcg" };
+                let cpu = if system == System::Kvm { "host" } else { "max" };
+                let mut command = Command::new("qemu-system-i386");
+                command
+                    .args(["-accel", accel, "-cpu", cpu, "-m", &memory, "-smp", "1"])
+                    .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+                    .args(["-net", "none", "-no-reboot", "-kernel"])
+                    .arg(&self.kernel)
+                    .arg("-initrd")
+                    .arg(&self.initrd)
+                    .args(["-append", &append]);
+                command
+            }
+        }
+    }
+}
+
+/// What one boot gave: the result lines and the time to /init.
+struct Boot {
+    lines: Vec<Line>,
+    to_init: Option<Duration>,
+    failure: Option<String>,
+}
+
+/// Runs `command`, collecting its standard output's lines as they come,
+/// the time the banner appeared, until it ends or `timeout` passes.
+fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
+    let start = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            return Boot {
+                lines: Vec::new(),
+                to_init: None,
+                failure: Some(format!("cannot start: {error}")),
+            };
+        }
+    };
+    let (sender, receiver) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let stderr = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+            text
+        })
+    });
+    let mut lines = Vec::new();
+    let mut to_init = None;
+    let mut status = None;
+    let mut timed_out = false;
+    loop {
+        while let Ok((at, line)) = receiver.try_recv() {
+            if to_init.is_none() && line.contains(BANNER) {
+                to_init = Some(at.duration_since(start));
+            }
+            lines.extend(parse_line(&line));
+        }
+        if status.is_some() {
+            break;
+        }
+        match child.try_wait() {
+            Ok(Some(exit)) => {
+                status = Some(exit);
+                // The reader drains what is left before the pipe closes.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                status = child.wait().ok();
+                timed_out = true;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(error) => {
+                return Boot {
+                    lines,
+                    to_init,
+                    failure: Some(format!("cannot be waited for: {error}")),
+                };
+            }
+        }
+    }
+    let stderr = stderr
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or_default();
+    let failure = if timed_out {
+        Some(format!("timed out after {} s", timeout.as_secs()))
+    } else {
+        match status {
+            Some(exit) if exit.success() => None,
+            other => Some(format!(
+                "ended with {}: {}",
+                other.map_or_else(|| "no status".to_owned(), |exit| exit.to_string()),
+                stderr
+                    .lines()
+                    .find(|line| !line.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+            )),
+        }
+    };
+    Boot {
+        lines,
+        to_init,
+        failure,
+    }
+}
+
+/// The first line of `program --version`, or why there is none.
+fn version_of(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("{program}: not available"))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn check_input(what: &'static str, path: &Path) -> Result<(), ExperimentsError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|source| ExperimentsError::Input {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Runs the benchmarks and writes `results.json`, `results.csv` and
+/// `results.md` into the request's output directory.
+pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
+    let benchmarks = request.benchmarks()?;
+    if request.runs == 0 {
+        return Err(ExperimentsError::Option("--runs must be at least 1".into()));
+    }
+    check_input("btvmm", &request.btvmm)?;
+    check_input("kernel", &request.kernel)?;
+    check_input("initramfs", &request.initrd)?;
+    check_input("benchmark program", &request.program)?;
+    check_input("busybox", &request.busybox)?;
+    let mut results = Results {
+        benchmarks: benchmarks
+            .iter()
+            .map(|benchmark| (benchmark.name.to_owned(), benchmark.unit.to_owned()))
+            .chain(
+                request
+                    .systems
+                    .iter()
+                    .any(|&system| system != System::Native)
+                    .then(|| (BOOT.to_owned(), "boot".to_owned())),
+            )
+            .collect(),
+        systems: request.systems.clone(),
+        ..Results::default()
+    };
+    let environment = &mut results.environment;
+    environment.insert(
+        "btvmm".into(),
+        version_of(&request.btvmm.to_string_lossy(), &["--version"]),
+    );
+    environment.insert(
+        "qemu".into(),
+        version_of("qemu-system-i386", &["--version"]),
+    );
+    environment.insert("host kernel".into(), version_of("uname", &["-r"]));
+    environment.insert("cpu".into(), cpu_model());
+    environment.insert("kernel".into(), request.kernel.display().to_string());
+    environment.insert("initramfs".into(), request.initrd.display().to_string());
+    environment.insert(
+        "busybox".into(),
+        version_of(&request.busybox.to_string_lossy(), &[]),
+    );
+    environment.insert(
+        "guest command line".into(),
+        format!("{APPEND} {}", request.kernel_argument(&benchmarks)),
+    );
+    environment.insert("runs".into(), request.runs.to_string());
+    environment.insert("quick".into(), request.quick.to_string());
+    let steps: u64 = request
+        .systems
+        .iter()
+        .map(|&system| {
+            if system == System::Native {
+                benchmarks.len() as u64
+            } else {
+                1
+            }
+        })
+        .sum::<u64>()
+        * u64::from(request.runs);
+    let progress = ProgressBar::new(steps);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    // The CPU native runs are pinned to: the last one.
+    let cpu = std::thread::available_parallelism().map_or(0, |count| count.get() - 1);
+    for run in 1..=request.runs {
+        for &system in &request.systems {
+            if system == System::Native {
+                for benchmark in &benchmarks {
+                    progress.set_message(format!(
+                        "run {run}/{}: native {}",
+                        request.runs, benchmark.name
+                    ));
+                    let mut command = Command::new("taskset");
+                    command
+                        .args(["-c", &cpu.to_string()])
+                        .arg(&request.program)
+                        .args([benchmark.name, &request.count(benchmark).to_string()])
+                        .env("BUSYBOX", &request.busybox);
+                    let outcome = run_collecting(command, NATIVE_TIMEOUT);
+                    record_lines(&mut results, system, &[*benchmark], &outcome);
+                    progress.inc(1);
+                }
+                continue;
+            }
+            progress.set_message(format!(
+                "run {run}/{}: {} boot",
+                request.runs,
+                system.title()
+            ));
+            let outcome = run_collecting(request.vm_command(system, &benchmarks), BOOT_TIMEOUT);
+            record_lines(&mut results, system, &benchmarks, &outcome);
+            let boot = match (outcome.to_init, &outcome.failure) {
+                (Some(time), _) => Ok(time.as_secs_f64() * 1e9),
+                (None, Some(failure)) => Err(failure.clone()),
+                (None, None) => Err("/init never said it started".to_owned()),
+            };
+            results.record(BOOT, system, boot);
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    write_results(&results, &request.out)?;
+    Ok(results)
+}
+
+/// Files one run's lines under `system`; a benchmark without a line gets
+/// the run's failure.
+fn record_lines(results: &mut Results, system: System, benchmarks: &[Benchmark], boot: &Boot) {
+    for benchmark in benchmarks {
+        let line = boot.lines.iter().find(|line| match line {
+            Line::Result(result) => result.name == benchmark.name,
+            Line::Error { name, .. } => name == benchmark.name,
+        });
+        let outcome = match line {
+            Some(Line::Result(result)) => Ok(result.per_unit_ns()),
+            Some(Line::Error { error, .. }) => Err(error.clone()),
+            None => Err(boot
+                .failure
+                .clone()
+                .unwrap_or_else(|| "no result line".to_owned())),
+        };
+        results.record(benchmark.name, system, outcome);
+    }
+}
+
+fn write_results(results: &Results, out: &Path) -> Result<(), ExperimentsError> {
+    let write = |name: &str, contents: &str| {
+        let path = out.join(name);
+        std::fs::write(&path, contents).map_err(|source| ExperimentsError::Output { path, source })
+    };
+    std::fs::create_dir_all(out).map_err(|source| ExperimentsError::Output {
+        path: out.to_owned(),
+        source,
+    })?;
+    let json = serde_json::to_string_pretty(results).unwrap_or_default();
+    write("results.json", &json)?;
+    write("results.csv", &results.csv())?;
+    let mut markdown = results.markdown();
+    markdown.push('\n');
+    for (key, value) in &results.environment {
+        markdown.push_str(&format!("- {key}: {value}\n"));
+    }
+    write("results.md", &markdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> BenchRequest {
+        BenchRequest {
+            btvmm: "btvmm".into(),
+            kernel: "vmlinuz".into(),
+            initrd: "initrd".into(),
+            program: "bench".into(),
+            busybox: "busybox".into(),
+            only: vec![],
+            runs: 3,
+            systems: System::ALL.to_vec(),
+            out: "out".into(),
+            quick: false,
+            memory_mib: 256,
+        }
+    }
+
+    #[test]
+    fn the_guest_gets_every_benchmark_with_its_count() {
+        let all = request().benchmarks().expect("all");
+        assert_eq!(all.len(), BENCHMARKS.len());
+        assert_eq!(
+            request().kernel_argument(&all[..2]),
+            "benchmarks=getuid:100000,getuid-int80:100000"
+        );
+        let quick = BenchRequest {
+            quick: true,
+            only: vec!["nqueens".into()],
+            ..request()
+        };
+        let chosen = quick.benchmarks().expect("one");
+        assert_eq!(quick.kernel_argument(&chosen), "benchmarks=nqueens:2");
+        let wrong = BenchRequest {
+            only: vec!["nope".into()],
+            ..request()
+        };
+        assert!(wrong.benchmarks().is_err());
+    }
+
+    #[test]
+    fn every_system_boots_the_same_kernel_command_line() {
+        let benchmarks = request().benchmarks().expect("all");
+        for system in [System::Btvmm, System::Tcg, System::Kvm] {
+            let command = request().vm_command(system, &benchmarks);
+            let args: Vec<String> = command
+                .get_args()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+            let append = args
+                .iter()
+                .position(|arg| arg == "--append" || arg == "-append")
+                .and_then(|index| args.get(index + 1))
+                .expect("a command line");
+            assert!(append.starts_with(APPEND), "{system:?}: {append}");
+            assert!(
+                append.contains("benchmarks=getuid:100000,"),
+                "{system:?}: {append}"
+            );
+            assert!(args.contains(&"256".to_owned()), "{system:?}: {args:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_line_is_the_runs_failure() {
+        let mut results = Results::default();
+        let boot = Boot {
+            lines: vec![parse_line("bench name=getuid count=10 unit=call ns=100").expect("line")],
+            to_init: None,
+            failure: Some("timed out after 1200 s".into()),
+        };
+        record_lines(&mut results, System::Tcg, &BENCHMARKS[..2], &boot);
+        assert_eq!(
+            results
+                .cell("getuid", System::Tcg)
+                .map(|cell| cell.samples.clone()),
+            Some(vec![10.0])
+        );
+        assert_eq!(
+            results
+                .cell("getuid-int80", System::Tcg)
+                .map(|cell| cell.errors.clone()),
+            Some(vec!["timed out after 1200 s".to_owned()])
+        );
+    }
+}

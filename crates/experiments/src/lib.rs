@@ -1,0 +1,43 @@
+//! btvmm's evaluation (issue: experiments): `btvmm bench` runs the guest
+//! benchmark programs (`guests/linux/bench.c`) natively on the host, in
+//! Debian's kernel under btvmm and under QEMU TCG (and QEMU KVM where it
+//! runs), each several times, and reports per benchmark the median, minimum
+//! and maximum beside each other, as JSON, CSV and a markdown table.
+//!
+//! [`results`] is pure (parsing result lines, statistics, tables) and
+//! unit-tests anywhere; [`bench`] runs the systems.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod results;
+
+use thiserror::Error;
+
+/// Why an experiment could not be run or its results written.
+#[derive(Debug, Error)]
+pub enum ExperimentsError {
+    /// An input file or program is missing or unreadable.
+    #[error("{what} {path}: {source}")]
+    Input {
+        /// What it is.
+        what: &'static str,
+        /// Where it should be.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A results file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An impossible option.
+    #[error("{0}")]
+    Option(String),
+}

@@ -1,0 +1,393 @@
+//! Benchmark results: the guest programs' result lines, statistics over
+//! runs, and the tables (markdown, CSV) and JSON `btvmm bench` writes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// A system a benchmark runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// The static i386 program on the host, pinned to one CPU.
+    Native,
+    /// Debian's kernel under btvmm.
+    Btvmm,
+    /// Debian's kernel under QEMU with TCG.
+    Tcg,
+    /// Debian's kernel under QEMU with KVM.
+    Kvm,
+}
+
+impl System {
+    /// Every system, in table order.
+    pub const ALL: [Self; 4] = [Self::Native, Self::Btvmm, Self::Tcg, Self::Kvm];
+
+    /// The option's spelling.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Btvmm => "btvmm",
+            Self::Tcg => "tcg",
+            Self::Kvm => "kvm",
+        }
+    }
+
+    /// The table's column title.
+    #[must_use]
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Btvmm => "btvmm",
+            Self::Tcg => "QEMU TCG",
+            Self::Kvm => "QEMU KVM",
+        }
+    }
+
+    /// Parses `native`, `btvmm`, `tcg` or `kvm`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|system| system.name() == text)
+            .ok_or_else(|| format!("unknown system {text:?} (native, btvmm, tcg, kvm)"))
+    }
+}
+
+/// One result line of `guests/linux/bench.c`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResultLine {
+    /// The benchmark.
+    pub name: String,
+    /// Repetitions measured.
+    pub count: u64,
+    /// What one repetition is.
+    pub unit: String,
+    /// Nanoseconds around the loop.
+    pub ns: u64,
+}
+
+impl ResultLine {
+    /// Nanoseconds per repetition.
+    #[must_use]
+    pub fn per_unit_ns(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // nanosecond totals fit f64
+        let per = self.ns as f64 / self.count.max(1) as f64;
+        per
+    }
+}
+
+/// What a `bench ...` line said: a result, or the benchmark's own error.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Line {
+    /// A measurement.
+    Result(ResultLine),
+    /// `bench name=NAME error=WHAT`.
+    Error {
+        /// The benchmark.
+        name: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Parses a `bench name=...` line (None for any other line: kernel
+/// messages, comments).
+#[must_use]
+pub fn parse_line(line: &str) -> Option<Line> {
+    let rest = line.trim().strip_prefix("bench ")?;
+    // An error runs to the end of the line, spaces and all.
+    if let Some((head, error)) = rest.split_once(" error=") {
+        let name = head.strip_prefix("name=")?;
+        return Some(Line::Error {
+            name: name.to_owned(),
+            error: error.to_owned(),
+        });
+    }
+    let mut fields = BTreeMap::new();
+    for word in rest.split_whitespace() {
+        let (key, value) = word.split_once('=')?;
+        fields.insert(key, value);
+    }
+    let name = (*fields.get("name")?).to_owned();
+    Some(Line::Result(ResultLine {
+        name,
+        count: fields.get("count")?.parse().ok()?,
+        unit: (*fields.get("unit")?).to_owned(),
+        ns: fields.get("ns")?.parse().ok()?,
+    }))
+}
+
+/// Median, minimum and maximum of some runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    /// The median (the mean of the middle two of an even count).
+    pub median: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+    /// How many runs.
+    pub runs: usize,
+}
+
+impl Stats {
+    /// The statistics of `values` (None when there are none).
+    #[must_use]
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let middle = sorted.len() / 2;
+        let median = if sorted.len().is_multiple_of(2) {
+            f64::midpoint(sorted[middle - 1], sorted[middle])
+        } else {
+            sorted[middle]
+        };
+        Some(Self {
+            median,
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+            runs: sorted.len(),
+        })
+    }
+}
+
+/// Every measurement of one benchmark on one system.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Cell {
+    /// Nanoseconds per unit, one per successful run.
+    pub samples: Vec<f64>,
+    /// What went wrong in the other runs.
+    pub errors: Vec<String>,
+}
+
+impl Cell {
+    /// The samples' statistics.
+    #[must_use]
+    pub fn stats(&self) -> Option<Stats> {
+        Stats::of(&self.samples)
+    }
+}
+
+/// The results of a `btvmm bench` run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Results {
+    /// Benchmark names in table order, with their unit.
+    pub benchmarks: Vec<(String, String)>,
+    /// The systems measured, in column order.
+    pub systems: Vec<System>,
+    /// (benchmark, system) -> measurements.
+    #[serde(serialize_with = "cells_as_list")]
+    pub cells: BTreeMap<(String, System), Cell>,
+    /// Versions and command lines.
+    pub environment: BTreeMap<String, String>,
+}
+
+fn cells_as_list<S: serde::Serializer>(
+    cells: &BTreeMap<(String, System), Cell>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        benchmark: &'a str,
+        system: System,
+        stats: Option<Stats>,
+        #[serde(flatten)]
+        cell: &'a Cell,
+    }
+    serializer.collect_seq(cells.iter().map(|((benchmark, system), cell)| Entry {
+        benchmark,
+        system: *system,
+        stats: cell.stats(),
+        cell,
+    }))
+}
+
+impl Results {
+    /// Records one run's outcome for `benchmark` on `system`.
+    pub fn record(&mut self, benchmark: &str, system: System, outcome: Result<f64, String>) {
+        let cell = self
+            .cells
+            .entry((benchmark.to_owned(), system))
+            .or_default();
+        match outcome {
+            Ok(ns) => cell.samples.push(ns),
+            Err(error) => cell.errors.push(error),
+        }
+    }
+
+    /// The cell of `benchmark` on `system`.
+    #[must_use]
+    pub fn cell(&self, benchmark: &str, system: System) -> Option<&Cell> {
+        self.cells.get(&(benchmark.to_owned(), system))
+    }
+
+    fn median(&self, benchmark: &str, system: System) -> Option<f64> {
+        self.cell(benchmark, system)
+            .and_then(Cell::stats)
+            .map(|stats| stats.median)
+    }
+
+    /// The markdown table: per benchmark the median (min-max) on each
+    /// system, btvmm over native and btvmm over QEMU TCG.
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let mut table = String::from("| benchmark | unit |");
+        for system in &self.systems {
+            let _ = write!(table, " {} |", system.title());
+        }
+        table.push_str(" btvmm/native | btvmm/TCG |\n|---|---|");
+        for _ in &self.systems {
+            table.push_str("---:|");
+        }
+        table.push_str("---:|---:|\n");
+        for (benchmark, unit) in &self.benchmarks {
+            let _ = write!(table, "| {benchmark} | {unit} |");
+            for &system in &self.systems {
+                let text = match self.cell(benchmark, system) {
+                    Some(cell) => match cell.stats() {
+                        Some(stats) => format!(
+                            "{} ({}-{})",
+                            human_ns(stats.median),
+                            human_ns(stats.min),
+                            human_ns(stats.max)
+                        ),
+                        None => format!(
+                            "failed: {}",
+                            cell.errors.first().map_or("no result", String::as_str)
+                        ),
+                    },
+                    None => "-".to_owned(),
+                };
+                let _ = write!(table, " {} |", text.replace('|', "/"));
+            }
+            let ratio = |over: System| match (
+                self.median(benchmark, System::Btvmm),
+                self.median(benchmark, over),
+            ) {
+                (Some(btvmm), Some(other)) if other > 0.0 => format!("{:.2}", btvmm / other),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                table,
+                " {} | {} |",
+                ratio(System::Native),
+                ratio(System::Tcg)
+            );
+        }
+        table
+    }
+
+    /// One CSV row per run: benchmark, unit, system, ns per unit or the
+    /// error.
+    #[must_use]
+    pub fn csv(&self) -> String {
+        let mut csv = String::from("benchmark,unit,system,run,ns_per_unit,error\n");
+        for (benchmark, unit) in &self.benchmarks {
+            for &system in &self.systems {
+                let Some(cell) = self.cell(benchmark, system) else {
+                    continue;
+                };
+                for (run, ns) in cell.samples.iter().enumerate() {
+                    let _ = writeln!(csv, "{benchmark},{unit},{},{run},{ns:.1},", system.name());
+                }
+                for error in &cell.errors {
+                    let _ = writeln!(
+                        csv,
+                        "{benchmark},{unit},{},,,\"{}\"",
+                        system.name(),
+                        error.replace('"', "'")
+                    );
+                }
+            }
+        }
+        csv
+    }
+}
+
+/// Nanoseconds as a person reads them (ns, µs, ms, s).
+#[must_use]
+pub fn human_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_and_error_lines_parse_and_others_do_not() {
+        assert_eq!(
+            parse_line("bench name=getuid count=100 unit=call ns=4400 per_unit_ns=44.0"),
+            Some(Line::Result(ResultLine {
+                name: "getuid".into(),
+                count: 100,
+                unit: "call".into(),
+                ns: 4400,
+            }))
+        );
+        assert_eq!(
+            parse_line("bench name=gzip error=busybox gzip:No child processes\r"),
+            Some(Line::Error {
+                name: "gzip".into(),
+                error: "busybox gzip:No child processes".into(),
+            })
+        );
+        assert_eq!(parse_line("[    2.1] bench name=x"), None);
+        assert_eq!(parse_line("bench name=x count=zero unit=a ns=1"), None);
+        assert_eq!(parse_line("# compile: 204834 bytes"), None);
+    }
+
+    #[test]
+    fn stats_take_the_middle_and_the_ends() {
+        let stats = Stats::of(&[3.0, 1.0, 2.0]).expect("stats");
+        assert_eq!(
+            (stats.median, stats.min, stats.max, stats.runs),
+            (2.0, 1.0, 3.0, 3)
+        );
+        let even = Stats::of(&[4.0, 1.0, 3.0, 2.0]).expect("stats");
+        assert!((even.median - 2.5).abs() < 1e-12);
+        assert_eq!(Stats::of(&[]), None);
+        assert_eq!(Stats::of(&[f64::NAN]), None);
+    }
+
+    #[test]
+    fn every_cell_reaches_the_tables() {
+        let mut results = Results {
+            benchmarks: vec![
+                ("getuid".into(), "call".into()),
+                ("gzip".into(), "MiB".into()),
+            ],
+            systems: vec![System::Native, System::Btvmm, System::Tcg],
+            ..Results::default()
+        };
+        results.record("getuid", System::Native, Ok(400.0));
+        results.record("getuid", System::Btvmm, Ok(2000.0));
+        results.record("getuid", System::Btvmm, Ok(1000.0));
+        results.record("getuid", System::Tcg, Ok(4000.0));
+        results.record("gzip", System::Btvmm, Err("timed out".into()));
+        let table = results.markdown();
+        assert!(table.contains("| getuid | call | 400 ns (400 ns-400 ns) | 1.50 µs (1.00 µs-2.00 µs) | 4.00 µs (4.00 µs-4.00 µs) | 3.75 | 0.38 |"), "{table}");
+        assert!(
+            table.contains("| gzip | MiB | - | failed: timed out | - | - | - |"),
+            "{table}"
+        );
+        let csv = results.csv();
+        assert_eq!(csv.lines().count(), 1 + 4 + 1, "{csv}");
+        assert!(csv.contains("gzip,MiB,btvmm,,,\"timed out\""), "{csv}");
+        let json = serde_json::to_value(&results).expect("json");
+        assert_eq!(json["cells"].as_array().map(Vec::len), Some(4));
+    }
+}
