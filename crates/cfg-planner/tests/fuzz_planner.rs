@@ -27,13 +27,10 @@
 //! found here gets a plain regression test next to its fix.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::Config;
 
 use btvmm_core::{
     CpuView, Eflags, GuestMemory, GuestPhys, GuestVirt, PAGE_SIZE, RegionMemory, SegReg,
@@ -44,38 +41,11 @@ use cfg_planner::{
     BlockEnd, ClassifyConfig, NodeKind, Planner, PlannerConfig, PoiKind, Step, classify,
 };
 
-/// Cases per target unless `PROPTEST_CASES` says otherwise.
-fn config(default_cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default_cases);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
-/// Runs `body` on a thread of its own and fails if it takes longer than
-/// `limit` (a hang), passing its panics on.
-fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = done.send(body());
-    });
-    match result.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the worker sends before it ends"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("a case ran longer than {limit:?}"),
-    }
-}
-
-/// A case normally takes milliseconds.
-const HANG: Duration = Duration::from_secs(20);
+// The case count (PROPTEST_CASES) and the hang limit every fuzz target
+// shares.
+#[path = "../../../tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::{HANG, config, within};
 
 // ---------------------------------------------------------------------
 // Guest code.

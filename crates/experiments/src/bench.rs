@@ -384,6 +384,10 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
         "qemu".into(),
         version_of("qemu-system-i386", &["--version"]),
     );
+    // scripts/bench says which commit it built.
+    if let Ok(commit) = std::env::var("BTVMM_COMMIT") {
+        environment.insert("btvmm commit".into(), commit);
+    }
     environment.insert("host kernel".into(), version_of("uname", &["-r"]));
     environment.insert("cpu".into(), cpu_model());
     environment.insert("kernel".into(), request.kernel.display().to_string());

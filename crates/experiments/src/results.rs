@@ -250,11 +250,21 @@ impl Results {
             for &system in &self.systems {
                 let text = match self.cell(benchmark, system) {
                     Some(cell) => match cell.stats() {
-                        Some(stats) => format!(
+                        Some(stats) if cell.errors.is_empty() => format!(
                             "{} ({}-{})",
                             human_ns(stats.median),
                             human_ns(stats.min),
                             human_ns(stats.max)
+                        ),
+                        // Failed runs are said beside the ones that worked.
+                        Some(stats) => format!(
+                            "{} ({}-{}; {} of {} runs failed: {})",
+                            human_ns(stats.median),
+                            human_ns(stats.min),
+                            human_ns(stats.max),
+                            cell.errors.len(),
+                            cell.errors.len() + stats.runs,
+                            cell.errors[0]
                         ),
                         None => format!(
                             "failed: {}",
@@ -378,16 +388,20 @@ mod tests {
         results.record("getuid", System::Btvmm, Ok(1000.0));
         results.record("getuid", System::Tcg, Ok(4000.0));
         results.record("gzip", System::Btvmm, Err("timed out".into()));
+        results.record("gzip", System::Tcg, Ok(3e6));
+        results.record("gzip", System::Tcg, Err("stopped".into()));
         let table = results.markdown();
         assert!(table.contains("| getuid | call | 400 ns (400 ns-400 ns) | 1.50 µs (1.00 µs-2.00 µs) | 4.00 µs (4.00 µs-4.00 µs) | 3.75 | 0.38 |"), "{table}");
         assert!(
-            table.contains("| gzip | MiB | - | failed: timed out | - | - | - |"),
+            table.contains(
+                "| gzip | MiB | - | failed: timed out | 3.00 ms (3.00 ms-3.00 ms; 1 of 2 runs failed: stopped) | - | - |"
+            ),
             "{table}"
         );
         let csv = results.csv();
-        assert_eq!(csv.lines().count(), 1 + 4 + 1, "{csv}");
+        assert_eq!(csv.lines().count(), 1 + 4 + 3, "{csv}");
         assert!(csv.contains("gzip,MiB,btvmm,,,\"timed out\""), "{csv}");
         let json = serde_json::to_value(&results).expect("json");
-        assert_eq!(json["cells"].as_array().map(Vec::len), Some(4));
+        assert_eq!(json["cells"].as_array().map(Vec::len), Some(5));
     }
 }

@@ -25,12 +25,9 @@
 //! found here gets a plain regression test next to its fix.
 
 use std::io::Write;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::Config;
 
 use host_loader::LoaderError;
 use host_loader::boot::{Handover, KernelKind};
@@ -39,38 +36,11 @@ use host_loader::image::{Compression, decompress, parse_bzimage, wrap_in_bzimage
 use host_loader::linux::{self, BOOT_CS, BOOT_DS, BOOT_GDT, CMDLINE, Placement, ZERO_PAGE};
 use host_loader::multiboot::{self, BOOTLOADER_MAGIC};
 
-/// Cases per target unless `PROPTEST_CASES` says otherwise.
-fn config(default_cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default_cases);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
-/// Runs `body` on a thread of its own and fails if it takes longer than
-/// `limit` (a hang), passing its panics on.
-fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = done.send(body());
-    });
-    match result.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the worker sends before it ends"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("a case ran longer than {limit:?}"),
-    }
-}
-
-/// A case normally takes milliseconds.
-const HANG: Duration = Duration::from_secs(20);
+// The case count (PROPTEST_CASES) and the hang limit every fuzz target
+// shares.
+#[path = "../../../tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::{HANG, config, within};
 
 const MIB: u32 = 1 << 20;
 
