@@ -42,8 +42,14 @@
 //!   planner decoded through are kept like TLB entries too, so the caller
 //!   learns when the planner must forget a page.
 //!
-//! Not here yet: global pages (CR4.PGE is not offered), untracking page
-//! tables the guest has freed while their region's PDE stays.
+//! - **Release on user writes.** A user-mode write through a user-writable
+//!   translation to a page tracked as a page table no PDE of the current
+//!   directory names any more, or tracked for another address space,
+//!   untracks it: the guest freed the table and reuses the page as data.
+//!
+//! Not here yet: global pages (CR4.PGE is not offered), untracking a freed
+//! page table before user code writes it (kernel writes to it stay
+//! emulated until then).
 //!
 //! Memory bound: one [`ShadowEntry`] and one alias per shadow-mapped
 //! guest-virtual page (at most 2^20), and one table record per page table
@@ -276,7 +282,10 @@ impl Shadow {
         if !mem.is_ram_page(guest_phys) {
             return emulate(EmulateReason::NotRam);
         }
-        let reasons = self.tracker.reasons(guest_phys);
+        let mut reasons = self.tracker.reasons(guest_phys);
+        if access.write && access.user && translation.user && translation.writable {
+            reasons = self.release_user_page(&*mem, guest_phys)?;
+        }
         if access.write && !reasons.is_empty() {
             return Ok(FaultOutcome::TrackedWrite {
                 guest_phys,
@@ -629,6 +638,46 @@ impl Shadow {
     /// must hear of.
     pub fn take_tracking_changes(&mut self) -> Vec<(u32, bool)> {
         std::mem::take(&mut self.journal)
+    }
+
+    /// A write from guest user mode through a user-writable translation
+    /// hit a tracked page: the guest kernel gave the page to user space,
+    /// so it is no longer a page table of this address space unless a PDE
+    /// of the current directory still points to it (a kernel that frees a
+    /// page table clears its PDE; the page is reused for anything), and no
+    /// longer one of another address space's (FOREIGN: a process that
+    /// exited, whose pool member keeps its shadow). Those reasons go, and
+    /// the shadow entries made through the page are stale; code and the
+    /// current directory stay tracked. Returns the reasons left.
+    ///
+    /// Without this, every write to such a page stays an emulated one for
+    /// as long as the shadow lives (and an SSE store, which the emulator
+    /// does not complete, stops the VM).
+    fn release_user_page<M: PhysMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        guest_phys: GuestPhys,
+    ) -> Result<TrackReasons, ShadowError> {
+        let reasons = self.tracker.reasons(guest_phys);
+        let page = guest_phys.page();
+        if reasons.contains(TrackReasons::PAGE_TABLE) {
+            let mut directory = [0u32; 1024];
+            mem.read_table(directory_of(self.cr3), &mut directory)?;
+            // A present PDE naming the page keeps it (a 4 MiB PDE too, on
+            // the safe side: the filter costs one more emulated write).
+            let still_a_table = directory
+                .iter()
+                .any(|&pde| pde & 1 != 0 && pde >> 12 == page);
+            if !still_a_table {
+                self.after_tracked_write(GuestPhys(page * PAGE_SIZE), PAGE_SIZE);
+                self.tables.remove(&page);
+                self.untrack(guest_phys, TrackReasons::PAGE_TABLE);
+            }
+        }
+        if reasons.contains(TrackReasons::FOREIGN) {
+            self.untrack(guest_phys, TrackReasons::FOREIGN);
+        }
+        Ok(self.tracker.reasons(guest_phys))
     }
 
     fn untrack(&mut self, guest_phys: GuestPhys, reasons: TrackReasons) {
@@ -1381,13 +1430,13 @@ mod tests {
         );
         assert!(rig.host(USER_CODE).expect("mapped").1.writable);
         // Another address space tracks the data page: read-only here, and
-        // writes are reported, but nothing is journaled.
+        // supervisor writes are reported, but nothing is journaled.
         rig.shadow
             .track_foreign(&mut rig.mapper, GuestPhys(DATA_PHYS))
             .expect("protect");
         assert!(!rig.host(USER_CODE).expect("mapped").1.writable);
         assert!(matches!(
-            rig.fault(USER_CODE, Access::write(true)),
+            rig.fault(USER_CODE, Access::write(false)),
             FaultOutcome::TrackedWrite { reasons, .. } if reasons == TrackReasons::FOREIGN
         ));
         assert!(rig.shadow.take_tracking_changes().is_empty());
@@ -1402,6 +1451,92 @@ mod tests {
             changes,
             vec![(DIR >> 12, false), (TABLE >> 12, false), (0x9, true)]
         );
+    }
+
+    /// A page table the guest freed (its PDE cleared) and handed to user
+    /// space as data: the first user write releases it and later writes
+    /// run natively. A page another address space tracks (FOREIGN) goes
+    /// the same way. A page table the current directory still uses stays
+    /// tracked even when the guest maps it user-writable.
+    #[test]
+    fn user_writes_release_pages_that_are_no_longer_tables() {
+        let mut rig = Rig::new();
+        const OLD_TABLE: u32 = 0x0030_0000;
+        const REUSE_AT: u32 = 0x0900_0000;
+        // A table for the region at 0x4000_0000, walked once.
+        map_4k(
+            &mut rig.mem,
+            OLD_TABLE,
+            P | RW | US,
+            0x4000_0000,
+            DATA_PHYS | P | RW | US | A | D,
+        );
+        rig.fault(0x4000_0000, Access::read(true));
+        assert!(
+            rig.shadow
+                .tracker()
+                .reasons(GuestPhys(OLD_TABLE))
+                .contains(TrackReasons::PAGE_TABLE)
+        );
+        // The guest frees it: the PDE goes (an emulated, tracked write).
+        write(&mut rig.mem, pde_at(0x4000_0000), 0);
+        rig.shadow.after_tracked_write(pde_at(0x4000_0000), 4);
+        // ... and maps the page as user data elsewhere.
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            REUSE_AT,
+            OLD_TABLE | P | RW | US | A | D,
+        );
+        // A supervisor write is still emulated (the kernel may yet use it).
+        assert!(matches!(
+            rig.fault(REUSE_AT, Access::write(false)),
+            FaultOutcome::TrackedWrite { .. }
+        ));
+        assert!(matches!(
+            rig.fault(REUSE_AT, Access::write(true)),
+            FaultOutcome::Mapped { .. }
+        ));
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(OLD_TABLE)));
+        assert!(rig.host(REUSE_AT).expect("mapped").1.writable);
+        assert!(
+            rig.shadow
+                .take_tracking_changes()
+                .contains(&(OLD_TABLE >> 12, false)),
+            "the pool hears that this space stopped tracking it"
+        );
+        rig.assert_consistent();
+
+        // A live table mapped user-writable: writes stay emulated.
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            REUSE_AT + PAGE_SIZE,
+            TABLE | P | RW | US | A | D,
+        );
+        assert!(matches!(
+            rig.fault(REUSE_AT + PAGE_SIZE, Access::write(true)),
+            FaultOutcome::TrackedWrite { reasons, .. } if reasons.contains(TrackReasons::PAGE_TABLE)
+        ));
+
+        // Another space's page, written by user code here: released.
+        map_4k(
+            &mut rig.mem,
+            TABLE,
+            P | RW | US,
+            REUSE_AT + 2 * PAGE_SIZE,
+            0x0040_0000 | P | RW | US | A | D,
+        );
+        rig.shadow
+            .track_foreign(&mut rig.mapper, GuestPhys(0x0040_0000))
+            .expect("protect");
+        assert!(matches!(
+            rig.fault(REUSE_AT + 2 * PAGE_SIZE, Access::write(true)),
+            FaultOutcome::Mapped { .. }
+        ));
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(0x0040_0000)));
     }
 
     #[test]
