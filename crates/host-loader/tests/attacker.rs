@@ -23,6 +23,15 @@ const GADGET_AT: u32 = 0x7000;
 /// Attack 9 writes this to the world's standard error before its kill.
 const MESSAGE: &str = "btvmm-attack: write(2) from the guest's 64-bit code";
 
+/// Another process of the host, which no attack may reach.
+fn start_victim() -> Child {
+    Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the victim")
+}
+
 /// The victim is still running and nobody traces it.
 fn check_victim(victim: &mut Child, run: &str, findings: &mut Vec<String>) {
     match victim.try_wait() {
@@ -41,11 +50,7 @@ fn guest_code_calling_the_worlds_own_syscall_cannot_reach_the_host() {
     let build = common::build_guests("attacker");
     let kernel = build.join("attack/host_syscall.elf");
     let _ = std::fs::remove_file(PROBE);
-    let mut victim = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start the victim");
+    let mut victim = start_victim();
     let mut findings = Vec::new();
     for attack in 1..=10 {
         let child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
@@ -122,11 +127,7 @@ fn guest_code_calling_the_worlds_own_syscall_cannot_reach_the_host() {
 fn a_world_scribbling_over_the_channel_and_pool_cannot_take_the_host() {
     let build = common::build_guests("scribble");
     let kernel = build.join("pit.elf");
-    let mut victim = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start the victim");
+    let mut victim = start_victim();
     let mut findings = Vec::new();
     for seed in 1..=4u32 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
@@ -194,11 +195,7 @@ const HOST_PROBE: &str = "/tmp/btvmm-host-probe";
 fn a_btvmm_process_taken_over_cannot_reach_the_host() {
     let build = common::build_guests("host-escape");
     let kernel = build.join("pit.elf");
-    let mut victim = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start the victim");
+    let mut victim = start_victim();
     let _ = std::fs::remove_file(HOST_PROBE);
     let mut findings = Vec::new();
     let kill = format!("kill:{}", victim.id());
