@@ -348,8 +348,9 @@ fn check_input(what: &'static str, path: &Path) -> Result<(), ExperimentsError> 
         })
 }
 
-/// Runs the benchmarks and writes `results.json`, `results.csv` and
-/// `results.md` into the request's output directory.
+/// Runs the benchmarks and writes `results.json`, `results.csv`,
+/// `results.md`, `times.svg` and `slowdown.svg` into the request's output
+/// directory.
 pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
     let benchmarks = request.benchmarks()?;
     if request.runs == 0 {
@@ -499,7 +500,9 @@ fn write_results(results: &Results, out: &Path) -> Result<(), ExperimentsError> 
     for (key, value) in &results.environment {
         markdown.push_str(&format!("- {key}: {value}\n"));
     }
-    write("results.md", &markdown)
+    write("results.md", &markdown)?;
+    crate::plot::write_plots(results, out)?;
+    Ok(())
 }
 
 #[cfg(test)]

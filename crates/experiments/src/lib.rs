@@ -2,7 +2,8 @@
 //! benchmark programs (`guests/linux/bench.c`) natively on the host, in
 //! Debian's kernel under btvmm and under QEMU TCG (and QEMU KVM where it
 //! runs), each several times, and reports per benchmark the median, minimum
-//! and maximum beside each other, as JSON, CSV and a markdown table.
+//! and maximum beside each other, as JSON, CSV, a markdown table and SVG
+//! plots ([`plot`]).
 //!
 //! [`results`] is pure (parsing result lines, statistics, tables) and
 //! unit-tests anywhere; [`bench`] runs the systems.
@@ -10,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod plot;
 pub mod results;
 
 use thiserror::Error;

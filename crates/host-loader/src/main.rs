@@ -510,12 +510,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let results = experiments::bench::run(&request)?;
             print!("{}", results.markdown());
             println!(
-                "\nresults: {} (results.json, results.csv, results.md)",
+                "\nresults: {} (results.json, results.csv, results.md, times.svg, slowdown.svg)",
                 out.display()
             );
             println!(
-                "not done yet (experiments issue): plots, the per-benchmark breakdown of btvmm's \
-                 traps, the boot's end time"
+                "not done yet (experiments issue): the per-benchmark breakdown of btvmm's traps, \
+                 the boot's end time"
             );
             Ok(())
         }
