@@ -40,5 +40,13 @@ fn an_idle_guest_sleeps_until_each_tick() {
         (195..=205).contains(&waits),
         "{waits} HLT waits for 200 ticks: the world must sleep until each tick"
     );
-    assert!(traps < 2_000, "{traps} traps while idle");
+    // A tick costs about ten traps (the kick, the injection, the
+    // handler's EOI and IRET, the next HLT); a world that spun instead of
+    // sleeping would take orders of magnitude more. The bound is that
+    // structure, not a timing: 1,937-2,010 were seen against the old bound
+    // of 2,000.
+    assert!(
+        traps < 50 * 200,
+        "{traps} traps while idle: more than 50 a tick"
+    );
 }
