@@ -9,6 +9,7 @@
 //! off (guests/linux/init); each boot is also the boot benchmark (host
 //! wall time to /init's first line). Every run has a timeout.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ExperimentsError;
-use crate::results::{Line, Results, System, parse_line};
+use crate::results::{Line, Results, System, parse_counters, parse_line, per_unit};
 
 /// A benchmark of `bench.c` and its counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +175,19 @@ impl BenchRequest {
         format!("benchmarks={}", list.join(","))
     }
 
+    /// btvmm with --stats, running `argument` (`benchmarks=...`).
+    fn btvmm_stats_command(&self, argument: &str) -> Command {
+        let mut command = Command::new(&self.btvmm);
+        command
+            .args(["run", "--stats", "--kernel"])
+            .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(&self.initrd)
+            .args(["--memory", &self.memory_mib.to_string()])
+            .args(["--append", &format!("{APPEND} {argument}")]);
+        command
+    }
+
     fn vm_command(&self, system: System, benchmarks: &[Benchmark]) -> Command {
         let append = format!("{APPEND} {}", self.kernel_argument(benchmarks));
         let memory = self.memory_mib.to_string();
@@ -211,6 +225,8 @@ struct Boot {
     lines: Vec<Line>,
     to_init: Option<Duration>,
     failure: Option<String>,
+    /// Standard error (btvmm's --stats).
+    stderr: String,
 }
 
 /// Runs `command`, collecting its standard output's lines as they come,
@@ -229,6 +245,7 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
                 lines: Vec::new(),
                 to_init: None,
                 failure: Some(format!("cannot start: {error}")),
+                stderr: String::new(),
             };
         }
     };
@@ -282,6 +299,7 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
                     lines,
                     to_init,
                     failure: Some(format!("cannot be waited for: {error}")),
+                    stderr: String::new(),
                 };
             }
         }
@@ -309,6 +327,7 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
         lines,
         to_init,
         failure,
+        stderr,
     }
 }
 
@@ -414,7 +433,13 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
             }
         })
         .sum::<u64>()
-        * u64::from(request.runs);
+        * u64::from(request.runs)
+        // The breakdown: a reference boot and one per benchmark.
+        + if request.systems.contains(&System::Btvmm) {
+            benchmarks.len() as u64 + 1
+        } else {
+            0
+        };
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -458,9 +483,53 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
             progress.inc(1);
         }
     }
+    if request.systems.contains(&System::Btvmm) {
+        results.breakdown = breakdown(request, &benchmarks, &progress);
+    }
     progress.finish_and_clear();
     write_results(&results, &request.out)?;
     Ok(results)
+}
+
+/// The benchmark whose boot the breakdown subtracts: the boot, /init,
+/// one exec of the program and power-off, nearly nothing else.
+const REFERENCE: &str = "benchmarks=nqueens:1";
+
+/// btvmm's counters per unit of each benchmark: one boot with --stats per
+/// benchmark, less a reference boot ([`REFERENCE`]), over the count.
+fn breakdown(
+    request: &BenchRequest,
+    benchmarks: &[Benchmark],
+    progress: &ProgressBar,
+) -> BTreeMap<String, Result<BTreeMap<String, f64>, String>> {
+    progress.set_message("breakdown: btvmm reference boot");
+    let reference = run_collecting(request.btvmm_stats_command(REFERENCE), BOOT_TIMEOUT);
+    progress.inc(1);
+    let reference = match reference.failure {
+        None => Ok(parse_counters(&reference.stderr)),
+        Some(failure) => Err(format!("the reference boot failed: {failure}")),
+    };
+    let mut rows = BTreeMap::new();
+    for benchmark in benchmarks {
+        progress.set_message(format!("breakdown: btvmm {}", benchmark.name));
+        let count = request.count(benchmark);
+        let boot = run_collecting(
+            request.btvmm_stats_command(&format!("benchmarks={}:{count}", benchmark.name)),
+            BOOT_TIMEOUT,
+        );
+        progress.inc(1);
+        let row = match (&reference, boot.failure) {
+            (Err(error), _) => Err(error.clone()),
+            (Ok(_), Some(failure)) => Err(failure),
+            (Ok(reference), None) => Ok(per_unit(
+                &parse_counters(&boot.stderr),
+                reference,
+                u64::from(count),
+            )),
+        };
+        rows.insert(benchmark.name.to_owned(), row);
+    }
+    rows
 }
 
 /// Files one run's lines under `system`; a benchmark without a line gets
@@ -496,6 +565,12 @@ fn write_results(results: &Results, out: &Path) -> Result<(), ExperimentsError> 
     write("results.json", &json)?;
     write("results.csv", &results.csv())?;
     let mut markdown = results.markdown();
+    if !results.breakdown.is_empty() {
+        markdown.push_str(
+            "\nbtvmm's monitor counters per unit (a boot with --stats less a reference boot):\n\n",
+        );
+        markdown.push_str(&results.breakdown_markdown());
+    }
     markdown.push('\n');
     for (key, value) in &results.environment {
         markdown.push_str(&format!("- {key}: {value}\n"));
@@ -577,6 +652,7 @@ mod tests {
             lines: vec![parse_line("bench name=getuid count=10 unit=call ns=100").expect("line")],
             to_init: None,
             failure: Some("timed out after 1200 s".into()),
+            stderr: String::new(),
         };
         record_lines(&mut results, System::Tcg, &BENCHMARKS[..2], &boot);
         assert_eq!(

@@ -185,6 +185,61 @@ pub struct Results {
     pub cells: BTreeMap<(String, System), Cell>,
     /// Versions and command lines.
     pub environment: BTreeMap<String, String>,
+    /// Per benchmark: btvmm's counters per unit ([`BREAKDOWN`]), or why
+    /// there are none.
+    pub breakdown: BTreeMap<String, Result<BTreeMap<String, f64>, String>>,
+}
+
+/// The monitor's counters (`btvmm run --stats` names) a breakdown shows,
+/// with their column titles.
+pub const BREAKDOWN: [(&str, &str); 12] = [
+    ("traps", "traps"),
+    ("trap: #GP", "#GP"),
+    ("trap: #PF", "#PF"),
+    ("split: int3 traps from aliases", "INT3"),
+    ("trap: planned breakpoint", "#DB"),
+    ("trap: system call (seccomp)", "SIGSYS"),
+    ("trap: kick", "kicks"),
+    ("emulated instructions", "emulated"),
+    ("shadow: writes to tracked pages emulated", "tracked writes"),
+    ("exits to the host", "exits"),
+    ("pool: address-space switches", "CR3 switches"),
+    ("time: monitor work (ns)", "monitor ns"),
+];
+
+/// The counters `btvmm run --stats` printed (`NAME  VALUE` lines).
+#[must_use]
+pub fn parse_counters(stats: &str) -> BTreeMap<String, u64> {
+    stats
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.trim_end().rsplit_once(' ')?;
+            Some((name.trim().to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Counters per unit: (`with` - `without`) / `units`, for the
+/// [`BREAKDOWN`] counters (a counter that went down counts as 0).
+#[must_use]
+pub fn per_unit(
+    with: &BTreeMap<String, u64>,
+    without: &BTreeMap<String, u64>,
+    units: u64,
+) -> BTreeMap<String, f64> {
+    BREAKDOWN
+        .iter()
+        .map(|&(name, _)| {
+            let delta = with
+                .get(name)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(without.get(name).copied().unwrap_or(0));
+            #[allow(clippy::cast_precision_loss)] // counter values fit f64
+            let per = delta as f64 / units.max(1) as f64;
+            (name.to_owned(), per)
+        })
+        .collect()
 }
 
 fn cells_as_list<S: serde::Serializer>(
@@ -292,6 +347,42 @@ impl Results {
         table
     }
 
+    /// The breakdown table: btvmm's counters per unit of each benchmark.
+    #[must_use]
+    pub fn breakdown_markdown(&self) -> String {
+        let mut table = String::from("| benchmark (per unit) |");
+        for (_, title) in BREAKDOWN {
+            let _ = write!(table, " {title} |");
+        }
+        table.push_str("\n|---|");
+        for _ in BREAKDOWN {
+            table.push_str("---:|");
+        }
+        table.push('\n');
+        for (benchmark, unit) in &self.benchmarks {
+            let Some(row) = self.breakdown.get(benchmark) else {
+                continue;
+            };
+            let _ = write!(table, "| {benchmark} ({unit}) |");
+            match row {
+                Ok(counters) => {
+                    for (name, _) in BREAKDOWN {
+                        let value = counters.get(name).copied().unwrap_or(0.0);
+                        let _ = write!(table, " {} |", round(value));
+                    }
+                }
+                Err(error) => {
+                    let _ = write!(table, " failed: {} |", error.replace('|', "/"));
+                    for _ in 1..BREAKDOWN.len() {
+                        table.push_str(" |");
+                    }
+                }
+            }
+            table.push('\n');
+        }
+        table
+    }
+
     /// One CSV row per run: benchmark, unit, system, ns per unit or the
     /// error.
     #[must_use]
@@ -316,6 +407,17 @@ impl Results {
             }
         }
         csv
+    }
+}
+
+/// A counter per unit, to three significant digits or so.
+fn round(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 1.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
     }
 }
 
@@ -358,6 +460,51 @@ mod tests {
         assert_eq!(parse_line("[    2.1] bench name=x"), None);
         assert_eq!(parse_line("bench name=x count=zero unit=a ns=1"), None);
         assert_eq!(parse_line("# compile: 204834 bytes"), None);
+    }
+
+    #[test]
+    fn counters_per_unit_are_the_difference_over_the_units() {
+        let with = parse_counters(
+            "traps                                  1200\n\
+             trap: #GP                               300\n\
+             unclaimed port 0x0087: 1 reads, 0 writes (floating: all ones)\n\
+             emulated instructions                 5000\n",
+        );
+        assert_eq!(with.get("traps"), Some(&1200));
+        assert_eq!(with.get("trap: #GP"), Some(&300));
+        let without = parse_counters("traps  200\ntrap: #GP 100\nemulated instructions 6000\n");
+        let per = per_unit(&with, &without, 100);
+        assert_eq!(per.get("traps"), Some(&10.0));
+        assert_eq!(per.get("trap: #GP"), Some(&2.0));
+        assert_eq!(
+            per.get("emulated instructions"),
+            Some(&0.0),
+            "never negative"
+        );
+        assert_eq!(per.get("exits to the host"), Some(&0.0), "absent: none");
+        assert_eq!(per.len(), BREAKDOWN.len());
+        let results = Results {
+            benchmarks: vec![
+                ("getuid".into(), "call".into()),
+                ("gzip".into(), "MiB".into()),
+            ],
+            breakdown: [
+                ("getuid".to_owned(), Ok(per)),
+                ("gzip".to_owned(), Err("timed out".to_owned())),
+            ]
+            .into_iter()
+            .collect(),
+            ..Results::default()
+        };
+        let table = results.breakdown_markdown();
+        assert!(
+            table.contains("| getuid (call) | 10.0 | 2.0 | 0.000 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| gzip (MiB) | failed: timed out |"),
+            "{table}"
+        );
     }
 
     #[test]

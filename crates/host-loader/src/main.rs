@@ -509,13 +509,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let results = experiments::bench::run(&request)?;
             print!("{}", results.markdown());
+            if !results.breakdown.is_empty() {
+                println!("\nbtvmm's monitor counters per unit:\n");
+                print!("{}", results.breakdown_markdown());
+            }
             println!(
                 "\nresults: {} (results.json, results.csv, results.md, times.svg, slowdown.svg)",
                 out.display()
             );
             println!(
-                "not done yet (experiments issue): the per-benchmark breakdown of btvmm's traps, \
-                 the boot's end time"
+                "not done yet (experiments issue): the time the breakdown's counts account for \
+                 at btvmm calibrate's costs, the boot's end time"
             );
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! `btvmm bench --quick`: every benchmark runs natively, under btvmm and
 //! under QEMU TCG (and QEMU KVM is tried) in one quick run, and every cell
-//! of the results is produced, as a value or as the reason there is none.
+//! of the results is produced, as a value or as the reason there is none,
+//! and so is btvmm's breakdown of every benchmark.
 //! Values are not checked: timing belongs to the experiments, not tests.
 //!
 //! The inputs come from the environment, as .ci/run builds them:
@@ -99,6 +100,20 @@ fn a_quick_run_produces_every_cell() {
             .any(|line| line.starts_with(&format!("{benchmark},")))
         {
             problems.push(format!("{benchmark}: no line in results.csv"));
+        }
+    }
+    // btvmm's counters per unit, for every benchmark.
+    let breakdown = &json["breakdown"];
+    for benchmark in benchmarks.iter().filter(|name| *name != "boot to /init") {
+        match breakdown[benchmark.as_str()].get("Ok") {
+            Some(counters) if counters["traps"].as_f64().is_some() => {}
+            _ => problems.push(format!(
+                "{benchmark}: no breakdown: {}",
+                breakdown[benchmark.as_str()]
+            )),
+        }
+        if !markdown.contains(&format!("| {benchmark} (")) {
+            problems.push(format!("{benchmark}: no breakdown row in results.md"));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}\n{markdown}");
