@@ -284,8 +284,14 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
         match child.try_wait() {
             Ok(Some(exit)) => {
                 status = Some(exit);
-                // The reader drains what is left before the pipe closes.
-                std::thread::sleep(Duration::from_millis(50));
+                // The rest of the output, until the pipe closes (a process
+                // the child left holding it gets two seconds).
+                while let Ok((at, line)) = receiver.recv_timeout(Duration::from_secs(2)) {
+                    if to_init.is_none() && line.contains(BANNER) {
+                        to_init = Some(at.duration_since(start));
+                    }
+                    lines.extend(parse_line(&line));
+                }
                 continue;
             }
             Ok(None) if start.elapsed() > timeout => {
@@ -518,10 +524,18 @@ fn breakdown(
             BOOT_TIMEOUT,
         );
         progress.inc(1);
-        let row = match (&reference, boot.failure) {
-            (Err(error), _) => Err(error.clone()),
-            (Ok(_), Some(failure)) => Err(failure),
-            (Ok(reference), None) => Ok(per_unit(
+        // Counters of a boot whose benchmark failed would be no measure.
+        let result = boot.lines.iter().find_map(|line| match line {
+            Line::Result(result) if result.name == benchmark.name => Some(Ok(())),
+            Line::Error { name, error } if name == benchmark.name => Some(Err(error.clone())),
+            _ => None,
+        });
+        let row = match (&reference, boot.failure, result) {
+            (Err(error), _, _) => Err(error.clone()),
+            (Ok(_), Some(failure), _) => Err(failure),
+            (Ok(_), None, Some(Err(error))) => Err(error),
+            (Ok(_), None, None) => Err("no result line".to_owned()),
+            (Ok(reference), None, Some(Ok(()))) => Ok(per_unit(
                 &parse_counters(&boot.stderr),
                 reference,
                 u64::from(count),

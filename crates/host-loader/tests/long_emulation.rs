@@ -22,22 +22,7 @@ fn fifty_thousand_pushfd_popfd_pairs_run_to_the_end() {
         0xe6, 0xf4, // out 0xf4, al: exit status 1
         0xf4, // hlt (not reached)
     ]);
-    let path = std::env::temp_dir().join(format!("btvmm-pushf-{}.bin", std::process::id()));
-    std::fs::write(
-        &path,
-        host_loader::multiboot::aout_kludge_image(LOAD, &code, LOAD + 32),
-    )
-    .expect("write the kernel");
-    for mechanism in ["split", "hw"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
-            .args(["run", "--no-reboot", "--breakpoints", mechanism, "--kernel"])
-            .arg(&path)
-            .output()
-            .expect("run btvmm");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{mechanism}: {stderr}");
-    }
-    let _ = std::fs::remove_file(&path);
+    passes_under_both_mechanisms("pushf", &code);
 }
 
 /// WRMSR to IA32_TIME_STAMP_COUNTER moves what RDTSC returns, also where
@@ -72,10 +57,16 @@ fn wrmsr_to_the_tsc_moves_native_rdtsc() {
         0xe6, 0xf4, // out 0xf4, al: status 3
         0xf4, // hlt
     ]);
-    let path = std::env::temp_dir().join(format!("btvmm-tsc-{}.bin", std::process::id()));
+    passes_under_both_mechanisms("tsc", &code);
+}
+
+/// Boots `code` as a Multiboot kernel under the split view and under
+/// hardware breakpoints; each run must end with debug-exit status 1.
+fn passes_under_both_mechanisms(name: &str, code: &[u8]) {
+    let path = std::env::temp_dir().join(format!("btvmm-{name}-{}.bin", std::process::id()));
     std::fs::write(
         &path,
-        host_loader::multiboot::aout_kludge_image(LOAD, &code, LOAD + 32),
+        host_loader::multiboot::aout_kludge_image(LOAD, code, LOAD + 32),
     )
     .expect("write the kernel");
     for mechanism in ["split", "hw"] {
@@ -85,7 +76,11 @@ fn wrmsr_to_the_tsc_moves_native_rdtsc() {
             .output()
             .expect("run btvmm");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{mechanism}: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{name}, {mechanism}: {stderr}"
+        );
     }
     let _ = std::fs::remove_file(&path);
 }
