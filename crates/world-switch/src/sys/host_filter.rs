@@ -204,12 +204,6 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
              falls back to the kernel",
         ),
         rule(
-            "clock_nanosleep",
-            libc::SYS_clock_nanosleep,
-            vec![],
-            "std::thread::sleep (none on the exit path today; glibc's sleep)",
-        ),
-        rule(
             "sched_yield",
             libc::SYS_sched_yield,
             vec![],
@@ -475,7 +469,6 @@ mod tests {
                 "close",
                 "fcntl",
                 "clock_gettime",
-                "clock_nanosleep",
                 "sched_yield",
                 "getrandom",
                 "rt_sigreturn",
