@@ -6,8 +6,11 @@
 //! virtual machines: one boot per run of the same kernel and initramfs
 //! (256 MiB, one CPU, `console=ttyS0 quiet`), whose /init runs the
 //! benchmarks named by `benchmarks=` on the kernel command line and powers
-//! off (guests/linux/init); each boot is also the boot benchmark (host
-//! wall time to /init's first line). Every run has a timeout.
+//! off (guests/linux/init). The boot is a benchmark of its own: a boot
+//! with no benchmark (`benchmarks=none`), timed to /init's first line and
+//! to the end of the VM's process after /init powered off. `btvmm
+//! calibrate` runs once in the same run for the time model
+//! ([`crate::model`]). Every run has a timeout.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ExperimentsError;
+use crate::model::parse_costs;
 use crate::results::{Line, Results, System, parse_counters, parse_line, per_unit};
 
 /// A benchmark of `bench.c` and its counts.
@@ -98,9 +102,14 @@ pub const BENCHMARKS: [Benchmark; 10] = [
     },
 ];
 
-/// The boot benchmark's row: host wall time from start to /init's first
-/// line.
+/// The boot benchmark's first row: host wall time from start to /init's
+/// first line.
 pub const BOOT: &str = "boot to /init";
+/// Its second row: host wall time from start until the VM's process ended
+/// after /init's `poweroff -f`.
+pub const BOOT_END: &str = "boot and power-off";
+/// What a boot-benchmark run passes to /init: nothing to run.
+const NO_BENCHMARKS: &str = "benchmarks=none";
 
 /// The kernel command line every virtual machine boots with, before
 /// `benchmarks=`.
@@ -132,6 +141,9 @@ pub struct BenchRequest {
     /// Guest RAM, MiB.
     pub memory_mib: u32,
 }
+
+/// The timeout of `btvmm calibrate`.
+const CALIBRATE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The timeout of one native benchmark run.
 const NATIVE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -175,6 +187,17 @@ impl BenchRequest {
         format!("benchmarks={}", list.join(","))
     }
 
+    /// `btvmm calibrate --json`: the full measurement, or a short one
+    /// that only checks it runs.
+    fn calibrate_command(&self) -> Command {
+        let mut command = Command::new(&self.btvmm);
+        command.args(["calibrate", "--json"]);
+        if self.quick {
+            command.args(["--iterations", "200", "--rounds", "1"]);
+        }
+        command
+    }
+
     /// btvmm with --stats, running `argument` (`benchmarks=...`).
     fn btvmm_stats_command(&self, argument: &str) -> Command {
         let mut command = Command::new(&self.btvmm);
@@ -188,8 +211,9 @@ impl BenchRequest {
         command
     }
 
-    fn vm_command(&self, system: System, benchmarks: &[Benchmark]) -> Command {
-        let append = format!("{APPEND} {}", self.kernel_argument(benchmarks));
+    /// `system` booting with `argument` (`benchmarks=...`).
+    fn vm_command(&self, system: System, argument: &str) -> Command {
+        let append = format!("{APPEND} {argument}");
         let memory = self.memory_mib.to_string();
         match system {
             System::Btvmm => {
@@ -223,7 +247,11 @@ impl BenchRequest {
 /// What one boot gave: the result lines and the time to /init.
 struct Boot {
     lines: Vec<Line>,
+    /// Standard output, whole.
+    stdout: String,
     to_init: Option<Duration>,
+    /// When the process ended (None: it did not end by itself).
+    ended: Option<Duration>,
     failure: Option<String>,
     /// Standard error (btvmm's --stats).
     stderr: String,
@@ -243,7 +271,9 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
         Err(error) => {
             return Boot {
                 lines: Vec::new(),
+                stdout: String::new(),
                 to_init: None,
+                ended: None,
                 failure: Some(format!("cannot start: {error}")),
                 stderr: String::new(),
             };
@@ -252,8 +282,13 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
     let (sender, receiver) = mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
+            // Bytes, not UTF-8 lines: a console can carry anything, and
+            // one stray byte must not end the reading.
+            let mut reader = BufReader::new(stdout);
+            let mut bytes = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut bytes), Ok(read) if read > 0) {
+                let line = String::from_utf8_lossy(&bytes).trim_end().to_owned();
+                bytes.clear();
                 if sender.send((Instant::now(), line)).is_err() {
                     break;
                 }
@@ -268,29 +303,34 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
         })
     });
     let mut lines = Vec::new();
+    let mut stdout = String::new();
     let mut to_init = None;
+    let mut ended = None;
     let mut status = None;
     let mut timed_out = false;
+    let mut take = |at: Instant, line: String| {
+        if to_init.is_none() && line.contains(BANNER) {
+            to_init = Some(at.duration_since(start));
+        }
+        lines.extend(parse_line(&line));
+        stdout.push_str(&line);
+        stdout.push('\n');
+    };
     loop {
         while let Ok((at, line)) = receiver.try_recv() {
-            if to_init.is_none() && line.contains(BANNER) {
-                to_init = Some(at.duration_since(start));
-            }
-            lines.extend(parse_line(&line));
+            take(at, line);
         }
         if status.is_some() {
             break;
         }
         match child.try_wait() {
             Ok(Some(exit)) => {
+                ended = Some(start.elapsed());
                 status = Some(exit);
                 // The rest of the output, until the pipe closes (a process
                 // the child left holding it gets two seconds).
                 while let Ok((at, line)) = receiver.recv_timeout(Duration::from_secs(2)) {
-                    if to_init.is_none() && line.contains(BANNER) {
-                        to_init = Some(at.duration_since(start));
-                    }
-                    lines.extend(parse_line(&line));
+                    take(at, line);
                 }
                 continue;
             }
@@ -303,7 +343,9 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
             Err(error) => {
                 return Boot {
                     lines,
+                    stdout,
                     to_init,
+                    ended: None,
                     failure: Some(format!("cannot be waited for: {error}")),
                     stderr: String::new(),
                 };
@@ -331,7 +373,9 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
     };
     Boot {
         lines,
+        stdout,
         to_init,
+        ended,
         failure,
         stderr,
     }
@@ -386,16 +430,19 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
     check_input("initramfs", &request.initrd)?;
     check_input("benchmark program", &request.program)?;
     check_input("busybox", &request.busybox)?;
+    let vms = request
+        .systems
+        .iter()
+        .any(|&system| system != System::Native);
     let mut results = Results {
         benchmarks: benchmarks
             .iter()
             .map(|benchmark| (benchmark.name.to_owned(), benchmark.unit.to_owned()))
             .chain(
-                request
-                    .systems
-                    .iter()
-                    .any(|&system| system != System::Native)
-                    .then(|| (BOOT.to_owned(), "boot".to_owned())),
+                [BOOT, BOOT_END]
+                    .into_iter()
+                    .filter(|_| vms)
+                    .map(|row| (row.to_owned(), "boot".to_owned())),
             )
             .collect(),
         systems: request.systems.clone(),
@@ -428,6 +475,7 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
     );
     environment.insert("runs".into(), request.runs.to_string());
     environment.insert("quick".into(), request.quick.to_string());
+    let btvmm = request.systems.contains(&System::Btvmm);
     let steps: u64 = request
         .systems
         .iter()
@@ -435,14 +483,16 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
             if system == System::Native {
                 benchmarks.len() as u64
             } else {
-                1
+                // The benchmarks' boot and the boot benchmark's.
+                2
             }
         })
         .sum::<u64>()
         * u64::from(request.runs)
-        // The breakdown: a reference boot and one per benchmark.
-        + if request.systems.contains(&System::Btvmm) {
-            benchmarks.len() as u64 + 1
+        // The breakdown: a reference boot and one per benchmark; and
+        // calibrate.
+        + if btvmm {
+            benchmarks.len() as u64 + 2
         } else {
             0
         };
@@ -474,24 +524,47 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
                 continue;
             }
             progress.set_message(format!(
+                "run {run}/{}: {} benchmarks",
+                request.runs,
+                system.title()
+            ));
+            let outcome = run_collecting(
+                request.vm_command(system, &request.kernel_argument(&benchmarks)),
+                BOOT_TIMEOUT,
+            );
+            record_lines(&mut results, system, &benchmarks, &outcome);
+            progress.inc(1);
+            progress.set_message(format!(
                 "run {run}/{}: {} boot",
                 request.runs,
                 system.title()
             ));
-            let outcome = run_collecting(request.vm_command(system, &benchmarks), BOOT_TIMEOUT);
-            record_lines(&mut results, system, &benchmarks, &outcome);
-            let boot = match (outcome.to_init, &outcome.failure) {
-                (Some(time), _) => Ok(time.as_secs_f64() * 1e9),
-                (None, Some(failure)) => Err(failure.clone()),
-                (None, None) => Err("/init never said it started".to_owned()),
-            };
-            results.record(BOOT, system, boot);
+            let boot = run_collecting(request.vm_command(system, NO_BENCHMARKS), BOOT_TIMEOUT);
+            let (to_init, to_end) = boot_times(&boot);
+            results.record(BOOT, system, to_init);
+            results.record(BOOT_END, system, to_end);
             progress.inc(1);
         }
+    }
+    if btvmm {
+        progress.set_message("btvmm calibrate (for the time model)");
+        let calibration = run_collecting(request.calibrate_command(), CALIBRATE_TIMEOUT);
+        progress.inc(1);
+        results.calibration = Some(match calibration.failure {
+            None => {
+                let path = request.out.join("calibration.json");
+                let _ = std::fs::create_dir_all(&request.out);
+                std::fs::write(&path, &calibration.stdout)
+                    .map_err(|source| ExperimentsError::Output { path, source })?;
+                parse_costs(&calibration.stdout)
+            }
+            Some(failure) => Err(failure),
+        });
     }
     if request.systems.contains(&System::Btvmm) {
         results.breakdown = breakdown(request, &benchmarks, &progress);
     }
+    results.compute_model();
     progress.finish_and_clear();
     write_results(&results, &request.out)?;
     Ok(results)
@@ -546,6 +619,25 @@ fn breakdown(
     rows
 }
 
+/// The boot benchmark's two times (ns), or why there are none: the end
+/// counts only when the VM powered off by itself.
+fn boot_times(boot: &Boot) -> (Result<f64, String>, Result<f64, String>) {
+    let why = || {
+        boot.failure
+            .clone()
+            .unwrap_or_else(|| "/init never said it started".to_owned())
+    };
+    let to_init = boot
+        .to_init
+        .map(|time| time.as_secs_f64() * 1e9)
+        .ok_or_else(why);
+    let to_end = match (boot.ended, &boot.failure, boot.to_init) {
+        (Some(time), None, Some(_)) => Ok(time.as_secs_f64() * 1e9),
+        _ => Err(why()),
+    };
+    (to_init, to_end)
+}
+
 /// Files one run's lines under `system`; a benchmark without a line gets
 /// the run's failure.
 fn record_lines(results: &mut Results, system: System, benchmarks: &[Benchmark], boot: &Boot) {
@@ -557,10 +649,12 @@ fn record_lines(results: &mut Results, system: System, benchmarks: &[Benchmark],
         let outcome = match line {
             Some(Line::Result(result)) => Ok(result.per_unit_ns()),
             Some(Line::Error { error, .. }) => Err(error.clone()),
-            None => Err(boot
-                .failure
-                .clone()
-                .unwrap_or_else(|| "no result line".to_owned())),
+            None => Err(boot.failure.clone().unwrap_or_else(|| {
+                format!(
+                    "no result line (the console's last line: {:?})",
+                    boot.stdout.lines().last().unwrap_or_default()
+                )
+            })),
         };
         results.record(benchmark.name, system, outcome);
     }
@@ -584,6 +678,13 @@ fn write_results(results: &Results, out: &Path) -> Result<(), ExperimentsError> 
             "\nbtvmm's monitor counters per unit (a boot with --stats less a reference boot):\n\n",
         );
         markdown.push_str(&results.breakdown_markdown());
+    }
+    if results.calibration.is_some() {
+        markdown.push_str(
+            "\nThe time model: the counts above at btvmm calibrate's costs (calibration.json), \
+             per unit, beside btvmm's measured overhead over native:\n\n",
+        );
+        markdown.push_str(&results.model_markdown());
     }
     markdown.push('\n');
     for (key, value) in &results.environment {
@@ -640,7 +741,7 @@ mod tests {
     fn every_system_boots_the_same_kernel_command_line() {
         let benchmarks = request().benchmarks().expect("all");
         for system in [System::Btvmm, System::Tcg, System::Kvm] {
-            let command = request().vm_command(system, &benchmarks);
+            let command = request().vm_command(system, &request().kernel_argument(&benchmarks));
             let args: Vec<String> = command
                 .get_args()
                 .map(|arg| arg.to_string_lossy().into_owned())
@@ -664,7 +765,9 @@ mod tests {
         let mut results = Results::default();
         let boot = Boot {
             lines: vec![parse_line("bench name=getuid count=10 unit=call ns=100").expect("line")],
+            stdout: String::new(),
             to_init: None,
+            ended: None,
             failure: Some("timed out after 1200 s".into()),
             stderr: String::new(),
         };
@@ -680,6 +783,40 @@ mod tests {
                 .cell("getuid-int80", System::Tcg)
                 .map(|cell| cell.errors.clone()),
             Some(vec!["timed out after 1200 s".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_boot_ends_only_when_it_powered_off_after_init() {
+        let boot = |to_init: Option<u64>, ended: Option<u64>, failure: Option<&str>| Boot {
+            lines: Vec::new(),
+            stdout: String::new(),
+            to_init: to_init.map(Duration::from_secs),
+            ended: ended.map(Duration::from_secs),
+            failure: failure.map(str::to_owned),
+            stderr: String::new(),
+        };
+        assert_eq!(
+            boot_times(&boot(Some(2), Some(3), None)),
+            (Ok(2e9), Ok(3e9))
+        );
+        assert_eq!(
+            boot_times(&boot(
+                Some(2),
+                Some(3),
+                Some("ended with exit status: 2: stopped")
+            )),
+            (
+                Ok(2e9),
+                Err("ended with exit status: 2: stopped".to_owned())
+            )
+        );
+        assert_eq!(
+            boot_times(&boot(None, Some(1), None)),
+            (
+                Err("/init never said it started".to_owned()),
+                Err("/init never said it started".to_owned())
+            )
         );
     }
 }

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod model;
 pub mod plot;
 pub mod results;
 

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::model::{Costs, Explanation, TERMS};
+
 /// A system a benchmark runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,6 +190,25 @@ pub struct Results {
     /// Per benchmark: btvmm's counters per unit ([`BREAKDOWN`]), or why
     /// there are none.
     pub breakdown: BTreeMap<String, Result<BTreeMap<String, f64>, String>>,
+    /// `btvmm calibrate`'s path costs, measured in the same run, or why
+    /// there are none (None: not asked for).
+    pub calibration: Option<Result<Costs, String>>,
+    /// Per benchmark with a breakdown: what the time model explains
+    /// ([`Results::compute_model`]).
+    pub model: BTreeMap<String, ModelRow>,
+}
+
+/// The time model of one benchmark beside its measured overhead.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelRow {
+    /// btvmm's median less native's, ns per unit (None without both).
+    pub overhead_ns: Option<f64>,
+    /// The counted events at calibrate's costs.
+    pub explanation: Explanation,
+    /// modelled / overhead (None without an overhead above zero).
+    pub explained: Option<f64>,
+    /// The monitor's own clock of its work, ns per unit.
+    pub monitor_ns: f64,
 }
 
 /// The monitor's counters (`btvmm run --stats` names) a breakdown shows,
@@ -207,6 +228,13 @@ pub const BREAKDOWN: [(&str, &str); 12] = [
     ("time: monitor work (ns)", "monitor ns"),
 ];
 
+/// The other counters the time model ([`crate::model`]) reads.
+pub const MODEL_COUNTERS: [&str; 3] = [
+    "shadow: hidden faults mapped",
+    "shadow: guest page faults delivered",
+    "emulated: interpreted stretches",
+];
+
 /// The counters `btvmm run --stats` printed (`NAME  VALUE` lines).
 #[must_use]
 pub fn parse_counters(stats: &str) -> BTreeMap<String, u64> {
@@ -220,7 +248,8 @@ pub fn parse_counters(stats: &str) -> BTreeMap<String, u64> {
 }
 
 /// Counters per unit: (`with` - `without`) / `units`, for the
-/// [`BREAKDOWN`] counters (a counter that went down counts as 0).
+/// [`BREAKDOWN`] and [`MODEL_COUNTERS`] counters (a counter that went down
+/// counts as 0).
 #[must_use]
 pub fn per_unit(
     with: &BTreeMap<String, u64>,
@@ -229,7 +258,9 @@ pub fn per_unit(
 ) -> BTreeMap<String, f64> {
     BREAKDOWN
         .iter()
-        .map(|&(name, _)| {
+        .map(|&(name, _)| name)
+        .chain(MODEL_COUNTERS)
+        .map(|name| {
             let delta = with
                 .get(name)
                 .copied()
@@ -347,6 +378,106 @@ impl Results {
         table
     }
 
+    /// Fills [`Results::model`] from the breakdown, the calibration and the
+    /// medians.
+    pub fn compute_model(&mut self) {
+        let Some(Ok(costs)) = &self.calibration else {
+            return;
+        };
+        let mut model = BTreeMap::new();
+        for (benchmark, _) in &self.benchmarks {
+            let Some(Ok(per_unit)) = self.breakdown.get(benchmark) else {
+                continue;
+            };
+            let explanation = Explanation::of(per_unit, costs);
+            let overhead_ns = match (
+                self.median(benchmark, System::Btvmm),
+                self.median(benchmark, System::Native),
+            ) {
+                (Some(btvmm), Some(native)) => Some(btvmm - native),
+                _ => None,
+            };
+            let explained = overhead_ns
+                .filter(|&overhead| overhead > 0.0)
+                .map(|overhead| explanation.modelled_ns / overhead);
+            model.insert(
+                benchmark.clone(),
+                ModelRow {
+                    overhead_ns,
+                    explained,
+                    monitor_ns: per_unit
+                        .get("time: monitor work (ns)")
+                        .copied()
+                        .unwrap_or(0.0),
+                    explanation,
+                },
+            );
+        }
+        self.model = model;
+    }
+
+    /// The time model's table: per benchmark, btvmm's measured overhead
+    /// over native, the counted events at calibrate's costs (term by
+    /// term) and how much of the overhead that is; or why there is none.
+    #[must_use]
+    pub fn model_markdown(&self) -> String {
+        match &self.calibration {
+            None => return String::new(),
+            Some(Err(error)) => {
+                return format!("no time model: btvmm calibrate failed: {error}\n");
+            }
+            Some(Ok(_)) => {}
+        }
+        let mut table = String::from(
+            "| benchmark (per unit) | btvmm - native | modelled | explained | monitor clock |",
+        );
+        for term in TERMS {
+            let _ = write!(table, " {} |", term.title);
+        }
+        table.push_str("\n|---|---:|---:|---:|---:|");
+        for _ in TERMS {
+            table.push_str("---:|");
+        }
+        table.push('\n');
+        let mut missing: Vec<&str> = Vec::new();
+        for (benchmark, unit) in &self.benchmarks {
+            let Some(row) = self.model.get(benchmark) else {
+                continue;
+            };
+            let _ = write!(
+                table,
+                "| {benchmark} ({unit}) | {} | {} | {} | {} |",
+                row.overhead_ns.map_or_else(|| "-".to_owned(), human_ns),
+                human_ns(row.explanation.modelled_ns),
+                row.explained
+                    .map_or_else(|| "-".to_owned(), |share| format!("{:.0}%", share * 100.0)),
+                human_ns(row.monitor_ns),
+            );
+            for term in &row.explanation.terms {
+                let text = match term {
+                    Some(ns) if *ns == 0.0 => "0".to_owned(),
+                    Some(ns) => human_ns(*ns),
+                    None => "?".to_owned(),
+                };
+                let _ = write!(table, " {text} |");
+            }
+            table.push('\n');
+            for path in &row.explanation.missing {
+                if !missing.contains(path) {
+                    missing.push(path);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let _ = writeln!(
+                table,
+                "\n?: btvmm calibrate measured no cost for {}",
+                missing.join(", ")
+            );
+        }
+        table
+    }
+
     /// The breakdown table: btvmm's counters per unit of each benchmark.
     #[must_use]
     pub fn breakdown_markdown(&self) -> String {
@@ -424,7 +555,10 @@ fn round(value: f64) -> String {
 /// Nanoseconds as a person reads them (ns, µs, ms, s).
 #[must_use]
 pub fn human_ns(ns: f64) -> String {
-    if ns >= 1e9 {
+    if ns < 0.0 {
+        // A cost difference can come out negative on a noisy host.
+        format!("-{}", human_ns(-ns))
+    } else if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
     } else if ns >= 1e6 {
         format!("{:.2} ms", ns / 1e6)
@@ -482,7 +616,7 @@ mod tests {
             "never negative"
         );
         assert_eq!(per.get("exits to the host"), Some(&0.0), "absent: none");
-        assert_eq!(per.len(), BREAKDOWN.len());
+        assert_eq!(per.len(), BREAKDOWN.len() + MODEL_COUNTERS.len());
         let results = Results {
             benchmarks: vec![
                 ("getuid".into(), "call".into()),
@@ -550,5 +684,61 @@ mod tests {
         assert!(csv.contains("gzip,MiB,btvmm,,,\"timed out\""), "{csv}");
         let json = serde_json::to_value(&results).expect("json");
         assert_eq!(json["cells"].as_array().map(Vec::len), Some(5));
+    }
+
+    #[test]
+    fn the_model_sets_counted_costs_beside_the_measured_overhead() {
+        let per_unit: BTreeMap<String, f64> = [
+            ("trap: #GP".to_owned(), 4.0),
+            ("time: monitor work (ns)".to_owned(), 3000.0),
+        ]
+        .into_iter()
+        .collect();
+        let mut results = Results {
+            benchmarks: vec![
+                ("getuid".into(), "call".into()),
+                ("nqueens".into(), "solve".into()),
+            ],
+            systems: vec![System::Native, System::Btvmm],
+            breakdown: [
+                ("getuid".to_owned(), Ok(per_unit)),
+                ("nqueens".to_owned(), Err("timed out".to_owned())),
+            ]
+            .into_iter()
+            .collect(),
+            ..Results::default()
+        };
+        results.record("getuid", System::Native, Ok(200.0));
+        results.record("getuid", System::Btvmm, Ok(10_200.0));
+        assert_eq!(results.model_markdown(), "", "no calibration asked for");
+        results.calibration = Some(Err("ended with exit status: 2".into()));
+        results.compute_model();
+        assert!(results.model.is_empty());
+        assert!(
+            results
+                .model_markdown()
+                .contains("no time model: btvmm calibrate failed: ended with exit status: 2")
+        );
+        results.calibration = Some(Ok([("cli/sti emulated".to_owned(), 2000.0)]
+            .into_iter()
+            .collect()));
+        results.compute_model();
+        let row = &results.model["getuid"];
+        assert_eq!(row.overhead_ns, Some(10_000.0));
+        assert!((row.explanation.modelled_ns - 8000.0).abs() < 1e-9);
+        assert_eq!(row.explained, Some(0.8));
+        assert!(
+            !results.model.contains_key("nqueens"),
+            "no breakdown, no model"
+        );
+        let table = results.model_markdown();
+        assert!(
+            table.contains("| getuid (call) | 10.00 µs | 8.00 µs | 80% | 3.00 µs | 8.00 µs | ? |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("?: btvmm calibrate measured no cost for split int3 + pushf"),
+            "{table}"
+        );
     }
 }

@@ -513,13 +513,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("\nbtvmm's monitor counters per unit:\n");
                 print!("{}", results.breakdown_markdown());
             }
+            if results.calibration.is_some() {
+                println!("\nthe time model (counts at btvmm calibrate's costs, per unit):\n");
+                print!("{}", results.model_markdown());
+            }
             println!(
-                "\nresults: {} (results.json, results.csv, results.md, times.svg, slowdown.svg)",
+                "\nresults: {} (results.json, results.csv, results.md, calibration.json, \
+                 times.svg, slowdown.svg)",
                 out.display()
-            );
-            println!(
-                "not done yet (experiments issue): the time the breakdown's counts account for \
-                 at btvmm calibrate's costs, the boot's end time"
             );
             Ok(())
         }

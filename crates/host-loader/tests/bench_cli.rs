@@ -1,7 +1,7 @@
 //! `btvmm bench --quick`: every benchmark runs natively, under btvmm and
 //! under QEMU TCG (and QEMU KVM is tried) in one quick run, and every cell
 //! of the results is produced, as a value or as the reason there is none,
-//! and so is btvmm's breakdown of every benchmark.
+//! and so are btvmm's breakdown and time model of every benchmark.
 //! Values are not checked: timing belongs to the experiments, not tests.
 //!
 //! The inputs come from the environment, as .ci/run builds them:
@@ -64,15 +64,16 @@ fn a_quick_run_produces_every_cell() {
         .collect();
     assert_eq!(
         benchmarks.len(),
-        11,
-        "ten benchmarks and the boot: {benchmarks:?}"
+        12,
+        "ten benchmarks and the boot's two rows: {benchmarks:?}"
     );
+    let boot_row = |name: &str| name.starts_with("boot ");
     let cells = json["cells"].as_array().expect("cells");
     let mut problems = Vec::new();
     for benchmark in &benchmarks {
         for system in ["native", "btvmm", "tcg", "kvm"] {
             // Native has no boot.
-            if system == "native" && benchmark == "boot to /init" {
+            if system == "native" && boot_row(benchmark) {
                 continue;
             }
             let cell = cells.iter().find(|cell| {
@@ -104,7 +105,7 @@ fn a_quick_run_produces_every_cell() {
     }
     // btvmm's counters per unit, for every benchmark.
     let breakdown = &json["breakdown"];
-    for benchmark in benchmarks.iter().filter(|name| *name != "boot to /init") {
+    for benchmark in benchmarks.iter().filter(|name| !boot_row(name)) {
         match breakdown[benchmark.as_str()].get("Ok") {
             Some(counters) if counters["traps"].as_f64().is_some() => {}
             _ => problems.push(format!(
@@ -112,9 +113,19 @@ fn a_quick_run_produces_every_cell() {
                 breakdown[benchmark.as_str()]
             )),
         }
-        if !markdown.contains(&format!("| {benchmark} (")) {
-            problems.push(format!("{benchmark}: no breakdown row in results.md"));
+        if markdown.matches(&format!("| {benchmark} (")).count() != 2 {
+            problems.push(format!(
+                "{benchmark}: no breakdown row and model row in results.md"
+            ));
         }
+        // The counted events at calibrate's costs.
+        let model = &json["model"][benchmark.as_str()];
+        if model["explanation"]["modelled_ns"].as_f64().is_none() {
+            problems.push(format!("{benchmark}: no time model: {model}"));
+        }
+    }
+    if json["calibration"].get("Ok").is_none() {
+        problems.push(format!("calibrate: {}", json["calibration"]));
     }
     assert!(problems.is_empty(), "{problems:#?}\n{markdown}");
     assert!(stdout.contains("| benchmark | unit |"), "{stdout}");
