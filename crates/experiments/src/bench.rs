@@ -216,10 +216,14 @@ impl BenchRequest {
         let append = format!("{APPEND} {argument}");
         let memory = self.memory_mib.to_string();
         match system {
-            System::Btvmm => {
+            System::Btvmm | System::BtvmmHw => {
                 let mut command = Command::new(&self.btvmm);
+                command.arg("run");
+                if system == System::BtvmmHw {
+                    command.args(["--breakpoints", "hw"]);
+                }
                 command
-                    .args(["run", "--kernel"])
+                    .arg("--kernel")
                     .arg(&self.kernel)
                     .arg("--initrd")
                     .arg(&self.initrd)

@@ -20,6 +20,7 @@ const fn colour(system: System) -> RGBColor {
     match system {
         System::Native => RGBColor(90, 90, 90),
         System::Btvmm => RGBColor(31, 119, 180),
+        System::BtvmmHw => RGBColor(148, 103, 189),
         System::Tcg => RGBColor(255, 127, 14),
         System::Kvm => RGBColor(44, 160, 44),
     }

@@ -14,8 +14,12 @@ use crate::model::{Costs, Explanation, TERMS};
 pub enum System {
     /// The static i386 program on the host, pinned to one CPU.
     Native,
-    /// Debian's kernel under btvmm.
+    /// Debian's kernel under btvmm (its default mechanism, the split code
+    /// view).
     Btvmm,
+    /// The same with hardware breakpoints only (`--breakpoints hw`), the
+    /// dissertation's mechanism.
+    BtvmmHw,
     /// Debian's kernel under QEMU with TCG.
     Tcg,
     /// Debian's kernel under QEMU with KVM.
@@ -24,7 +28,13 @@ pub enum System {
 
 impl System {
     /// Every system, in table order.
-    pub const ALL: [Self; 4] = [Self::Native, Self::Btvmm, Self::Tcg, Self::Kvm];
+    pub const ALL: [Self; 5] = [
+        Self::Native,
+        Self::Btvmm,
+        Self::BtvmmHw,
+        Self::Tcg,
+        Self::Kvm,
+    ];
 
     /// The option's spelling.
     #[must_use]
@@ -32,6 +42,7 @@ impl System {
         match self {
             Self::Native => "native",
             Self::Btvmm => "btvmm",
+            Self::BtvmmHw => "btvmm-hw",
             Self::Tcg => "tcg",
             Self::Kvm => "kvm",
         }
@@ -43,17 +54,18 @@ impl System {
         match self {
             Self::Native => "native",
             Self::Btvmm => "btvmm",
+            Self::BtvmmHw => "btvmm (hw breakpoints)",
             Self::Tcg => "QEMU TCG",
             Self::Kvm => "QEMU KVM",
         }
     }
 
-    /// Parses `native`, `btvmm`, `tcg` or `kvm`.
+    /// Parses `native`, `btvmm`, `btvmm-hw`, `tcg` or `kvm`.
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::ALL
             .into_iter()
             .find(|system| system.name() == text)
-            .ok_or_else(|| format!("unknown system {text:?} (native, btvmm, tcg, kvm)"))
+            .ok_or_else(|| format!("unknown system {text:?} (native, btvmm, btvmm-hw, tcg, kvm)"))
     }
 }
 
@@ -326,11 +338,22 @@ impl Results {
         for system in &self.systems {
             let _ = write!(table, " {} |", system.title());
         }
-        table.push_str(" btvmm/native | btvmm/TCG |\n|---|---|");
+        // The split view's gain over the dissertation's mechanism, when
+        // both ran.
+        let hw = self.systems.contains(&System::BtvmmHw);
+        table.push_str(" btvmm/native | btvmm/TCG |");
+        if hw {
+            table.push_str(" hw/split |");
+        }
+        table.push_str("\n|---|---|");
         for _ in &self.systems {
             table.push_str("---:|");
         }
-        table.push_str("---:|---:|\n");
+        table.push_str("---:|---:|");
+        if hw {
+            table.push_str("---:|");
+        }
+        table.push('\n');
         for (benchmark, unit) in &self.benchmarks {
             let _ = write!(table, "| {benchmark} | {unit} |");
             for &system in &self.systems {
@@ -361,19 +384,23 @@ impl Results {
                 };
                 let _ = write!(table, " {} |", text.replace('|', "/"));
             }
-            let ratio = |over: System| match (
-                self.median(benchmark, System::Btvmm),
+            let ratio = |of: System, over: System| match (
+                self.median(benchmark, of),
                 self.median(benchmark, over),
             ) {
                 (Some(btvmm), Some(other)) if other > 0.0 => format!("{:.2}", btvmm / other),
                 _ => "-".to_owned(),
             };
-            let _ = writeln!(
+            let _ = write!(
                 table,
                 " {} | {} |",
-                ratio(System::Native),
-                ratio(System::Tcg)
+                ratio(System::Btvmm, System::Native),
+                ratio(System::Btvmm, System::Tcg)
             );
+            if hw {
+                let _ = write!(table, " {} |", ratio(System::BtvmmHw, System::Btvmm));
+            }
+            table.push('\n');
         }
         table
     }
@@ -740,5 +767,26 @@ mod tests {
             table.contains("?: btvmm calibrate measured no cost for split int3 + pushf"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn hardware_breakpoints_beside_the_split_view_get_their_ratio() {
+        let mut results = Results {
+            benchmarks: vec![("getuid".into(), "call".into())],
+            systems: vec![System::Btvmm, System::BtvmmHw],
+            ..Results::default()
+        };
+        results.record("getuid", System::Btvmm, Ok(1000.0));
+        results.record("getuid", System::BtvmmHw, Ok(2500.0));
+        let table = results.markdown();
+        assert!(
+            table.starts_with(
+                "| benchmark | unit | btvmm | btvmm (hw breakpoints) | btvmm/native | btvmm/TCG | hw/split |\n\
+                 |---|---|---:|---:|---:|---:|---:|\n"
+            ),
+            "{table}"
+        );
+        assert!(table.contains(" | - | - | 2.50 |\n"), "{table}");
+        assert_eq!(System::parse("btvmm-hw"), Ok(System::BtvmmHw));
     }
 }
