@@ -63,19 +63,6 @@ fn siginfo<'a>(frame: &SignalFrame<'a>) -> &'a SigInfo {
     unsafe { &*std::ptr::from_ref(frame.info).cast::<SigInfo>() }
 }
 
-fn greg(frame: &SignalFrame<'_>, index: libc::c_int) -> u64 {
-    // Register values are stored as i64 bit patterns.
-    #[allow(clippy::cast_sign_loss)]
-    let value = frame.context.uc_mcontext.gregs[index.unsigned_abs() as usize] as u64;
-    value
-}
-
-fn set_greg(frame: &mut SignalFrame<'_>, index: libc::c_int, value: u64) {
-    #[allow(clippy::cast_possible_wrap)]
-    let value = value as i64;
-    frame.context.uc_mcontext.gregs[index.unsigned_abs() as usize] = value;
-}
-
 fn low(value: u64) -> u32 {
     #[allow(clippy::cast_possible_truncation)]
     let low = value as u32;
@@ -87,10 +74,10 @@ fn low(value: u64) -> u32 {
 pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
     let mut gpr = [0u32; 8];
     for (slot, index) in gpr.iter_mut().zip(REG_GPRS) {
-        *slot = low(greg(frame, index));
+        *slot = low(frame.greg(index));
     }
-    let rip = greg(frame, libc::REG_RIP);
-    let csgsfs = greg(frame, libc::REG_CSGSFS);
+    let rip = frame.greg(libc::REG_RIP);
+    let csgsfs = frame.greg(libc::REG_CSGSFS);
     let cs = (csgsfs & 0xffff) as u16;
     let ss = ((csgsfs >> 48) & 0xffff) as u16;
     let segments = *frame.segments;
@@ -98,13 +85,13 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
         gpr,
         eip: low(rip),
         rip_high: low(rip >> 32),
-        eflags: low(greg(frame, libc::REG_EFL)),
+        eflags: low(frame.greg(libc::REG_EFL)),
         selectors: [segments.es, cs, ss, segments.ds, segments.fs, segments.gs],
         fs_base: segments.fs_base,
         gs_base: segments.gs_base,
     };
     let info = siginfo(frame);
-    let trapno = greg(frame, libc::REG_TRAPNO);
+    let trapno = frame.greg(libc::REG_TRAPNO);
     // A perf breakpoint's SIGTRAP is sent from the perf event's handler,
     // which does not update the thread's trap number: the ucontext's
     // trapno is then stale (e.g. 3 after an earlier INT3). The si_code says
@@ -121,7 +108,7 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
             let fast_path = compat && cs == HOST_USER32_CS && rip >> 32 != 0;
             if !compat {
                 // A 64-bit syscall keeps the number in RAX's low half too.
-                number = low(greg(frame, libc::REG_RAX));
+                number = low(frame.greg(libc::REG_RAX));
             }
             Trap::SystemCall {
                 number,
@@ -135,7 +122,7 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
             let vector = u8::try_from(trapno).unwrap_or(u8::MAX);
             Trap::Fault {
                 vector,
-                error_code: low(greg(frame, libc::REG_ERR)),
+                error_code: low(frame.greg(libc::REG_ERR)),
                 address: (vector == 14).then(|| low(info.address)),
             }
         }
@@ -153,15 +140,15 @@ pub fn decode(frame: &SignalFrame<'_>) -> (Trap, HostRegisters) {
 /// Makes the signal return into the guest with `registers`.
 pub fn apply(frame: &mut SignalFrame<'_>, registers: &HostRegisters) {
     for (value, index) in registers.gpr.iter().zip(REG_GPRS) {
-        set_greg(frame, index, u64::from(*value));
+        frame.set_greg(index, u64::from(*value));
     }
-    set_greg(frame, libc::REG_RIP, u64::from(registers.eip));
-    set_greg(frame, libc::REG_EFL, u64::from(registers.eflags));
+    frame.set_greg(libc::REG_RIP, u64::from(registers.eip));
+    frame.set_greg(libc::REG_EFL, u64::from(registers.eflags));
     let [es, cs, ss, ds, fs, gs] = registers.selectors;
-    let csgsfs = greg(frame, libc::REG_CSGSFS);
+    let csgsfs = frame.greg(libc::REG_CSGSFS);
     // Keep the (unused on return) gs/fs halves, replace CS and SS.
     let csgsfs = (csgsfs & 0x0000_ffff_ffff_0000) | u64::from(cs) | (u64::from(ss) << 48);
-    set_greg(frame, libc::REG_CSGSFS, csgsfs);
+    frame.set_greg(libc::REG_CSGSFS, csgsfs);
     *frame.segments = crate::sys::signal::GuestSegmentRegisters {
         ds,
         es,

@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 
 use crate::WorldError;
 
@@ -273,6 +274,22 @@ impl SharedRegion {
     #[must_use]
     pub fn size(&self) -> usize {
         self.0.size
+    }
+
+    /// The region's `index`-th 32-bit word as an atomic (a futex word
+    /// shared with the processes that map the region), if the region
+    /// holds it.
+    #[must_use]
+    pub fn word(&self, index: usize) -> Option<&AtomicU32> {
+        let offset = index.checked_mul(4)?;
+        if offset.checked_add(4)? > self.size() {
+            return None;
+        }
+        // SAFETY: the word lies inside the mapping, which lives as long as
+        // self; the mapping is page-aligned, so the word is 4-aligned; an
+        // AtomicU32 is valid for any bits, and other processes touch it
+        // only atomically (futex words).
+        Some(unsafe { &*self.as_ptr().add(offset).cast::<AtomicU32>() })
     }
 
     /// The memfd.

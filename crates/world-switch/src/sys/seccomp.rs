@@ -24,7 +24,9 @@ const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
 const ARCH_OFFSET: u32 = 4;
 const IP_HIGH_OFFSET: u32 = 12;
 
-fn statement(code: u32, k: u32) -> sock_filter {
+/// A BPF statement (`BPF_STMT`): `code` with operand `k`.
+#[must_use]
+pub fn statement(code: u32, k: u32) -> sock_filter {
     sock_filter {
         // BPF opcodes fit 16 bits.
         #[allow(clippy::cast_possible_truncation)]
@@ -43,8 +45,11 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
     }
 }
 
-/// The prefix that traps guest system calls before the allow-list runs.
-fn guest_trap_prefix() -> Vec<sock_filter> {
+/// The prefix that traps guest system calls before the allow-list runs:
+/// every call from a non-x86-64 ABI or from an instruction below 4 GiB
+/// gets SECCOMP_RET_TRAP; the rest falls through to what follows it.
+#[must_use]
+pub fn guest_trap_prefix() -> Vec<sock_filter> {
     let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
     let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
     let ret = libc::BPF_RET | libc::BPF_K;

@@ -146,6 +146,24 @@ const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 const XSTATE_FP_SSE: u64 = 0b11;
 
 impl SignalFrame<'_> {
+    /// The interrupted context's general register `index` (a `libc::REG_*`
+    /// index into `mcontext_t.gregs`), as its 64 bits.
+    #[must_use]
+    pub fn greg(&self, index: libc::c_int) -> u64 {
+        // Register values are stored as i64 bit patterns.
+        #[allow(clippy::cast_sign_loss)]
+        let value = self.context.uc_mcontext.gregs[index.unsigned_abs() as usize] as u64;
+        value
+    }
+
+    /// Sets the interrupted context's general register `index` (see
+    /// [`greg`](Self::greg)); it takes effect on return.
+    pub fn set_greg(&mut self, index: libc::c_int, value: u64) {
+        #[allow(clippy::cast_possible_wrap)]
+        let value = value as i64;
+        self.context.uc_mcontext.gregs[index.unsigned_abs() as usize] = value;
+    }
+
     fn fpstate(&self) -> *mut u8 {
         self.context.uc_mcontext.fpregs.cast::<u8>()
     }

@@ -74,6 +74,27 @@ impl KickTimer {
         }
     }
 
+    /// Fires every `period` from now on, until armed again. Async-signal-
+    /// safe.
+    pub fn arm_periodic(&self, period: Duration) -> Result<(), WorldError> {
+        let spec = libc::itimerspec {
+            it_interval: duration_timespec(period),
+            it_value: duration_timespec(period),
+        };
+        // SAFETY: timer_settime on this process's timer reads one
+        // itimerspec from a live local; the old value is not asked for.
+        let result =
+            unsafe { libc::timer_settime(self.id, 0, &raw const spec, std::ptr::null_mut()) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(WorldError::Host {
+                what: "arming a periodic timer (timer_settime)",
+                source: std::io::Error::last_os_error(),
+            })
+        }
+    }
+
     /// Sleeps until the timer's signal is pending, and takes it. The
     /// signal must be blocked (it is inside the monitor's handler).
     /// Async-signal-safe.
