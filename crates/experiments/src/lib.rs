@@ -6,11 +6,21 @@
 //! plots ([`plot`]).
 //!
 //! [`results`] is pure (parsing result lines, statistics, tables) and
-//! unit-tests anywhere; [`bench`] runs the systems.
-#![forbid(unsafe_code)]
+//! unit-tests anywhere, as is [`model`] (what the counted monitor events
+//! cost at calibrate's prices); [`bench`] runs the systems.
+//!
+//! `btvmm calibrate` measures here too: [`bare`] the host traps btvmm's
+//! paths ride on, [`calibrate`] those paths, through generated guest
+//! kernels ([`image`]) run by `btvmm run`. [`bare`] reuses the runtime's
+//! own pieces (world_switch) and needs one `unsafe` function of its own,
+//! a fork.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bare;
 pub mod bench;
+pub mod calibrate;
+pub mod image;
 pub mod model;
 pub mod plot;
 pub mod results;
@@ -43,4 +53,13 @@ pub enum ExperimentsError {
     /// An impossible option.
     #[error("{0}")]
     Option(String),
+    /// The host refused what a measurement needs.
+    #[error(transparent)]
+    World(#[from] world_switch::WorldError),
+    /// A bare measurement went wrong (events lost or out of place).
+    #[error("bare measurement: {0}")]
+    Bare(String),
+    /// A calibration guest or child did not give its readings.
+    #[error("calibrate: {0}")]
+    Calibrate(String),
 }

@@ -5,7 +5,6 @@
 #![deny(missing_docs)]
 
 pub mod boot;
-pub mod calibrate;
 pub mod console;
 pub mod elf;
 pub mod image;
@@ -82,9 +81,6 @@ pub enum LoaderError {
     /// A planner configuration problem.
     #[error(transparent)]
     Planner(#[from] cfg_planner::PlannerError),
-    /// A calibration measurement could not be made.
-    #[error("calibration: {0}")]
-    Calibrate(String),
     /// A file that is neither kind of kernel `btvmm run` boots.
     #[error(
         "not a kernel btvmm can boot: neither a Linux bzImage (boot sector signature 0xAA55 and a \"HdrS\" setup header at 0x1F1) nor a Multiboot kernel (magic 0x1BADB002 with a valid checksum in the first 8 KiB)"

@@ -443,7 +443,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             only,
         } => {
             let calibration =
-                host_loader::calibrate::calibrate(&host_loader::calibrate::CalibrateRequest {
+                experiments::calibrate::calibrate(&experiments::calibrate::CalibrateRequest {
+                    btvmm: std::env::current_exe()?,
                     iterations,
                     rounds,
                     stats,
@@ -454,7 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::to_string_pretty(&calibration).context("encoding the table")?;
                 println!("{text}");
             } else {
-                print!("{}", host_loader::calibrate::render_text(&calibration));
+                print!("{}", experiments::calibrate::render_text(&calibration));
             }
             Ok(())
         }
@@ -463,10 +464,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             iterations,
             rounds,
         } => {
-            let event = world_switch::bare::BareEvent::from_name(&event)
+            let event = experiments::bare::BareEvent::from_name(&event)
                 .with_context(|| format!("no bare event named {event:?}"))?;
-            let ns = world_switch::bare::measure(event, iterations, rounds)?;
-            println!("{ns}");
+            let measurement = experiments::bare::measure(event, iterations, rounds)?;
+            println!("{}", experiments::calibrate::bare_line(&measurement));
             Ok(())
         }
         Command::World {

@@ -97,35 +97,6 @@ pub(crate) fn find_header(file: &[u8]) -> Result<Header, LoaderError> {
     })
 }
 
-/// A Multiboot kernel image in the a.out kludge form: the 32-byte header
-/// (load address, load and BSS end, entry), then `code`, all loaded at
-/// `load`. How btvmm's generated and test kernels are made.
-#[must_use]
-pub fn aout_kludge_image(load: u32, code: &[u8], entry: u32) -> Vec<u8> {
-    const MAGIC: u32 = 0x1bad_b002;
-    const FLAGS: u32 = 1 << 16;
-    const HEADER_BYTES: u32 = 32;
-    let end = u32::try_from(code.len())
-        .ok()
-        .and_then(|len| load.checked_add(HEADER_BYTES)?.checked_add(len))
-        .unwrap_or(u32::MAX);
-    let mut image = Vec::with_capacity(code.len() + HEADER_BYTES as usize);
-    for word in [
-        MAGIC,
-        FLAGS,
-        0u32.wrapping_sub(MAGIC).wrapping_sub(FLAGS),
-        load,
-        load,
-        end,
-        end,
-        entry,
-    ] {
-        image.extend_from_slice(&word.to_le_bytes());
-    }
-    image.extend_from_slice(code);
-    image
-}
-
 /// Loads a Multiboot kernel into guest RAM (`write(phys, bytes)` returns
 /// false outside RAM) of `ram_size` bytes and builds the boot information
 /// where the kernel left room for it.

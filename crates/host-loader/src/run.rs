@@ -299,25 +299,7 @@ pub fn run(request: &RunRequest, console: impl Write + 'static) -> Result<RunOut
         kind,
         initrd,
     };
-    serve_vm(request, &images, console, |_| {})
-}
-
-/// Boots the Multiboot kernel image `kernel` (`request.kernel` only names
-/// it) and serves the VM until it ends; then hands guest RAM to `inspect`
-/// (e.g. to read results the guest left there).
-pub fn run_image(
-    request: &RunRequest,
-    kernel: &[u8],
-    console: impl Write + 'static,
-    inspect: impl FnOnce(&GuestRam),
-) -> Result<RunOutcome, LoaderError> {
-    check_request(request)?;
-    let images = Images {
-        kernel: kernel.to_vec(),
-        kind: KernelKind::detect(kernel)?,
-        initrd: None,
-    };
-    serve_vm(request, &images, console, inspect)
+    serve_vm(request, &images, console)
 }
 
 /// The checks that need no file: bad options fail before anything is
@@ -536,7 +518,6 @@ fn serve_vm(
     request: &RunRequest,
     images: &Images,
     console: impl Write + 'static,
-    inspect: impl FnOnce(&GuestRam),
 ) -> Result<RunOutcome, LoaderError> {
     let memory_mib = request.memory_mib.unwrap_or(match images.kind {
         KernelKind::BzImage => DEFAULT_LINUX_MEMORY_MIB,
@@ -589,7 +570,6 @@ fn serve_vm(
         signals: &signals,
     };
     let mut resets = 0;
-    let mut inspect = Some(inspect);
     let ending = loop {
         let mut machine = Machine::boot(images, request, ram_size, &channel, &launcher, cpu)?;
         host.levels = 0;
@@ -600,12 +580,7 @@ fn serve_vm(
                 resets += 1;
                 host.board.reset();
             }
-            ending => {
-                if let Some(inspect) = inspect.take() {
-                    inspect(&machine.ram);
-                }
-                break ending;
-            }
+            ending => break ending,
         }
     };
     let unclaimed_ports = host

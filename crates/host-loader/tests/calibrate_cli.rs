@@ -1,13 +1,14 @@
 //! `btvmm calibrate` measures every bare event and every btvmm path in one
 //! run. The numbers vary between hosts and runs (they are measurements,
-//! not test criteria); what must hold is that every row is there, was
-//! measured (finite, positive, below a second) and that each ratio is the
-//! path's cost over the sum of the bare events it names.
+//! not test criteria); what must hold is that every row is there, in
+//! order, with finite numbers, and that each path measured what it claims:
+//! the monitor counter it names moved about once per event measured.
 
 use std::process::Command;
 
-const BARE: [&str; 10] = [
+const BARE: [&str; 11] = [
     "gp",
+    "int3",
     "db",
     "pf",
     "pf-map",
@@ -19,33 +20,47 @@ const BARE: [&str; 10] = [
     "signal",
 ];
 
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 12] = [
     "cli/sti emulated",
-    "breakpoint + pushf + re-plan",
+    "hw breakpoint + pushf + re-plan",
+    "split int3 + pushf",
+    "instruction interpreted",
     "guest int 0x80 + iret",
     "interrupt injected",
     "exit to the host and back",
     "hidden fault + invlpg",
     "guest #PF delivered + iret",
+    "page-table write emulated",
     "cr3 switch (pool)",
     "cr3 switch (one process)",
 ];
 
-fn measured(ns: f64, what: &str) {
-    assert!(ns.is_finite() && ns > 0.0 && ns < 1e9, "{what}: {ns} ns");
+/// How much of its counter a path may move per event. The count is the
+/// child's counter less the same guest's without the event, over the
+/// events the loop made; what moves besides them is the few differences
+/// in set-up between the two guests (paging turned on, a user-mode
+/// entry): up to a handful of counts in 200 iterations, 1.00 to 1.03 on
+/// our hosts. Below 0.9, events went uncounted (the path measured
+/// something else, e.g. a port the world serves without an exit, which
+/// gives 0); above 1.5, the path takes more than one of its event per
+/// iteration.
+const COUNTED_PER_EVENT: std::ops::RangeInclusive<f64> = 0.9..=1.5;
+
+fn finite(row: &serde_json::Value, field: &str) -> f64 {
+    let value = row[field].as_f64().unwrap_or(f64::NAN);
+    assert!(value.is_finite(), "{field} of {row}");
+    value
 }
 
 #[test]
-fn calibrate_reports_every_bare_event_and_path() {
+fn calibrate_reports_every_bare_event_and_path_and_counts_each_path_s_events() {
     let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
         .args([
             "calibrate",
-            // A path's cost is its loop time minus the bare loop's: one
-            // short round on a busy machine can come out negative.
             "--iterations",
-            "500",
+            "200",
             "--rounds",
-            "3",
+            "1",
             "--json",
         ])
         .output()
@@ -57,20 +72,16 @@ fn calibrate_reports_every_bare_event_and_path() {
     );
     let table: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("calibrate --json prints JSON");
+    finite(&table, "tsc_per_ns");
+    finite(&table, "loop_ns");
     let bare = table["bare"].as_array().expect("a bare array");
     let names: Vec<&str> = bare
         .iter()
         .filter_map(|row| row["event"].as_str())
         .collect();
     assert_eq!(names, BARE);
-    let bare_ns = |name: &str| {
-        bare.iter()
-            .find(|row| row["event"] == name)
-            .and_then(|row| row["ns"].as_f64())
-            .expect("a bare cost")
-    };
-    for name in BARE {
-        measured(bare_ns(name), name);
+    for row in bare {
+        finite(row, "ns");
     }
     let paths = table["paths"].as_array().expect("a paths array");
     let names: Vec<&str> = paths
@@ -79,28 +90,26 @@ fn calibrate_reports_every_bare_event_and_path() {
         .collect();
     assert_eq!(names, PATHS);
     for row in paths {
-        let name = row["path"].as_str().unwrap_or_default();
-        let ns = row["ns"].as_f64().expect("a path cost");
-        measured(ns, name);
-        // "gp + 2 futex-handoff": the bare column is that sum.
-        let needs: f64 = row["needs"]
-            .as_str()
-            .expect("needs")
-            .split(" + ")
-            .map(|term| match term.split_once(' ') {
-                Some((count, event)) => count.parse::<f64>().expect("a count") * bare_ns(event),
-                None => bare_ns(term),
-            })
-            .sum();
-        let bare_total = row["bare_ns"].as_f64().expect("bare_ns");
+        for field in ["ns", "bare_ns", "counted_per_event"] {
+            finite(row, field);
+        }
+        // A path that needs no bare event has no ratio.
+        let needs = row["needs"].as_str().expect("needs");
+        if needs.is_empty() {
+            assert!(row["ratio"].is_null(), "{row}");
+        } else {
+            finite(row, "ratio");
+        }
         assert!(
-            (bare_total - needs).abs() < 1e-6 * needs,
-            "{name}: {bare_total} vs {needs}"
+            row["counter"].as_str().is_some_and(|name| !name.is_empty()),
+            "{row}"
         );
-        let ratio = row["ratio"].as_f64().expect("ratio");
         assert!(
-            (ratio - ns / needs).abs() < 1e-9 * ratio.max(1.0),
-            "{name}: ratio {ratio}"
+            COUNTED_PER_EVENT.contains(&finite(row, "counted_per_event")),
+            "{} counted {} of {} per event",
+            row["path"],
+            row["counted_per_event"],
+            row["counter"]
         );
     }
 }
@@ -112,5 +121,9 @@ fn calibrate_rejects_a_bad_option_with_one_line() {
         .output()
         .expect("run btvmm calibrate");
     assert_eq!(output.status.code(), Some(2));
-    assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"));
+    // One error line (clap adds a pointer to --help after it).
+    let errors = stderr.lines().filter(|line| line.starts_with("error:"));
+    assert_eq!(errors.count(), 1, "{stderr}");
 }

@@ -322,7 +322,7 @@ impl Aout {
     /// The file and the offsets of its header's address fields.
     fn build(&self) -> (Vec<u8>, Vec<usize>) {
         let mut file = vec![0x90u8; self.pad];
-        file.extend(multiboot::aout_kludge_image(
+        file.extend(experiments::image::aout_kludge_image(
             self.load, &self.code, self.entry,
         ));
         let fields = (1..8).map(|index| self.pad + 4 * index).collect();

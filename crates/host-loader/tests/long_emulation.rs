@@ -66,7 +66,7 @@ fn passes_under_both_mechanisms(name: &str, code: &[u8]) {
     let path = std::env::temp_dir().join(format!("btvmm-{name}-{}.bin", std::process::id()));
     std::fs::write(
         &path,
-        host_loader::multiboot::aout_kludge_image(LOAD, code, LOAD + 32),
+        experiments::image::aout_kludge_image(LOAD, code, LOAD + 32),
     )
     .expect("write the kernel");
     for mechanism in ["split", "hw"] {

@@ -19,7 +19,7 @@ fn a_page_directory_outside_ram_stops_the_vm_with_one_line() {
     let path = std::env::temp_dir().join(format!("btvmm-paging-{}.bin", std::process::id()));
     std::fs::write(
         &path,
-        host_loader::multiboot::aout_kludge_image(LOAD, &code, LOAD + 32),
+        experiments::image::aout_kludge_image(LOAD, &code, LOAD + 32),
     )
     .expect("write the kernel");
     let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))

@@ -10,7 +10,6 @@
 //! monitor's vocabulary ([`btvmm_core::Trap`], [`btvmm_core::HostRegisters`])
 //! and back; [`world`] wires it together; [`spawn`] is the host side.
 
-pub mod bare;
 pub mod channel;
 pub mod launcher;
 pub mod pool;
