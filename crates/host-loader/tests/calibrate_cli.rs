@@ -39,8 +39,8 @@ const PATHS: [&str; 12] = [
 /// child's counter less the same guest's without the event, over the
 /// events the loop made; what moves besides them is the few differences
 /// in set-up between the two guests (paging turned on, a user-mode
-/// entry): up to a handful of counts in 200 iterations, 1.00 to 1.03 on
-/// our hosts. Below 0.9, events went uncounted (the path measured
+/// entry): a handful of counts either way in 200 iterations, within 1%
+/// of 1 on our hosts. Below 0.9, events went uncounted (the path measured
 /// something else, e.g. a port the world serves without an exit, which
 /// gives 0); above 1.5, the path takes more than one of its event per
 /// iteration.
