@@ -123,6 +123,13 @@ fn a_quick_run_produces_every_cell() {
         if model["explanation"]["modelled_ns"].as_f64().is_none() {
             problems.push(format!("{benchmark}: no time model: {model}"));
         }
+        // Every term has its calibrate path.
+        if model["explanation"]["missing"]
+            .as_array()
+            .is_none_or(|missing| !missing.is_empty())
+        {
+            problems.push(format!("{benchmark}: costs missing: {model}"));
+        }
     }
     if json["calibration"].get("Ok").is_none() {
         problems.push(format!("calibrate: {}", json["calibration"]));
