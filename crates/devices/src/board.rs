@@ -10,6 +10,7 @@
 //! | 0x92           | system control port A (A20, fast reset)  |     |
 //! | 0xcf8, 0xcfc   | PCI configuration, an empty bus          |     |
 //! | 0xf4           | QEMU's debug-exit device (test kernels)  |     |
+//! | 0x508-0x50b    | btvmm's counter marks ([`crate::counter_mark`]) |  |
 //!
 //! Every other port floats: reads give all ones, writes go nowhere, and
 //! each access is counted by port so that what a guest probes is visible.
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::bus::{Bus, BusEffect, OverlapError, PortDevice};
+use crate::counter_mark::CounterMark;
 use crate::debug_exit::DebugExit;
 use crate::i8042::{I8042, I8042Effect};
 use crate::pci::EmptyPciBus;
@@ -28,6 +30,8 @@ use crate::uart::{InterruptCount, Uart};
 pub const COM1: u16 = 0x3f8;
 /// QEMU's debug-exit port as the test harness configures it.
 pub const DEBUG_EXIT: u16 = 0xf4;
+/// btvmm's counter-mark port.
+pub const COUNTER_MARK: u16 = 0x508;
 /// System control port A.
 pub const SYSTEM_PORT_A: u16 = 0x92;
 /// COM1's IRQ.
@@ -69,6 +73,7 @@ impl Board {
     pub fn new(console: impl Write + 'static) -> Result<Self, OverlapError> {
         let mut bus = Bus::new();
         bus.add("debug-exit", DEBUG_EXIT, 4, Box::new(DebugExit))?;
+        bus.add("counter-mark", COUNTER_MARK, 4, Box::new(CounterMark))?;
         Ok(Self {
             bus,
             com1: Uart::new(Box::new(console), InterruptCount::default()),

@@ -25,6 +25,8 @@ pub enum BusEffect {
     Exit(i32),
     /// The write pulsed the CPU's reset line.
     Reset,
+    /// The guest marked a point of its run ([`crate::counter_mark`]).
+    Mark(u32),
 }
 
 struct Range {

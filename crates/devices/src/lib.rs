@@ -10,6 +10,7 @@ pub mod board;
 pub mod bus;
 pub mod chipset;
 pub mod cmos;
+pub mod counter_mark;
 pub mod debug_exit;
 pub mod i8042;
 pub mod pci;

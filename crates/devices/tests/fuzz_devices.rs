@@ -313,7 +313,7 @@ fn board_op() -> impl Strategy<Value = BoardOp> {
 
 /// Whether any device of the board decodes a byte of this port.
 fn board_port(port: u16) -> bool {
-    matches!(port, 0x3f8..=0x3ff | 0x60 | 0x64 | 0x92 | 0xcf8..=0xcff | 0xf4..=0xf7)
+    matches!(port, 0x3f8..=0x3ff | 0x60 | 0x64 | 0x92 | 0xcf8..=0xcff | 0xf4..=0xf7 | 0x508..=0x50b)
 }
 
 /// COM1's line and modem control registers, as far as they decide where a
@@ -391,6 +391,14 @@ fn run_board(ops: &[BoardOp]) -> (Vec<u64>, Vec<u8>) {
                         );
                         board.reset();
                         uart = UartModel::POWER_ON;
+                    }
+                    BusEffect::Mark(mark) => {
+                        assert!(touches(0x508..=0x50b), "mark from OUT {port:#x}");
+                        assert_eq!(
+                            mark & mask(size),
+                            value & mask(size),
+                            "a mark is the value written"
+                        );
                     }
                 }
             }

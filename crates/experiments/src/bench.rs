@@ -23,7 +23,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ExperimentsError;
 use crate::model::parse_costs;
-use crate::results::{Line, Results, System, parse_counters, parse_line, per_unit};
+use crate::results::{
+    Breakdown, Line, Results, System, median_counters, parse_line, parse_marks, per_unit,
+};
 
 /// A benchmark of `bench.c` and its counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,19 +200,6 @@ impl BenchRequest {
         command
     }
 
-    /// btvmm with --stats, running `argument` (`benchmarks=...`).
-    fn btvmm_stats_command(&self, argument: &str) -> Command {
-        let mut command = Command::new(&self.btvmm);
-        command
-            .args(["run", "--stats", "--kernel"])
-            .arg(&self.kernel)
-            .arg("--initrd")
-            .arg(&self.initrd)
-            .args(["--memory", &self.memory_mib.to_string()])
-            .args(["--append", &format!("{APPEND} {argument}")]);
-        command
-    }
-
     /// `system` booting with `argument` (`benchmarks=...`).
     fn vm_command(&self, system: System, argument: &str) -> Command {
         let append = format!("{APPEND} {argument}");
@@ -218,7 +207,8 @@ impl BenchRequest {
         match system {
             System::Btvmm | System::BtvmmHw => {
                 let mut command = Command::new(&self.btvmm);
-                command.arg("run");
+                // --stats: the counters at the benchmarks' marks.
+                command.args(["run", "--stats"]);
                 if system == System::BtvmmHw {
                     command.args(["--breakpoints", "hw"]);
                 }
@@ -493,18 +483,15 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
         })
         .sum::<u64>()
         * u64::from(request.runs)
-        // The breakdown: a reference boot and one per benchmark; and
         // calibrate.
-        + if btvmm {
-            benchmarks.len() as u64 + 2
-        } else {
-            0
-        };
+        + u64::from(btvmm);
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // btvmm's counters per unit, by benchmark, one entry per run.
+    let mut marked: BTreeMap<&str, Vec<Breakdown>> = BTreeMap::new();
     // The CPU native runs are pinned to: the last one.
     let cpu = std::thread::available_parallelism().map_or(0, |count| count.get() - 1);
     for run in 1..=request.runs {
@@ -537,6 +524,11 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
                 BOOT_TIMEOUT,
             );
             record_lines(&mut results, system, &benchmarks, &outcome);
+            if system == System::Btvmm {
+                for (name, counters) in marked_counters(&outcome, &benchmarks) {
+                    marked.entry(name).or_default().push(counters);
+                }
+            }
             progress.inc(1);
             progress.set_message(format!(
                 "run {run}/{}: {} boot",
@@ -565,62 +557,63 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
             Some(failure) => Err(failure),
         });
     }
-    if request.systems.contains(&System::Btvmm) {
-        results.breakdown = breakdown(request, &benchmarks, &progress);
-    }
+    results.breakdown = marked
+        .into_iter()
+        .map(|(name, runs)| {
+            let counted: Vec<BTreeMap<String, f64>> = runs
+                .iter()
+                .filter_map(|run| run.as_ref().ok().cloned())
+                .collect();
+            let breakdown = if counted.is_empty() {
+                Err(runs
+                    .into_iter()
+                    .find_map(Result::err)
+                    .unwrap_or_else(|| "no run".to_owned()))
+            } else {
+                Ok(median_counters(&counted))
+            };
+            (name.to_owned(), breakdown)
+        })
+        .collect();
     results.compute_model();
     progress.finish_and_clear();
     write_results(&results, &request.out)?;
     Ok(results)
 }
 
-/// The benchmark whose boot the breakdown subtracts: the boot, /init,
-/// one exec of the program and power-off, nearly nothing else.
-const REFERENCE: &str = "benchmarks=nqueens:1";
-
-/// btvmm's counters per unit of each benchmark: one boot with --stats per
-/// benchmark, less a reference boot ([`REFERENCE`]), over the count.
-fn breakdown(
-    request: &BenchRequest,
-    benchmarks: &[Benchmark],
-    progress: &ProgressBar,
-) -> BTreeMap<String, Result<BTreeMap<String, f64>, String>> {
-    progress.set_message("breakdown: btvmm reference boot");
-    let reference = run_collecting(request.btvmm_stats_command(REFERENCE), BOOT_TIMEOUT);
-    progress.inc(1);
-    let reference = match reference.failure {
-        None => Ok(parse_counters(&reference.stderr)),
-        Some(failure) => Err(format!("the reference boot failed: {failure}")),
-    };
-    let mut rows = BTreeMap::new();
-    for benchmark in benchmarks {
-        progress.set_message(format!("breakdown: btvmm {}", benchmark.name));
-        let count = request.count(benchmark);
-        let boot = run_collecting(
-            request.btvmm_stats_command(&format!("benchmarks={}:{count}", benchmark.name)),
-            BOOT_TIMEOUT,
-        );
-        progress.inc(1);
-        // Counters of a boot whose benchmark failed would be no measure.
-        let result = boot.lines.iter().find_map(|line| match line {
-            Line::Result(result) if result.name == benchmark.name => Some(Ok(())),
-            Line::Error { name, error } if name == benchmark.name => Some(Err(error.clone())),
-            _ => None,
-        });
-        let row = match (&reference, boot.failure, result) {
-            (Err(error), _, _) => Err(error.clone()),
-            (Ok(_), Some(failure), _) => Err(failure),
-            (Ok(_), None, Some(Err(error))) => Err(error),
-            (Ok(_), None, None) => Err("no result line".to_owned()),
-            (Ok(reference), None, Some(Ok(()))) => Ok(per_unit(
-                &parse_counters(&boot.stderr),
-                reference,
-                u64::from(count),
-            )),
-        };
-        rows.insert(benchmark.name.to_owned(), row);
-    }
-    rows
+/// The counters per unit of each benchmark in one btvmm boot, from the
+/// counter marks its program wrote around its loop (the result line names
+/// the first), or why there are none.
+fn marked_counters(boot: &Boot, benchmarks: &[Benchmark]) -> Vec<(&'static str, Breakdown)> {
+    let marks = parse_marks(&boot.stderr);
+    benchmarks
+        .iter()
+        .map(|benchmark| {
+            let line = boot.lines.iter().find_map(|line| match line {
+                Line::Result(result) if result.name == benchmark.name => Some(Ok(result)),
+                Line::Error { name, error } if name == benchmark.name => Some(Err(error.clone())),
+                _ => None,
+            });
+            let counters = match line {
+                None => Err(boot
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| "no result line".to_owned())),
+                Some(Err(error)) => Err(error),
+                Some(Ok(result)) => match result.mark {
+                    None => Err("the program wrote no counter marks".to_owned()),
+                    Some(mark) => match (marks.get(&mark), marks.get(&(mark + 1))) {
+                        (Some(start), Some(end)) => Ok(per_unit(end, start, result.count)),
+                        _ => Err(format!(
+                            "btvmm reported no counters at marks {mark} and {}",
+                            mark + 1
+                        )),
+                    },
+                },
+            };
+            (benchmark.name, counters)
+        })
+        .collect()
 }
 
 /// The boot benchmark's two times (ns), or why there are none: the end
@@ -679,7 +672,8 @@ fn write_results(results: &Results, out: &Path) -> Result<(), ExperimentsError> 
     let mut markdown = results.markdown();
     if !results.breakdown.is_empty() {
         markdown.push_str(
-            "\nbtvmm's monitor counters per unit (a boot with --stats less a reference boot):\n\n",
+            "\nbtvmm's monitor counters per unit, between the counter marks the program \
+             wrote around its loop (median over the runs):\n\n",
         );
         markdown.push_str(&results.breakdown_markdown());
     }
@@ -822,5 +816,48 @@ mod tests {
                 Err("/init never said it started".to_owned())
             )
         );
+    }
+
+    #[test]
+    fn each_benchmark_gets_the_counters_between_its_own_marks() {
+        let lines = [
+            "bench name=getuid count=10 unit=call ns=100 per_unit_ns=10.0 mark=2",
+            "bench name=getuid-int80 count=10 unit=call ns=100 per_unit_ns=10.0",
+            "bench name=fork-exec error=fork:Out of memory",
+            "bench name=pipe-switch count=4 unit=round-trip ns=100 per_unit_ns=25.0 mark=8",
+        ];
+        let boot = Boot {
+            lines: lines.iter().filter_map(|line| parse_line(line)).collect(),
+            stdout: String::new(),
+            to_init: None,
+            ended: None,
+            failure: None,
+            stderr: "counter mark 2: traps=100\ncounter mark 3: traps=150\n\
+                     counter mark 8: traps=150\n"
+                .into(),
+        };
+        let counted = marked_counters(&boot, &BENCHMARKS[..5]);
+        let names: Vec<&str> = counted.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "getuid",
+                "getuid-int80",
+                "fork-exec",
+                "pipe-switch",
+                "thread-switch"
+            ]
+        );
+        assert_eq!(counted[0].1.as_ref().map(|c| c["traps"]), Ok(5.0));
+        assert_eq!(
+            counted[1].1,
+            Err("the program wrote no counter marks".to_owned())
+        );
+        assert_eq!(counted[2].1, Err("fork:Out of memory".to_owned()));
+        assert_eq!(
+            counted[3].1,
+            Err("btvmm reported no counters at marks 8 and 9".to_owned())
+        );
+        assert_eq!(counted[4].1, Err("no result line".to_owned()));
     }
 }

@@ -80,6 +80,9 @@ pub struct ResultLine {
     pub unit: String,
     /// Nanoseconds around the loop.
     pub ns: u64,
+    /// The counter mark written before the loop (the one after it is one
+    /// more), when the program wrote marks.
+    pub mark: Option<u32>,
 }
 
 impl ResultLine {
@@ -130,6 +133,7 @@ pub fn parse_line(line: &str) -> Option<Line> {
         count: fields.get("count")?.parse().ok()?,
         unit: (*fields.get("unit")?).to_owned(),
         ns: fields.get("ns")?.parse().ok()?,
+        mark: fields.get("mark").and_then(|mark| mark.parse().ok()),
     }))
 }
 
@@ -187,6 +191,10 @@ impl Cell {
     }
 }
 
+/// btvmm's counters per unit of one benchmark (counter name -> value), or
+/// why there are none.
+pub type Breakdown = Result<BTreeMap<String, f64>, String>;
+
 /// The results of a `btvmm bench` run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Results {
@@ -199,9 +207,10 @@ pub struct Results {
     pub cells: BTreeMap<(String, System), Cell>,
     /// Versions and command lines.
     pub environment: BTreeMap<String, String>,
-    /// Per benchmark: btvmm's counters per unit ([`BREAKDOWN`]), or why
+    /// Per benchmark: btvmm's counters per unit ([`BREAKDOWN`]) between
+    /// the program's counter marks (the median over btvmm's runs), or why
     /// there are none.
-    pub breakdown: BTreeMap<String, Result<BTreeMap<String, f64>, String>>,
+    pub breakdown: BTreeMap<String, Breakdown>,
     /// `btvmm calibrate`'s path costs, measured in the same run, or why
     /// there are none (None: not asked for).
     pub calibration: Option<Result<Costs, String>>,
@@ -255,6 +264,48 @@ pub fn parse_counters(stats: &str) -> BTreeMap<String, u64> {
         .filter_map(|line| {
             let (name, value) = line.trim_end().rsplit_once(' ')?;
             Some((name.trim().to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The counters `btvmm run --stats` printed at each counter mark
+/// (`counter mark M: NAME=VALUE; NAME=VALUE; ...` lines), by mark.
+#[must_use]
+pub fn parse_marks(stats: &str) -> BTreeMap<u32, BTreeMap<String, u64>> {
+    stats
+        .lines()
+        .filter_map(|line| {
+            let (mark, fields) = line.strip_prefix("counter mark ")?.split_once(": ")?;
+            let counters = fields
+                .split("; ")
+                .filter_map(|field| {
+                    let (name, value) = field.rsplit_once('=')?;
+                    Some((name.to_owned(), value.trim().parse().ok()?))
+                })
+                .collect();
+            Some((mark.parse().ok()?, counters))
+        })
+        .collect()
+}
+
+/// The median of each counter over several breakdowns of one benchmark
+/// (one per run).
+#[must_use]
+pub fn median_counters(runs: &[BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
+    let mut names: Vec<&String> = runs.iter().flat_map(BTreeMap::keys).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter_map(|run| run.get(name).copied())
+                .collect();
+            (
+                name.clone(),
+                Stats::of(&values).map_or(0.0, |stats| stats.median),
+            )
         })
         .collect()
 }
@@ -609,6 +660,17 @@ mod tests {
                 count: 100,
                 unit: "call".into(),
                 ns: 4400,
+                mark: None,
+            }))
+        );
+        assert_eq!(
+            parse_line("bench name=mmap count=2 unit=MiB ns=10 per_unit_ns=5.0 mark=14"),
+            Some(Line::Result(ResultLine {
+                name: "mmap".into(),
+                count: 2,
+                unit: "MiB".into(),
+                ns: 10,
+                mark: Some(14),
             }))
         );
         assert_eq!(
@@ -788,5 +850,31 @@ mod tests {
         );
         assert!(table.contains(" | - | - | 2.50 |\n"), "{table}");
         assert_eq!(System::parse("btvmm-hw"), Ok(System::BtvmmHw));
+    }
+
+    #[test]
+    fn marks_give_each_point_its_counters() {
+        let stats = "traps 50\n\
+                     counter mark 2: traps=10; trap: #GP=3; time: monitor work (ns)=900\n\
+                     counter mark 3: traps=30; trap: #GP=4; time: monitor work (ns)=1900\n\
+                     counter mark x: traps=1\n";
+        let marks = parse_marks(stats);
+        assert_eq!(marks.len(), 2);
+        assert_eq!(marks[&2]["trap: #GP"], 3);
+        assert_eq!(marks[&3]["time: monitor work (ns)"], 1900);
+        let per = per_unit(&marks[&3], &marks[&2], 10);
+        assert_eq!(per["traps"], 2.0);
+        assert_eq!(per["time: monitor work (ns)"], 100.0);
+        assert_eq!(
+            parse_counters(stats).get("traps"),
+            Some(&50),
+            "totals unchanged"
+        );
+        let runs = [
+            [("traps".to_owned(), 1.0)].into_iter().collect(),
+            [("traps".to_owned(), 5.0)].into_iter().collect(),
+            [("traps".to_owned(), 2.0)].into_iter().collect(),
+        ];
+        assert_eq!(median_counters(&runs)["traps"], 2.0);
     }
 }

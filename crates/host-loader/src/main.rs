@@ -412,6 +412,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for (name, value) in outcome.counters.report() {
                     eprintln!("{name:<40} {value:>12}");
                 }
+                // One line per mark (the guest program's own points, see
+                // devices::counter_mark), every counter as NAME=VALUE.
+                for (mark, counters) in &outcome.marks {
+                    let fields: Vec<String> = counters
+                        .report()
+                        .into_iter()
+                        .map(|(name, value)| format!("{name}={value}"))
+                        .collect();
+                    eprintln!("counter mark {mark}: {}", fields.join("; "));
+                }
+                if outcome.marks.len() == host_loader::run::MARKS_KEPT {
+                    eprintln!(
+                        "counter marks: only the first {} were kept",
+                        host_loader::run::MARKS_KEPT
+                    );
+                }
                 for (member, memory) in outcome.worlds.iter().enumerate() {
                     eprintln!(
                         "world {member}: page tables {} KiB, private {} KiB, shared {} KiB, {} mappings",

@@ -242,7 +242,14 @@ pub struct RunOutcome {
     pub unclaimed_ports: Vec<(u16, u64, u64)>,
     /// How many times the guest reset and was booted again.
     pub resets: u64,
+    /// The counters at each write to the counter-mark port (value,
+    /// counters), the first [`MARKS_KEPT`] of them.
+    pub marks: Vec<(u32, Counters)>,
 }
+
+/// Counter marks kept at most: a guest that writes the port in a loop
+/// costs no more host memory than this.
+pub const MARKS_KEPT: usize = 4096;
 
 impl RunOutcome {
     /// The process exit status for this ending.
@@ -568,6 +575,7 @@ fn serve_vm(
         console: console_input.as_ref(),
         input: VecDeque::new(),
         signals: &signals,
+        marks: Vec::new(),
     };
     let mut resets = 0;
     let ending = loop {
@@ -595,6 +603,7 @@ fn serve_vm(
         worlds: std::mem::take(&mut host.memory),
         unclaimed_ports,
         resets,
+        marks: std::mem::take(&mut host.marks),
     })
 }
 
@@ -630,6 +639,8 @@ struct Host<'a> {
     input: VecDeque<u8>,
     /// Set to the number of a terminating signal.
     signals: &'a AtomicUsize,
+    /// Counter marks so far.
+    marks: Vec<(u32, Counters)>,
 }
 
 impl Host<'_> {
@@ -713,6 +724,14 @@ impl Host<'_> {
                     BusEffect::Reset => {
                         self.channel.reply(Reply::Terminate);
                         return Ending::Reset;
+                    }
+                    BusEffect::Mark(value) => {
+                        // The world published its counters with this exit.
+                        if self.marks.len() < MARKS_KEPT {
+                            self.marks
+                                .push((value, Counters::from_slice(&self.channel.counters())));
+                        }
+                        Reply::Continue
                     }
                     BusEffect::None => Reply::Continue,
                 },
