@@ -60,16 +60,30 @@ fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
     )
 }
 
+/// What a chart says around its bars.
+struct Frame<'a> {
+    caption: &'a str,
+    y_description: &'a str,
+    /// A horizontal line (1 on the slowdown chart).
+    reference_line: Option<f64>,
+    /// Where the legend goes: clear of the tallest bars.
+    legend: SeriesLabelPosition,
+}
+
 /// Draws grouped bars for `groups` (x labels) into `path`.
 fn draw_bars(
     path: &Path,
-    caption: &str,
-    y_description: &str,
+    frame: Frame<'_>,
     groups: &[String],
     systems: &[System],
     bars: &[Bar],
-    reference_line: Option<f64>,
 ) -> Result<(), ExperimentsError> {
+    let Frame {
+        caption,
+        y_description,
+        reference_line,
+        legend,
+    } = frame;
     let (low, high) = decades(
         bars.iter()
             .flat_map(|bar| [bar.value, bar.low, bar.high])
@@ -146,7 +160,7 @@ fn draw_bars(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.9))
         .label_font(("sans-serif", 14))
@@ -187,12 +201,16 @@ pub fn write_plots(results: &Results, out: &Path) -> Result<Vec<PathBuf>, Experi
     let times = out.join("times.svg");
     draw_bars(
         &times,
-        "Time per unit, median of the runs (whiskers: min-max)",
-        "nanoseconds per unit (log scale; units in results.md)",
+        Frame {
+            caption: "Time per unit, median of the runs (whiskers: min-max)",
+            y_description: "nanoseconds per unit (log scale; units in results.md)",
+            reference_line: None,
+            // The boot rows, at the right, are the tallest bars.
+            legend: SeriesLabelPosition::UpperLeft,
+        },
         &groups,
         &results.systems,
         &bars,
-        None,
     )?;
     // Slowdown over native, for the benchmarks native ran.
     let compared: Vec<System> = results
@@ -225,12 +243,15 @@ pub fn write_plots(results: &Results, out: &Path) -> Result<Vec<PathBuf>, Experi
     let slowdown = out.join("slowdown.svg");
     draw_bars(
         &slowdown,
-        "Slowdown over native (median; 1 = native speed)",
-        "time / native time (log scale)",
+        Frame {
+            caption: "Slowdown over native (median; 1 = native speed)",
+            y_description: "time / native time (log scale)",
+            reference_line: Some(1.0),
+            legend: SeriesLabelPosition::UpperRight,
+        },
         &slow_groups,
         &compared,
         &slow_bars,
-        Some(1.0),
     )?;
     Ok(vec![times, slowdown])
 }
