@@ -357,9 +357,11 @@ fn run_collecting(mut command: Command, timeout: Duration) -> Boot {
             other => Some(format!(
                 "ended with {}: {}",
                 other.map_or_else(|| "no status".to_owned(), |exit| exit.to_string()),
+                // btvmm's own message, not the --stats lines around it.
                 stderr
                     .lines()
-                    .find(|line| !line.trim().is_empty())
+                    .find(|line| line.starts_with("btvmm:"))
+                    .or_else(|| stderr.lines().find(|line| !line.trim().is_empty()))
                     .unwrap_or("")
                     .trim()
             )),
@@ -508,7 +510,12 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
                         .arg(&request.program)
                         .args([benchmark.name, &request.count(benchmark).to_string()])
                         .env("BUSYBOX", &request.busybox);
-                    let outcome = run_collecting(command, NATIVE_TIMEOUT);
+                    let mut outcome = run_collecting(command, NATIVE_TIMEOUT);
+                    keep_log(
+                        &request.out,
+                        &format!("native-{}-run{run}", benchmark.name),
+                        &mut outcome,
+                    );
                     record_lines(&mut results, system, &[*benchmark], &outcome);
                     progress.inc(1);
                 }
@@ -519,9 +526,14 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
                 request.runs,
                 system.title()
             ));
-            let outcome = run_collecting(
+            let mut outcome = run_collecting(
                 request.vm_command(system, &request.kernel_argument(&benchmarks)),
                 BOOT_TIMEOUT,
+            );
+            keep_log(
+                &request.out,
+                &format!("{}-benchmarks-run{run}", system.name()),
+                &mut outcome,
             );
             record_lines(&mut results, system, &benchmarks, &outcome);
             if system == System::Btvmm {
@@ -535,7 +547,12 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
                 request.runs,
                 system.title()
             ));
-            let boot = run_collecting(request.vm_command(system, NO_BENCHMARKS), BOOT_TIMEOUT);
+            let mut boot = run_collecting(request.vm_command(system, NO_BENCHMARKS), BOOT_TIMEOUT);
+            keep_log(
+                &request.out,
+                &format!("{}-boot-run{run}", system.name()),
+                &mut boot,
+            );
             let (to_init, to_end) = boot_times(&boot);
             results.record(BOOT, system, to_init);
             results.record(BOOT_END, system, to_end);
@@ -544,7 +561,8 @@ pub fn run(request: &BenchRequest) -> Result<Results, ExperimentsError> {
     }
     if btvmm {
         progress.set_message("btvmm calibrate (for the time model)");
-        let calibration = run_collecting(request.calibrate_command(), CALIBRATE_TIMEOUT);
+        let mut calibration = run_collecting(request.calibrate_command(), CALIBRATE_TIMEOUT);
+        keep_log(&request.out, "calibrate", &mut calibration);
         progress.inc(1);
         results.calibration = Some(match calibration.failure {
             None => {
@@ -614,6 +632,23 @@ fn marked_counters(boot: &Boot, benchmarks: &[Benchmark]) -> Vec<(&'static str, 
             (benchmark.name, counters)
         })
         .collect()
+}
+
+/// A failed run's whole output goes to `out/logs/NAME.log`, which its
+/// failure then names: the one line of the table cannot say everything.
+fn keep_log(out: &Path, name: &str, boot: &mut Boot) {
+    let Some(failure) = &mut boot.failure else {
+        return;
+    };
+    let logs = out.join("logs");
+    let path = logs.join(format!("{name}.log"));
+    let text = format!(
+        "{failure}\n--- standard output\n{}\n--- standard error\n{}",
+        boot.stdout, boot.stderr
+    );
+    if std::fs::create_dir_all(&logs).is_ok() && std::fs::write(&path, text).is_ok() {
+        failure.push_str(&format!(" (log: logs/{name}.log)"));
+    }
 }
 
 /// The boot benchmark's two times (ns), or why there are none: the end
@@ -859,5 +894,36 @@ mod tests {
             Err("btvmm reported no counters at marks 8 and 9".to_owned())
         );
         assert_eq!(counted[4].1, Err("no result line".to_owned()));
+    }
+
+    #[test]
+    fn a_failed_run_leaves_its_whole_output() {
+        let out = std::env::temp_dir().join(format!("btvmm-keep-log-{}", std::process::id()));
+        let mut boot = Boot {
+            lines: Vec::new(),
+            stdout: "[ 1.0] kernel line\n".into(),
+            to_init: None,
+            ended: None,
+            failure: Some("ended with exit status: 2: btvmm: stopped".into()),
+            stderr: "traps 5\nbtvmm: stopped\n".into(),
+        };
+        keep_log(&out, "btvmm-benchmarks-run2", &mut boot);
+        let log = std::fs::read_to_string(out.join("logs/btvmm-benchmarks-run2.log"));
+        let _ = std::fs::remove_dir_all(&out);
+        assert_eq!(
+            boot.failure.as_deref(),
+            Some("ended with exit status: 2: btvmm: stopped (log: logs/btvmm-benchmarks-run2.log)")
+        );
+        let log = log.expect("the log");
+        assert!(
+            log.contains("[ 1.0] kernel line") && log.contains("traps 5"),
+            "{log}"
+        );
+        let mut fine = Boot {
+            failure: None,
+            ..boot
+        };
+        keep_log(&out, "fine", &mut fine);
+        assert!(!out.exists(), "nothing written for a run that worked");
     }
 }
