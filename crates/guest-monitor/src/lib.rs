@@ -127,6 +127,9 @@ pub struct Boot {
 pub struct Monitor {
     cpu: Cpu,
     planner: Planner,
+    /// Instructions the emulator and the split view decoded, by their
+    /// bytes (the same kernel paths are interpreted over and over).
+    decode_cache: emu::decode_cache::DecodeCache,
     shadows: Shadows,
     counters: Counters,
     /// The monitor set TF for one instruction.
@@ -222,6 +225,7 @@ impl Monitor {
             limit: boot.gdt.1,
         };
         Ok(Self {
+            decode_cache: emu::decode_cache::DecodeCache::default(),
             cpu,
             planner: Planner::new(PlannerConfig {
                 classify: cfg_planner::ClassifyConfig {
@@ -828,7 +832,7 @@ impl Monitor {
                 terminate: &mut terminate,
                 mmu: &mut self.mmu,
             };
-            match emu::fetch(&self.cpu, &mut view) {
+            match emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache) {
                 Ok(instr) => {
                     class = known.unwrap_or_else(|| cfg_planner::classify(&instr, &classify));
                     #[allow(clippy::cast_possible_truncation)] // at most 15

@@ -47,6 +47,7 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use btvmm_core::cpu::{CpuView, Eflags};
+use btvmm_core::emu::decode_cache::Decoded;
 use btvmm_core::{GuestVirt, PAGE_SIZE, StopReason, WorldServices};
 use cfg_planner::{BlockEnd, PoiKind, PointerKind};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
@@ -554,10 +555,10 @@ impl Monitor {
         {
             len = MAX_INSTRUCTION;
         }
-        let mut decoder =
-            Decoder::with_ip(32, &bytes[..len], u64::from(linear), DecoderOptions::NONE);
-        let instr = decoder.decode();
-        (!instr.is_invalid()).then_some(instr)
+        match self.decode_cache.decode(32, linear, &bytes[..len]) {
+            Decoded::Instruction(instr) => Some(instr),
+            Decoded::NeedsMoreBytes | Decoded::Invalid => None,
+        }
     }
 
     /// Copies the code from `start` into its alias, and the code its

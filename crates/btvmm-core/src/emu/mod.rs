@@ -22,6 +22,7 @@ pub mod alu;
 pub mod control;
 pub mod cpuid;
 pub mod data;
+pub mod decode_cache;
 pub mod flags;
 pub mod fpu;
 pub mod interrupt;
@@ -30,7 +31,9 @@ pub mod segment;
 pub mod string;
 pub mod system;
 
-use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
+use iced_x86::{Instruction, OpKind, Register};
+
+use decode_cache::{DecodeCache, Decoded};
 
 use crate::cpu::{Cpu, Eflags, SegReg};
 use crate::exception::{Exception, Stop};
@@ -60,6 +63,16 @@ pub fn step(cpu: &mut Cpu, machine: &mut dyn Machine) -> Result<Outcome, Stop> {
 
 /// Reads and decodes the instruction at CS:EIP.
 pub fn fetch(cpu: &Cpu, machine: &mut dyn Machine) -> Result<Instruction, Stop> {
+    fetch_with(cpu, machine, &mut DecodeCache::default())
+}
+
+/// [`fetch`], decoding through `cache` (the same instruction, without
+/// decoding bytes seen at that address before again).
+pub fn fetch_with(
+    cpu: &Cpu,
+    machine: &mut dyn Machine,
+    cache: &mut DecodeCache,
+) -> Result<Instruction, Stop> {
     const MAX_LEN: usize = 15;
     let cs = cpu.segment(SegReg::Cs).cache;
     let mut bytes = [0u8; MAX_LEN];
@@ -92,20 +105,11 @@ pub fn fetch(cpu: &Cpu, machine: &mut dyn Machine) -> Result<Instruction, Stop> 
         }
     }
     let bitness = if cs.big { 32 } else { 16 };
-    let mut decoder = Decoder::with_ip(
-        bitness,
-        &bytes[..fetched],
-        u64::from(cpu.eip),
-        DecoderOptions::NONE,
-    );
-    let instr = decoder.decode();
-    if decoder.last_error() == DecoderError::NoMoreBytes {
-        return Err(fault.unwrap_or(Stop::Exception(Exception::ud())));
+    match cache.decode(bitness, cpu.eip, &bytes[..fetched]) {
+        Decoded::Instruction(instr) => Ok(instr),
+        Decoded::NeedsMoreBytes => Err(fault.unwrap_or(Stop::Exception(Exception::ud()))),
+        Decoded::Invalid => Err(Stop::Exception(Exception::ud())),
     }
-    if instr.is_invalid() {
-        return Err(Stop::Exception(Exception::ud()));
-    }
-    Ok(instr)
 }
 
 /// Executes one decoded instruction (decoded at CS:EIP).

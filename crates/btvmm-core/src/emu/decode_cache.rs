@@ -1,0 +1,157 @@
+//! Decoded instructions remembered by their bytes: decoding is a pure
+//! function of (bytes, address, code size), so an instruction decoded once
+//! is reused whenever the same bytes are fetched at the same address again,
+//! with no invalidation to get wrong. Code the guest rewrites simply stops
+//! matching. The monitor interprets the same kernel paths over and over
+//! (system-call entry and exit, interrupt paths), and building iced's
+//! decoder for each instruction cost more than the rest of a fetch.
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+
+/// Slots: a direct-mapped table indexed by address.
+const SLOTS: usize = 1024;
+/// Longest x86 instruction.
+const MAX_LEN: usize = 15;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    ip: u32,
+    bitness: u32,
+    bytes: [u8; MAX_LEN],
+    instr: Instruction,
+}
+
+/// What decoding some fetched bytes gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole valid instruction.
+    Instruction(Instruction),
+    /// The bytes end before the instruction does.
+    NeedsMoreBytes,
+    /// Not a valid instruction.
+    Invalid,
+}
+
+/// Remembered decodings (64 KiB or so; nothing allocated per lookup).
+pub struct DecodeCache {
+    slots: Box<[Option<Slot>]>,
+    hits: u64,
+    misses: u64,
+}
+
+impl Default for DecodeCache {
+    fn default() -> Self {
+        Self {
+            slots: vec![None; SLOTS].into_boxed_slice(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for DecodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeCache")
+            .field("hits", &self.hits)
+            .field("misses", &self.misses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecodeCache {
+    /// Decodes the instruction at the start of `bytes`, fetched at `ip`, in
+    /// 16- or 32-bit code (`bitness`), exactly as iced's decoder would.
+    pub fn decode(&mut self, bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
+        let index = (ip ^ (ip >> 10)) as usize % SLOTS;
+        if let Some(slot) = &self.slots[index] {
+            let len = slot.instr.len();
+            if slot.ip == ip
+                && slot.bitness == bitness
+                && bytes.len() >= len
+                && bytes[..len] == slot.bytes[..len]
+            {
+                self.hits += 1;
+                return Decoded::Instruction(slot.instr);
+            }
+        }
+        self.misses += 1;
+        let mut decoder = Decoder::with_ip(bitness, bytes, u64::from(ip), DecoderOptions::NONE);
+        let instr = decoder.decode();
+        if decoder.last_error() == DecoderError::NoMoreBytes {
+            return Decoded::NeedsMoreBytes;
+        }
+        if instr.is_invalid() {
+            return Decoded::Invalid;
+        }
+        let mut saved = [0u8; MAX_LEN];
+        saved[..instr.len()].copy_from_slice(&bytes[..instr.len()]);
+        self.slots[index] = Some(Slot {
+            ip,
+            bitness,
+            bytes: saved,
+            instr,
+        });
+        Decoded::Instruction(instr)
+    }
+
+    /// Lookups answered from the table and decoded afresh.
+    #[must_use]
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iced(bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
+        let mut decoder = Decoder::with_ip(bitness, bytes, u64::from(ip), DecoderOptions::NONE);
+        let instr = decoder.decode();
+        if decoder.last_error() == DecoderError::NoMoreBytes {
+            Decoded::NeedsMoreBytes
+        } else if instr.is_invalid() {
+            Decoded::Invalid
+        } else {
+            Decoded::Instruction(instr)
+        }
+    }
+
+    #[test]
+    fn a_remembered_decoding_is_the_decoders_and_changed_bytes_are_decoded_again() {
+        let mut cache = DecodeCache::default();
+        // jmp rel32 (the target depends on the address), then the same
+        // address rewritten to push ebp; mov ebp, esp.
+        let jump = [0xe9, 0x10, 0, 0, 0, 0x90, 0x90];
+        let push = [0x55, 0x89, 0xe5, 0x90];
+        for _ in 0..2 {
+            assert_eq!(
+                cache.decode(32, 0xc100_0000, &jump),
+                iced(32, 0xc100_0000, &jump)
+            );
+        }
+        assert_eq!(cache.stats(), (1, 1));
+        assert_eq!(
+            cache.decode(32, 0xc100_0000, &push),
+            iced(32, 0xc100_0000, &push)
+        );
+        assert_eq!(
+            cache.decode(32, 0xc200_0000, &jump),
+            iced(32, 0xc200_0000, &jump)
+        );
+        assert_eq!(
+            cache.decode(16, 0xc200_0000, &jump),
+            iced(16, 0xc200_0000, &jump)
+        );
+        assert_eq!(cache.stats(), (1, 4));
+        // Bytes that stop early give the decoder's answer, not the slot's.
+        assert_eq!(
+            cache.decode(16, 0xc200_0000, &jump[..2]),
+            Decoded::NeedsMoreBytes
+        );
+        assert_eq!(
+            cache.decode(32, 0x1000, &[0x0f, 0xff]),
+            iced(32, 0x1000, &[0x0f, 0xff])
+        );
+    }
+}
