@@ -153,11 +153,23 @@ impl AliasMemory {
         }
     }
 
-    /// Forgets everything decoded on `page`: all INT3 again.
+    /// Forgets everything decoded on `page`: all INT3 again. A page never
+    /// prepared holds nothing decoded: it is left alone (every emulated
+    /// write to any guest page comes here, and preparing would fill and
+    /// commit an alias page for each data page written).
     pub fn reset(&mut self, page: u32) {
-        if self.prepare(page) {
+        if self.prepared(page) {
             self.fill(page as usize, UNDECODED);
         }
+    }
+
+    /// Whether alias page `page` was prepared (filled once; anything
+    /// decoded is there).
+    #[must_use]
+    pub fn prepared(&self, page: u32) -> bool {
+        let page = page as usize;
+        // SAFETY: `bitmap_byte` stays inside the mapping (page < pages).
+        page < self.pages && unsafe { self.bitmap_byte(page).read() } & (1 << (page % 8)) != 0
     }
 
     /// Forgets everything decoded on every page (what is sensitive
@@ -274,6 +286,12 @@ mod tests {
         assert!(alias.read(2, 99, &mut byte));
         assert_eq!(byte, [UNDECODED; 3]);
         assert!(!alias.write(4, 0, &[0]), "outside guest RAM");
+        alias.reset(3);
+        assert!(
+            !alias.prepared(3),
+            "a reset of a page never used prepares nothing"
+        );
+        assert!(alias.prepared(2));
         assert!(!alias.write(1, 4095, &[0, 0]), "past the page");
     }
 
