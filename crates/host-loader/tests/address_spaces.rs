@@ -135,10 +135,10 @@ fn stats_show_each_world_process_s_memory() {
 
 #[test]
 fn a_member_that_missed_more_than_the_log_holds_starts_afresh() {
-    let stats = run_spaces("spaces=3 mib=4 rounds=2 churn=20000");
+    let stats = run_spaces("spaces=3 mib=4 rounds=2 churn=140000");
     // Two members start afresh on their first turn (the run without
-    // churn shows only those); the three turns after the 20000 table
-    // writes find the log overrun.
+    // churn shows only those); the three turns after the 140000 table
+    // writes find the log (131,072 events) overrun.
     assert_eq!(
         counter(&stats, "pool: shadows started afresh"),
         5,
