@@ -620,13 +620,17 @@ fn marked_counters(boot: &Boot, benchmarks: &[Benchmark]) -> Vec<(&'static str, 
                 Some(Err(error)) => Err(error),
                 Some(Ok(result)) => match result.mark {
                     None => Err("the program wrote no counter marks".to_owned()),
-                    Some(mark) => match (marks.get(&mark), marks.get(&(mark + 1))) {
-                        (Some(start), Some(end)) => Ok(per_unit(end, start, result.count)),
-                        _ => Err(format!(
-                            "btvmm reported no counters at marks {mark} and {}",
-                            mark + 1
-                        )),
-                    },
+                    // The line comes from the guest: its mark may be any
+                    // number, the last one included.
+                    Some(mark) => {
+                        let end = mark.wrapping_add(1);
+                        match (marks.get(&mark), marks.get(&end)) {
+                            (Some(start), Some(end)) => Ok(per_unit(end, start, result.count)),
+                            _ => Err(format!(
+                                "btvmm reported no counters at marks {mark} and {end}"
+                            )),
+                        }
+                    }
                 },
             };
             (benchmark.name, counters)
@@ -860,6 +864,7 @@ mod tests {
             "bench name=getuid-int80 count=10 unit=call ns=100 per_unit_ns=10.0",
             "bench name=fork-exec error=fork:Out of memory",
             "bench name=pipe-switch count=4 unit=round-trip ns=100 per_unit_ns=25.0 mark=8",
+            "bench name=thread-switch count=4 unit=round-trip ns=1 per_unit_ns=0.2 mark=4294967295",
         ];
         let boot = Boot {
             lines: lines.iter().filter_map(|line| parse_line(line)).collect(),
@@ -893,7 +898,15 @@ mod tests {
             counted[3].1,
             Err("btvmm reported no counters at marks 8 and 9".to_owned())
         );
-        assert_eq!(counted[4].1, Err("no result line".to_owned()));
+        assert_eq!(
+            counted[4].1,
+            Err("btvmm reported no counters at marks 4294967295 and 0".to_owned()),
+            "the last mark number wraps, it does not overflow"
+        );
+        assert_eq!(
+            marked_counters(&boot, &BENCHMARKS[5..6])[0].1,
+            Err("no result line".to_owned())
+        );
     }
 
     #[test]
