@@ -34,7 +34,7 @@ use std::sync::Arc;
 use btvmm_core::GuestVirt;
 use cfg_planner::{Block, BlockEnd, Planner, PlannerConfig, PoiKind, Step};
 use devices::chipset::Chipset;
-use iced_x86::{Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 use crate::counters::{Counter, Counters};
 use crate::mmu::Mmu;
@@ -292,7 +292,6 @@ impl Monitor {
         world: &mut dyn WorldServices,
     ) -> Action {
         self.start_work(world);
-        self.mmu.flush_tlb();
         self.counters.bump(Counter::Traps);
         if self.trace {
             world.trace(&format!(
@@ -804,6 +803,35 @@ impl Monitor {
         why: Why,
         known: Option<PoiKind>,
     ) -> Result<Option<u32>, Failure> {
+        let fetched = self.fetch_at_eip(world);
+        self.execute_fetched(world, why, fetched, known)
+    }
+
+    /// Fetches and decodes the instruction at CS:EIP as the CPU would
+    /// (through the guest's tables, setting their Accessed bits), or the
+    /// fault the fetch raises.
+    fn fetch_at_eip(&mut self, world: &mut dyn WorldServices) -> Result<Instruction, Stop> {
+        let mut terminate = false;
+        let mut view = GuestView {
+            world,
+            planner: &mut self.planner,
+            counters: &mut self.counters,
+            chipset: &mut self.chipset,
+            terminate: &mut terminate,
+            mmu: &mut self.mmu,
+        };
+        emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache)
+    }
+
+    /// [`Monitor::execute_at_eip`] for an instruction already fetched at
+    /// CS:EIP by [`Monitor::fetch_at_eip`] (or its fetch's fault).
+    fn execute_fetched(
+        &mut self,
+        world: &mut dyn WorldServices,
+        why: Why,
+        fetched: Result<Instruction, Stop>,
+        known: Option<PoiKind>,
+    ) -> Result<Option<u32>, Failure> {
         if self.trace {
             world.trace(&format!(
                 "  emulate at {:#x} (cpl {}, esp {:#x})",
@@ -823,31 +851,29 @@ impl Monitor {
         let mut terminate = false;
         let mut class = PoiKind::Plain;
         let mut length = 0;
-        let (result, stack_switch) = {
-            let mut view = GuestView {
-                world,
-                planner: &mut self.planner,
-                counters: &mut self.counters,
-                chipset: &mut self.chipset,
-                terminate: &mut terminate,
-                mmu: &mut self.mmu,
-            };
-            match emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache) {
-                Ok(instr) => {
-                    class = known.unwrap_or_else(|| cfg_planner::classify(&instr, &classify));
-                    #[allow(clippy::cast_possible_truncation)] // at most 15
-                    {
-                        length = instr.len() as u32;
-                    }
-                    // MOV SS and POP SS hold a single-step trap back by one
-                    // instruction.
-                    let stack_switch = matches!(instr.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
-                        && instr.op0_kind() == OpKind::Register
-                        && instr.op0_register() == Register::SS;
-                    (emu::execute(&mut self.cpu, &mut view, &instr), stack_switch)
+        let (result, stack_switch) = match fetched {
+            Ok(instr) => {
+                class = known.unwrap_or_else(|| cfg_planner::classify(&instr, &classify));
+                #[allow(clippy::cast_possible_truncation)] // at most 15
+                {
+                    length = instr.len() as u32;
                 }
-                Err(stop) => (Err(stop), false),
+                // MOV SS and POP SS hold a single-step trap back by one
+                // instruction.
+                let stack_switch = matches!(instr.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
+                    && instr.op0_kind() == OpKind::Register
+                    && instr.op0_register() == Register::SS;
+                let mut view = GuestView {
+                    world,
+                    planner: &mut self.planner,
+                    counters: &mut self.counters,
+                    chipset: &mut self.chipset,
+                    terminate: &mut terminate,
+                    mmu: &mut self.mmu,
+                };
+                (emu::execute(&mut self.cpu, &mut view, &instr), stack_switch)
             }
+            Err(stop) => (Err(stop), false),
         };
         if why == Why::Interpreted && matches!(result, Err(Stop::NotEmulated(_))) {
             return Ok(None);
@@ -940,17 +966,18 @@ impl Monitor {
     }
 
     /// Arms the world's timer for the chipset's next event, if that
-    /// changed. With the virtual IF clear nothing is armed: the guest
-    /// cannot take an interrupt until an instruction sets IF, and every
-    /// such instruction (STI, POPF, IRET) comes to the monitor, which
-    /// publishes again then; the chipset's registers are brought up to
-    /// date at each port access anyway.
+    /// changed. With the virtual IF clear the timer is left as it is: the
+    /// guest cannot take an interrupt until an instruction sets IF, and
+    /// every such instruction (STI, POPF, IRET) comes to the monitor, which
+    /// publishes again then. A deadline armed before may still fire
+    /// meanwhile: one kick the monitor answers by looking and resuming,
+    /// cheaper than disarming and arming the host timer (two system calls)
+    /// on every guest kernel entry and exit.
     fn publish_deadline(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
-        let deadline = if self.cpu.interrupts_enabled() {
-            self.chipset.next_event(world.now_ns())
-        } else {
-            None
-        };
+        if !self.cpu.interrupts_enabled() {
+            return Ok(());
+        }
+        let deadline = self.chipset.next_event(world.now_ns());
         if deadline != self.published_deadline {
             world
                 .set_timer_deadline(deadline)

@@ -244,16 +244,25 @@ struct TlbEntry {
     table_page: u32,
 }
 
-/// The emulator's translations (a software TLB), kept for one trap only:
-/// between traps the guest may change tables the shadow does not track.
-/// Within a trap every change goes through the emulator: control register
-/// writes, INVLPG and writes to the directory or to a table a cached
-/// translation came from drop it all.
+/// The emulator's translations (a software TLB). Like the CPU's own TLB
+/// it may hold a translation the guest has since changed in its tables
+/// until a CR0, CR3 or CR4 write or an INVLPG drops it (the shadow keeps
+/// stale entries just as long), so it lasts across traps. Nothing is cached
+/// that the guest could see the difference of: only present translations
+/// are, a lookup the cached rights refuse walks again (a fault always
+/// comes from a fresh walk, as the CPU's does), and a write that needs the
+/// Dirty bit set walks. Emulated writes to the directory or to a table a
+/// cached translation came from drop it all, and so does a pool member's
+/// taking the vCPU over.
 #[derive(Debug)]
 struct Tlb {
     entries: [Option<TlbEntry>; TLB_ENTRIES],
     /// The directory the entries came through.
     directory_page: u32,
+    /// One bit per table page number modulo 64 that a cached entry came
+    /// through: an emulated write elsewhere (nearly all of them: stacks,
+    /// data) is told apart without a look at every entry.
+    table_pages: u64,
 }
 
 impl Default for Tlb {
@@ -261,6 +270,7 @@ impl Default for Tlb {
         Self {
             entries: [None; TLB_ENTRIES],
             directory_page: u32::MAX,
+            table_pages: 0,
         }
     }
 }
@@ -268,6 +278,16 @@ impl Default for Tlb {
 impl Tlb {
     fn flush(&mut self) {
         self.entries = [None; TLB_ENTRIES];
+        self.table_pages = 0;
+    }
+
+    fn table_bit(page: u32) -> u64 {
+        1 << (page % 64)
+    }
+
+    fn insert(&mut self, entry: TlbEntry) {
+        self.table_pages |= Self::table_bit(entry.table_page);
+        self.entries[entry.virt_page as usize % TLB_ENTRIES] = Some(entry);
     }
 
     fn lookup(&self, virt_page: u32, access: Access, cr0_wp: bool) -> Option<u32> {
@@ -285,11 +305,12 @@ impl Tlb {
 
     fn written(&mut self, page: u32) {
         if page == self.directory_page
-            || self
-                .entries
-                .iter()
-                .flatten()
-                .any(|entry| entry.table_page == page)
+            || (self.table_pages & Self::table_bit(page) != 0
+                && self
+                    .entries
+                    .iter()
+                    .flatten()
+                    .any(|entry| entry.table_page == page))
         {
             self.flush();
         }
@@ -326,7 +347,7 @@ pub struct Mmu {
     pool_epoch: u64,
     /// The split code view's alias pages in this process.
     pub split: crate::split::SplitView,
-    /// The emulator's translations during the current trap.
+    /// The emulator's translations.
     tlb: Tlb,
 }
 
@@ -438,7 +459,7 @@ impl Mmu {
             Ok(WalkOutcome::Translated(translation)) => {
                 if let Some(leaf) = translation.path.leaf() {
                     self.tlb.directory_page = self.cr3 / PAGE_SIZE;
-                    self.tlb.entries[virt_page as usize % TLB_ENTRIES] = Some(TlbEntry {
+                    self.tlb.insert(TlbEntry {
                         virt_page,
                         phys_page: translation.guest_phys.0 / PAGE_SIZE,
                         writable: translation.writable,
@@ -452,12 +473,6 @@ impl Mmu {
             Ok(WalkOutcome::Fault(fault)) => Err(TranslateError::Fault(fault)),
             Err(error) => Err(TranslateError::Broken(error)),
         }
-    }
-
-    /// Drops the emulator's translations (each trap starts without them:
-    /// the guest may have changed its tables meanwhile).
-    pub fn flush_tlb(&mut self) {
-        self.tlb.flush();
     }
 
     /// Translates without changing guest memory (the planner's view).
@@ -1145,7 +1160,7 @@ mod tests {
 
     fn cached(tlb: &mut Tlb, writable: bool, user: bool, dirty: bool) {
         tlb.directory_page = 0x10;
-        tlb.entries[0x400 % TLB_ENTRIES] = Some(TlbEntry {
+        tlb.insert(TlbEntry {
             virt_page: 0x400,
             phys_page: 0x99,
             writable,

@@ -47,7 +47,6 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use btvmm_core::cpu::{CpuView, Eflags};
-use btvmm_core::emu::decode_cache::Decoded;
 use btvmm_core::{GuestVirt, PAGE_SIZE, StopReason, WorldServices};
 use cfg_planner::{BlockEnd, PoiKind, PointerKind};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
@@ -485,6 +484,38 @@ impl Monitor {
             return Ok(SplitStep::Hardware);
         }
         let linear = self.cpu.linear_eip();
+        // The instruction at EIP, fetched once as the CPU would: emulated
+        // if it must not run natively or crosses a page, interpreted if
+        // another instruction the monitor must handle may be close. The
+        // hardware path handles code that cannot be fetched (its emulation
+        // gives the guest its #PF).
+        let Ok(instr) = self.fetch_at_eip(world) else {
+            return Ok(SplitStep::Hardware);
+        };
+        let classify = self.planner.config().classify;
+        let kind = cfg_planner::classify(&instr, &classify);
+        #[allow(clippy::cast_possible_truncation)] // at most 15
+        let length = instr.len() as u32;
+        if straddles(GuestVirt(linear), length) {
+            self.counters.bump(Counter::SplitStraddlers);
+            self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
+            return Ok(SplitStep::Continue);
+        }
+        if !split_native(kind, &instr) {
+            self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
+            *streak = 0;
+            return Ok(SplitStep::Continue);
+        }
+        if *streak < crate::SPLIT_INTERPRET_RUN {
+            *streak += 1;
+            if self
+                .execute_fetched(world, crate::Why::Interpreted, Ok(instr), Some(kind))?
+                .is_some()
+            {
+                return Ok(SplitStep::Continue);
+            }
+        }
+        // Native from here: in the window the alias goes by.
         let paging = self.mmu.paging();
         let decision = {
             let mmu = &self.mmu;
@@ -501,64 +532,8 @@ impl Monitor {
         if moved {
             self.counters.bump(Counter::SplitWindowMoves);
         }
-        // The instruction at EIP: emulated if it must not run natively or
-        // crosses a page; the hardware path handles code that cannot be
-        // fetched (its emulation gives the guest its #PF).
-        let Some(instr) = self.instruction_at(world, linear) else {
-            return Ok(SplitStep::Hardware);
-        };
-        let classify = self.planner.config().classify;
-        let kind = cfg_planner::classify(&instr, &classify);
-        #[allow(clippy::cast_possible_truncation)] // at most 15
-        let length = instr.len() as u32;
-        if straddles(GuestVirt(linear), length) {
-            self.counters.bump(Counter::SplitStraddlers);
-            self.emulate(world, false)?;
-            return Ok(SplitStep::Continue);
-        }
-        if !split_native(kind, &instr) {
-            self.emulate(world, false)?;
-            *streak = 0;
-            return Ok(SplitStep::Continue);
-        }
-        if *streak < crate::SPLIT_INTERPRET_RUN {
-            // Another instruction the monitor must handle may be close.
-            *streak += 1;
-            if self
-                .execute_at_eip(world, crate::Why::Interpreted, Some(kind))?
-                .is_some()
-            {
-                return Ok(SplitStep::Continue);
-            }
-        }
         self.split_fill(world, GuestVirt(linear))?;
         Ok(SplitStep::Resume(window))
-    }
-
-    /// Decodes the instruction at guest-linear `linear` as the planner
-    /// sees memory; None if it cannot be fetched.
-    fn instruction_at(
-        &mut self,
-        world: &mut dyn WorldServices,
-        linear: u32,
-    ) -> Option<Instruction> {
-        let memory = PlannerMemory::new(&*world, &self.mmu);
-        let mut bytes = [0u8; MAX_INSTRUCTION];
-        let in_page = (GuestVirt(linear).bytes_to_page_end() as usize).min(MAX_INSTRUCTION);
-        btvmm_core::GuestMemory::read_virt(&memory, GuestVirt(linear), &mut bytes[..in_page])
-            .ok()?;
-        let mut len = in_page;
-        #[allow(clippy::cast_possible_truncation)] // in_page <= 15
-        let next = GuestVirt(linear).offset(in_page as u32);
-        if in_page < MAX_INSTRUCTION
-            && btvmm_core::GuestMemory::read_virt(&memory, next, &mut bytes[in_page..]).is_ok()
-        {
-            len = MAX_INSTRUCTION;
-        }
-        match self.decode_cache.decode(32, linear, &bytes[..len]) {
-            Decoded::Instruction(instr) => Some(instr),
-            Decoded::NeedsMoreBytes | Decoded::Invalid => None,
-        }
     }
 
     /// Copies the code from `start` into its alias, and the code its
