@@ -67,6 +67,9 @@ pub enum Counter {
     BlocksDecoded,
     /// Plans computed (plan cache misses).
     PlansComputed,
+    /// Instructions the emulator decoded afresh (misses of its cache of
+    /// decoded instructions).
+    InstructionsDecoded,
     /// Cached blocks and plans dropped because guest code pages were
     /// written.
     CodeInvalidations,
@@ -124,7 +127,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 51] = [
+    pub const ALL: [Counter; 52] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -154,6 +157,7 @@ impl Counter {
         Counter::Interpreted,
         Counter::BlocksDecoded,
         Counter::PlansComputed,
+        Counter::InstructionsDecoded,
         Counter::CodeInvalidations,
         Counter::HiddenFaults,
         Counter::GuestPageFaults,
@@ -210,6 +214,7 @@ impl Counter {
             Self::ChipsetIo => "port i/o: PIC/PIT in the world",
             Self::Interpreted => "emulated: interpreted stretches",
             Self::BlocksDecoded => "planner: blocks decoded",
+            Self::InstructionsDecoded => "emulator: instructions decoded",
             Self::PlansComputed => "planner: plans computed",
             Self::CodeInvalidations => "planner: cache entries dropped by code writes",
             Self::HiddenFaults => "shadow: hidden faults mapped",

@@ -820,7 +820,10 @@ impl Monitor {
             terminate: &mut terminate,
             mmu: &mut self.mmu,
         };
-        emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache)
+        let fetched = emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache);
+        self.counters
+            .set(Counter::InstructionsDecoded, self.decode_cache.stats().1);
+        fetched
     }
 
     /// [`Monitor::execute_at_eip`] for an instruction already fetched at

@@ -9,7 +9,7 @@
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
 /// Slots: a direct-mapped table indexed by address.
-const SLOTS: usize = 1024;
+const SLOTS: usize = 4096;
 /// Longest x86 instruction.
 const MAX_LEN: usize = 15;
 
