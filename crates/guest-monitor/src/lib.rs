@@ -162,6 +162,12 @@ pub struct Monitor {
     /// The window the guest was last resumed in (split view), until the
     /// next trap.
     resumed_window: Option<split::Window>,
+    /// The monitor just moved the guest into code where more instructions
+    /// it must handle usually follow soon (an interrupt, exception or
+    /// system-call entry, the code after an instruction the planner
+    /// stopped): the split view interprets on from there before resuming
+    /// natively, instead of resuming into a trap a few instructions on.
+    interpret_after: bool,
     /// Hardware breakpoints are armed.
     breakpoints_armed: bool,
     /// When the monitor's current stretch of work began (VM clock, ns),
@@ -249,6 +255,7 @@ impl Monitor {
             host_fast_path: btvmm_core::HostFastPath::Sysenter,
             split: false,
             resumed_window: None,
+            interpret_after: false,
             breakpoints_armed: false,
             work_started: (0, 0),
             last_alias_fault: (0, 0),
@@ -836,14 +843,19 @@ impl Monitor {
         known: Option<PoiKind>,
     ) -> Result<Option<u32>, Failure> {
         if self.trace {
+            let what = match &fetched {
+                Ok(instr) => format!("{instr}"),
+                Err(stop) => format!("fetch: {stop:?}"),
+            };
             world.trace(&format!(
-                "  emulate at {:#x} (cpl {}, esp {:#x})",
+                "  emulate at {:#x} ({why:?}): {what} (cpl {}, esp {:#x})",
                 self.cpu.eip,
                 self.cpu.cpl,
                 self.cpu.gpr[Gpr::Esp as usize]
             ));
         }
         self.counters.bump(Counter::Emulated);
+        self.interpret_after |= why == Why::Planned;
         self.counters.bump(match why {
             Why::AfterFault => Counter::EmulatedAfterFault,
             Why::Planned => Counter::EmulatedPlanned,
@@ -1016,6 +1028,7 @@ impl Monitor {
             ));
         }
         self.counters.bump(Counter::InterruptsInjected);
+        self.interpret_after = true;
         self.halted = false;
         let mut terminate = false;
         let result = {
@@ -1049,6 +1062,7 @@ impl Monitor {
         exception: Exception,
     ) -> Result<(), Failure> {
         self.counters.bump(Counter::ExceptionsDelivered);
+        self.interpret_after = true;
         let mut terminate = false;
         let result = {
             let mut view = GuestView {
@@ -1139,8 +1153,17 @@ impl Monitor {
                 interpreted = INTERPRET_BUDGET;
             }
             if self.split {
+                if std::mem::take(&mut self.interpret_after) {
+                    interpreted = 0;
+                }
                 match self.split_step(world, &mut interpreted)? {
                     SplitStep::Resume(window) => {
+                        if self.trace {
+                            world.trace(&format!(
+                                "  resume in the split view at {:#x}",
+                                self.cpu.eip
+                            ));
+                        }
                         self.resumed_window = Some(window);
                         self.counters.bump(Counter::SplitResumes);
                         return Ok(());
@@ -1305,6 +1328,7 @@ impl Monitor {
 
     /// Step 4: registers out.
     fn leave(&mut self, world: &mut dyn WorldServices) -> Result<HostRegisters, Failure> {
+        self.interpret_after = false;
         // RDTSC faults while the guest's CR4.TSD asks for it, and while the
         // guest has moved its TSC with WRMSR: native RDTSC would not show
         // the offset.
