@@ -129,7 +129,7 @@ pub struct Monitor {
     planner: Planner,
     /// Instructions the emulator and the split view decoded, by their
     /// bytes (the same kernel paths are interpreted over and over).
-    decode_cache: emu::decode_cache::DecodeCache,
+    decode_cache: emu::decode_cache::DecodeCache<split::Judged>,
     shadows: Shadows,
     counters: Counters,
     /// The monitor set TF for one instruction.
@@ -670,7 +670,16 @@ impl Monitor {
                 self.counters.bump(Counter::GuestPageFaults);
                 self.deliver(world, fault.to_exception())
             }
-            Some(shadow_mmu::FaultOutcome::TrackedWrite { .. }) => {
+            Some(shadow_mmu::FaultOutcome::TrackedWrite {
+                guest_phys,
+                reasons,
+            }) => {
+                if self.trace {
+                    world.trace(&format!(
+                        "  write to tracked guest-physical {:#x} ({reasons:?})",
+                        guest_phys.0
+                    ));
+                }
                 self.counters.bump(Counter::TrackedWrites);
                 self.emulate(world, true)
             }

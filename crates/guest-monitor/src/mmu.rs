@@ -644,9 +644,28 @@ impl Mmu {
         guest_phys: u32,
         len: u32,
     ) {
-        self.tlb.written(guest_phys / PAGE_SIZE);
-        self.tlb
-            .written(guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE);
+        let first = guest_phys / PAGE_SIZE;
+        let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
+        self.tlb.written(first);
+        self.tlb.written(last);
+        if let Some(shadow) = &self.shadow {
+            // Nearly every emulated write (stacks, data) is to a page no
+            // address space tracks: no decoded code (the planner decodes
+            // only tracked pages, and aliases hold code only while their
+            // page is tracked), no table a shadow follows, nothing for the
+            // pool to hear of.
+            let directory = self.cr3 / PAGE_SIZE;
+            let quiet = |page: u32| {
+                page != directory
+                    && !shadow.tracker().is_tracked(GuestPhys(page * PAGE_SIZE))
+                    && !world
+                        .address_spaces()
+                        .is_some_and(|pool| pool.tracked_anywhere(page))
+            };
+            if quiet(first) && (first == last || quiet(last)) {
+                return;
+            }
+        }
         if self.shadow.is_none() && !self.identity_code.is_empty() {
             // Paging off: the written code pages become writable again
             // until the planner decodes them again (their decoded blocks

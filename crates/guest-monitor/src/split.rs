@@ -420,6 +420,19 @@ pub(crate) enum SplitStep {
     Hardware,
 }
 
+/// The split view's judgement of a decoded instruction, kept with its
+/// decoding (the emulator's decode cache) since it depends on nothing else
+/// but the classification's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Judged {
+    /// The settings it was classified under.
+    classify: cfg_planner::ClassifyConfig,
+    /// The planner's class.
+    kind: PoiKind,
+    /// [`split_native`].
+    native: bool,
+}
+
 /// Whether an instruction of planner class `kind` may run natively from an
 /// alias page: everything but what the monitor must handle (sensitive and
 /// unrecognized instructions, far transfers and IRET) and instructions
@@ -493,7 +506,19 @@ impl Monitor {
             return Ok(SplitStep::Hardware);
         };
         let classify = self.planner.config().classify;
-        let kind = cfg_planner::classify(&instr, &classify);
+        let Judged { kind, native, .. } = match self.decode_cache.note() {
+            Some(judged) if judged.classify == classify => judged,
+            _ => {
+                let kind = cfg_planner::classify(&instr, &classify);
+                let judged = Judged {
+                    classify,
+                    kind,
+                    native: split_native(kind, &instr),
+                };
+                self.decode_cache.set_note(judged);
+                judged
+            }
+        };
         #[allow(clippy::cast_possible_truncation)] // at most 15
         let length = instr.len() as u32;
         if straddles(GuestVirt(linear), length) {
@@ -501,7 +526,7 @@ impl Monitor {
             self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
             return Ok(SplitStep::Continue);
         }
-        if !split_native(kind, &instr) {
+        if !native {
             self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
             *streak = 0;
             return Ok(SplitStep::Continue);

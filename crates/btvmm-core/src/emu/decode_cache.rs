@@ -14,11 +14,14 @@ const SLOTS: usize = 4096;
 const MAX_LEN: usize = 15;
 
 #[derive(Clone, Copy)]
-struct Slot {
+struct Slot<N> {
     ip: u32,
     bitness: u32,
     bytes: [u8; MAX_LEN],
     instr: Instruction,
+    /// What the cache's user judged of the instruction (see
+    /// [`DecodeCache::note`]); goes with the slot's decoding.
+    note: Option<N>,
 }
 
 /// What decoding some fetched bytes gave.
@@ -32,24 +35,30 @@ pub enum Decoded {
     Invalid,
 }
 
-/// Remembered decodings (64 KiB or so; nothing allocated per lookup).
-pub struct DecodeCache {
-    slots: Box<[Option<Slot>]>,
+/// Remembered decodings (a few hundred KiB; nothing allocated per
+/// lookup). Each can carry a note of type `N`: a judgement its user made
+/// of the instruction (the planner's class, say), a pure function of the
+/// instruction like the decoding, so that it is made once too.
+pub struct DecodeCache<N: Copy = ()> {
+    slots: Box<[Option<Slot<N>>]>,
+    /// The slot of the last decoding, while it holds that decoding.
+    last: Option<usize>,
     hits: u64,
     misses: u64,
 }
 
-impl Default for DecodeCache {
+impl<N: Copy> Default for DecodeCache<N> {
     fn default() -> Self {
         Self {
             slots: vec![None; SLOTS].into_boxed_slice(),
+            last: None,
             hits: 0,
             misses: 0,
         }
     }
 }
 
-impl std::fmt::Debug for DecodeCache {
+impl<N: Copy> std::fmt::Debug for DecodeCache<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodeCache")
             .field("hits", &self.hits)
@@ -58,11 +67,11 @@ impl std::fmt::Debug for DecodeCache {
     }
 }
 
-impl DecodeCache {
+impl<N: Copy> DecodeCache<N> {
     /// Decodes the instruction at the start of `bytes`, fetched at `ip`, in
     /// 16- or 32-bit code (`bitness`), exactly as iced's decoder would.
     pub fn decode(&mut self, bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
-        let index = (ip ^ (ip >> 10)) as usize % SLOTS;
+        let index = (ip ^ (ip >> 12)) as usize % SLOTS;
         if let Some(slot) = &self.slots[index] {
             let len = slot.instr.len();
             if slot.ip == ip
@@ -71,33 +80,61 @@ impl DecodeCache {
                 && bytes[..len] == slot.bytes[..len]
             {
                 self.hits += 1;
+                self.last = Some(index);
                 return Decoded::Instruction(slot.instr);
             }
         }
         self.misses += 1;
-        let mut decoder = Decoder::with_ip(bitness, bytes, u64::from(ip), DecoderOptions::NONE);
-        let instr = decoder.decode();
-        if decoder.last_error() == DecoderError::NoMoreBytes {
-            return Decoded::NeedsMoreBytes;
+        self.last = None;
+        let decoded = decode_uncached(bitness, ip, bytes);
+        if let Decoded::Instruction(instr) = decoded {
+            let mut saved = [0u8; MAX_LEN];
+            saved[..instr.len()].copy_from_slice(&bytes[..instr.len()]);
+            self.slots[index] = Some(Slot {
+                ip,
+                bitness,
+                bytes: saved,
+                instr,
+                note: None,
+            });
+            self.last = Some(index);
         }
-        if instr.is_invalid() {
-            return Decoded::Invalid;
+        decoded
+    }
+
+    /// The note made of the instruction the last [`DecodeCache::decode`]
+    /// gave, if one was.
+    #[must_use]
+    pub fn note(&self) -> Option<N> {
+        self.slots[self.last?].as_ref()?.note
+    }
+
+    /// Notes `note` of the instruction the last [`DecodeCache::decode`]
+    /// gave (nothing if it gave none).
+    pub fn set_note(&mut self, note: N) {
+        if let Some(slot) = self.last.and_then(|index| self.slots[index].as_mut()) {
+            slot.note = Some(note);
         }
-        let mut saved = [0u8; MAX_LEN];
-        saved[..instr.len()].copy_from_slice(&bytes[..instr.len()]);
-        self.slots[index] = Some(Slot {
-            ip,
-            bitness,
-            bytes: saved,
-            instr,
-        });
-        Decoded::Instruction(instr)
     }
 
     /// Lookups answered from the table and decoded afresh.
     #[must_use]
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+}
+
+/// What iced's decoder makes of `bytes` at `ip`.
+#[must_use]
+pub fn decode_uncached(bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
+    let mut decoder = Decoder::with_ip(bitness, bytes, u64::from(ip), DecoderOptions::NONE);
+    let instr = decoder.decode();
+    if decoder.last_error() == DecoderError::NoMoreBytes {
+        Decoded::NeedsMoreBytes
+    } else if instr.is_invalid() {
+        Decoded::Invalid
+    } else {
+        Decoded::Instruction(instr)
     }
 }
 
@@ -119,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_remembered_decoding_is_the_decoders_and_changed_bytes_are_decoded_again() {
-        let mut cache = DecodeCache::default();
+        let mut cache = DecodeCache::<()>::default();
         // jmp rel32 (the target depends on the address), then the same
         // address rewritten to push ebp; mov ebp, esp.
         let jump = [0xe9, 0x10, 0, 0, 0, 0x90, 0x90];
@@ -153,5 +190,26 @@ mod tests {
             cache.decode(32, 0x1000, &[0x0f, 0xff]),
             iced(32, 0x1000, &[0x0f, 0xff])
         );
+    }
+
+    #[test]
+    fn a_note_stays_with_its_decoding_only() {
+        let mut cache = DecodeCache::<u8>::default();
+        let push = [0x55, 0x90];
+        let nop = [0x90, 0x90];
+        cache.decode(32, 0x2000, &push);
+        assert_eq!(cache.note(), None);
+        cache.set_note(7);
+        cache.decode(32, 0x2000, &push);
+        assert_eq!(cache.note(), Some(7));
+        // Rewritten bytes at the same address: a new decoding, no note.
+        cache.decode(32, 0x2000, &nop);
+        assert_eq!(cache.note(), None);
+        // An invalid instruction has no slot: notes go nowhere.
+        cache.decode(32, 0x3000, &[0x0f, 0xff]);
+        cache.set_note(9);
+        assert_eq!(cache.note(), None);
+        cache.decode(32, 0x2000, &nop);
+        assert_eq!(cache.note(), None);
     }
 }

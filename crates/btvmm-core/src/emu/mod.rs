@@ -33,7 +33,7 @@ pub mod system;
 
 use iced_x86::{Instruction, OpKind, Register};
 
-use decode_cache::{DecodeCache, Decoded};
+use decode_cache::{DecodeCache, Decoded, decode_uncached};
 
 use crate::cpu::{Cpu, Eflags, SegReg};
 use crate::exception::{Exception, Stop};
@@ -63,24 +63,50 @@ pub fn step(cpu: &mut Cpu, machine: &mut dyn Machine) -> Result<Outcome, Stop> {
 
 /// Reads and decodes the instruction at CS:EIP.
 pub fn fetch(cpu: &Cpu, machine: &mut dyn Machine) -> Result<Instruction, Stop> {
-    fetch_with(cpu, machine, &mut DecodeCache::default())
+    let (bytes, fetched, fault) = fetch_bytes(cpu, machine);
+    decoded(
+        decode_uncached(bitness(cpu), cpu.eip, &bytes[..fetched]),
+        fault,
+    )
 }
 
 /// [`fetch`], decoding through `cache` (the same instruction, without
 /// decoding bytes seen at that address before again).
-pub fn fetch_with(
+pub fn fetch_with<N: Copy>(
     cpu: &Cpu,
     machine: &mut dyn Machine,
-    cache: &mut DecodeCache,
+    cache: &mut DecodeCache<N>,
 ) -> Result<Instruction, Stop> {
-    const MAX_LEN: usize = 15;
+    let (bytes, fetched, fault) = fetch_bytes(cpu, machine);
+    decoded(
+        cache.decode(bitness(cpu), cpu.eip, &bytes[..fetched]),
+        fault,
+    )
+}
+
+/// Longest x86 instruction.
+const MAX_INSTRUCTION: usize = 15;
+
+fn bitness(cpu: &Cpu) -> u32 {
+    if cpu.segment(SegReg::Cs).cache.big {
+        32
+    } else {
+        16
+    }
+}
+
+/// The bytes at CS:EIP, as many as the segment limit and paging allow (the
+/// decoder says whether the instruction needed more), with how many and
+/// the fault that stopped the fetch early, if one did.
+fn fetch_bytes(
+    cpu: &Cpu,
+    machine: &mut dyn Machine,
+) -> ([u8; MAX_INSTRUCTION], usize, Option<Stop>) {
     let cs = cpu.segment(SegReg::Cs).cache;
-    let mut bytes = [0u8; MAX_LEN];
-    // Fetch as many bytes as the segment limit and paging allow; the
-    // decoder says whether the instruction needed more.
+    let mut bytes = [0u8; MAX_INSTRUCTION];
     let mut fetched = 0;
     let mut fault = None;
-    while fetched < MAX_LEN {
+    while fetched < MAX_INSTRUCTION {
         #[allow(clippy::cast_possible_truncation)] // fetched < 15
         let offset = cpu.eip.wrapping_add(fetched as u32);
         if !cs.contains(offset, 1) {
@@ -91,7 +117,7 @@ pub fn fetch_with(
         // Read to the end of the page at most, so a fault names the first
         // byte that cannot be fetched.
         let in_page = (0x1000 - (linear & 0xfff)) as usize;
-        let chunk = in_page.min(MAX_LEN - fetched);
+        let chunk = in_page.min(MAX_INSTRUCTION - fetched);
         let access = Access {
             kind: AccessKind::Execute,
             user: cpu.cpl == 3,
@@ -104,8 +130,13 @@ pub fn fetch_with(
             }
         }
     }
-    let bitness = if cs.big { 32 } else { 16 };
-    match cache.decode(bitness, cpu.eip, &bytes[..fetched]) {
+    (bytes, fetched, fault)
+}
+
+/// The instruction decoded from fetched bytes, or the fault a fetch that
+/// stopped short of it raised.
+fn decoded(decoded: Decoded, fault: Option<Stop>) -> Result<Instruction, Stop> {
+    match decoded {
         Decoded::Instruction(instr) => Ok(instr),
         Decoded::NeedsMoreBytes => Err(fault.unwrap_or(Stop::Exception(Exception::ud()))),
         Decoded::Invalid => Err(Stop::Exception(Exception::ud())),
