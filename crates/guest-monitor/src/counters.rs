@@ -82,6 +82,9 @@ pub enum Counter {
     TrackedWrites,
     /// Hidden faults that repeated at once and were emulated instead.
     RepeatedHiddenFaults,
+    /// Pages tracked as page tables that no page directory names any more
+    /// (freed and reused), released at a write.
+    TablesReleased,
     /// Guest-virtual pages shadow-mapped now (a level, not a count).
     ShadowPages,
     /// CR3 loads that handed the vCPU to another world process of the
@@ -127,7 +130,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 52] = [
+    pub const ALL: [Counter; 53] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -163,6 +166,7 @@ impl Counter {
         Counter::GuestPageFaults,
         Counter::TrackedWrites,
         Counter::RepeatedHiddenFaults,
+        Counter::TablesReleased,
         Counter::ShadowPages,
         Counter::AddressSpaceSwitches,
         Counter::PoolEventsReplayed,
@@ -221,6 +225,7 @@ impl Counter {
             Self::GuestPageFaults => "shadow: guest page faults delivered",
             Self::TrackedWrites => "shadow: writes to tracked pages emulated",
             Self::RepeatedHiddenFaults => "shadow: repeated hidden faults emulated",
+            Self::TablesReleased => "shadow: stale table tracking released",
             Self::ShadowPages => "shadow: pages mapped now",
             Self::AddressSpaceSwitches => "pool: address-space switches",
             Self::PoolEventsReplayed => "pool: events replayed",

@@ -638,6 +638,7 @@ impl Monitor {
             user: self.cpu.cpl == 3,
             fetch: error_code & 0x10 != 0,
         };
+        let released = self.mmu.tables_released();
         let outcome = self.mmu.handle_fault(world, address, access).map_err(
             |error| match error {
                 shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
@@ -646,6 +647,10 @@ impl Monitor {
                 error => StopReason::Internal(format!("shadow MMU at {address:#x}: {error}")),
             },
         )?;
+        self.counters.add(
+            Counter::TablesReleased,
+            self.mmu.tables_released() - released,
+        );
         match outcome {
             Some(shadow_mmu::FaultOutcome::Mapped { .. }) => {
                 self.counters.bump(Counter::HiddenFaults);

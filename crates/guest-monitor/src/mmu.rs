@@ -26,7 +26,7 @@ use btvmm_core::{GuestPhys, GuestVirt, PAGE_SIZE, WorldServices};
 use cfg_planner::Planner;
 use shadow_mmu::{
     Access, FaultOutcome, HostMapper, PagingRegs, PhysMemory, Protection, Shadow, ShadowError,
-    WalkOutcome, walk, walk_and_update,
+    TrackReasons, WalkOutcome, walk, walk_and_update,
 };
 
 /// The lowest guest-virtual address guest user code never reaches
@@ -226,6 +226,23 @@ impl HostMapper for DeferredMapper {
     }
 }
 
+/// Whether a present entry of one of the page directories at
+/// guest-physical page numbers `directories` names guest-physical page
+/// `page` (as a page table; a 4 MiB entry naming it counts too, on the
+/// safe side). A directory outside RAM counts as naming it.
+fn named_by(world: &dyn WorldServices, directories: &[u32], page: u32) -> bool {
+    let mut bytes = [0u8; PAGE_SIZE as usize];
+    directories.iter().any(|&directory| {
+        if !world.read_phys(directory * PAGE_SIZE, &mut bytes) {
+            return true;
+        }
+        bytes.chunks_exact(4).any(|word| {
+            let pde = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            pde & 1 != 0 && pde >> 12 == page
+        })
+    })
+}
+
 /// Entries of the emulator's translation cache.
 const TLB_ENTRIES: usize = 64;
 
@@ -349,6 +366,12 @@ pub struct Mmu {
     pub split: crate::split::SplitView,
     /// The emulator's translations.
     tlb: Tlb,
+    /// Tracked pages found named by a page directory of the pool since a
+    /// directory last changed: writes to them are page-table writes, not
+    /// looked at again (see [`Mmu::handle_fault`]).
+    live_tables: rustc_hash::FxHashSet<u32>,
+    /// Pages whose stale table tracking was released so far.
+    tables_released: u64,
 }
 
 /// What a member must catch up on when it takes the vCPU over.
@@ -505,6 +528,7 @@ impl Mmu {
         value: u32,
     ) -> Result<(), ShadowError> {
         self.tlb.flush();
+        self.live_tables.clear();
         match register {
             0 => {
                 let was = self.cr0 & Cr0::PG != 0;
@@ -705,6 +729,12 @@ impl Mmu {
     ) {
         let first = guest_phys / PAGE_SIZE;
         let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
+        if !self.live_tables.is_empty() {
+            let directories = self.directory_pages(&*world);
+            if directories.contains(&first) || directories.contains(&last) {
+                self.live_tables.clear();
+            }
+        }
         // A write to the page directory may map a region an alias sits in.
         if self.shadow.is_some() && first == self.cr3 / PAGE_SIZE {
             let first_entry = (guest_phys % PAGE_SIZE) / 4;
@@ -854,6 +884,7 @@ impl Mmu {
         cpu: &btvmm_core::cpu::Cpu,
     ) -> Result<Catchup, ShadowError> {
         self.tlb.flush();
+        self.live_tables.clear();
         let pse_changed = (self.cr4 ^ cpu.cr4) & CR4_PSE != 0;
         self.cr0 = cpu.cr0;
         self.cr4 = cpu.cr4;
@@ -1006,7 +1037,74 @@ impl Mmu {
             access,
         )?;
         deferred.apply(&mut WorldMapper(world))?;
+        if let FaultOutcome::TrackedWrite {
+            guest_phys,
+            reasons,
+        } = outcome
+        {
+            self.tracked_write_seen(world, guest_phys, reasons);
+        }
         Ok(Some(outcome))
+    }
+
+    /// A native write hit a tracked page (it is emulated next). A page
+    /// this address space tracks only as one of its page tables that no
+    /// page directory of the pool names any more is a table freed since
+    /// and reused for anything, often busy kernel data (Linux's batches of
+    /// pages to free, for one): its stale tracking would make every write
+    /// there a trap for as long as the shadow lives. It is released (the
+    /// shadow entries made through it become stale); a table linked again
+    /// is tracked again by the walk that uses it. Pages found still named
+    /// are remembered until a directory changes.
+    ///
+    /// Tracking for other members of the pool (FOREIGN) stays, although
+    /// it goes stale the same way: which of their tables, directories or
+    /// code it protects is not known here (releasing it on the directory
+    /// check alone broke a fork-exec run: ECHILD in the parent's wait).
+    fn tracked_write_seen(
+        &mut self,
+        world: &dyn WorldServices,
+        guest_phys: GuestPhys,
+        reasons: TrackReasons,
+    ) {
+        let page = guest_phys.page();
+        let directories = self.directory_pages(world);
+        if directories.contains(&page) {
+            self.live_tables.clear();
+            return;
+        }
+        // Only this address space's own table tracking: what another
+        // member tracks a page for (a table, its directory, code it
+        // decoded) is not known here.
+        if reasons != TrackReasons::PAGE_TABLE || self.live_tables.contains(&page) {
+            return;
+        }
+        if named_by(world, &directories, page) {
+            self.live_tables.insert(page);
+        } else if let Some(shadow) = &mut self.shadow {
+            shadow.release_table(guest_phys);
+            self.tables_released += 1;
+        }
+    }
+
+    /// The guest-physical page numbers of the page directories of the pool
+    /// (this address space's first).
+    fn directory_pages(&self, world: &dyn WorldServices) -> Vec<u32> {
+        let mut pages = vec![self.cr3 / PAGE_SIZE];
+        if let Some(pool) = world.address_spaces() {
+            pages.extend(
+                (0..pool.members())
+                    .filter_map(|member| pool.key(member))
+                    .map(|cr3| cr3 / PAGE_SIZE),
+            );
+        }
+        pages
+    }
+
+    /// Pages whose stale table tracking was released so far.
+    #[must_use]
+    pub fn tables_released(&self) -> u64 {
+        self.tables_released
     }
 
     /// Every alias mapping goes, and every alias page forgets its code:

@@ -669,15 +669,32 @@ impl Shadow {
                 .iter()
                 .any(|&pde| pde & 1 != 0 && pde >> 12 == page);
             if !still_a_table {
-                self.after_tracked_write(GuestPhys(page * PAGE_SIZE), PAGE_SIZE);
-                self.tables.remove(&page);
-                self.untrack(guest_phys, TrackReasons::PAGE_TABLE);
+                self.release_table(guest_phys);
             }
         }
         if reasons.contains(TrackReasons::FOREIGN) {
             self.untrack(guest_phys, TrackReasons::FOREIGN);
         }
         Ok(self.tracker.reasons(guest_phys))
+    }
+
+    /// The page holding `guest_phys` is no page table any more (the
+    /// caller found no page directory naming it): its table tracking goes
+    /// (the entries made through it become stale) and so does the tracking
+    /// for other address spaces; code and directory tracking stay. A table
+    /// linked again later is tracked again by the walk that uses it.
+    pub fn release_table(&mut self, guest_phys: GuestPhys) {
+        let page = guest_phys.page();
+        if self
+            .tracker
+            .reasons(guest_phys)
+            .contains(TrackReasons::PAGE_TABLE)
+        {
+            self.after_tracked_write(GuestPhys(page * PAGE_SIZE), PAGE_SIZE);
+            self.tables.remove(&page);
+            self.untrack(guest_phys, TrackReasons::PAGE_TABLE);
+        }
+        self.untrack(guest_phys, TrackReasons::FOREIGN);
     }
 
     fn untrack(&mut self, guest_phys: GuestPhys, reasons: TrackReasons) {
@@ -1537,6 +1554,49 @@ mod tests {
             FaultOutcome::Mapped { .. }
         ));
         assert!(!rig.shadow.tracker().is_tracked(GuestPhys(0x0040_0000)));
+    }
+
+    #[test]
+    fn a_released_table_stops_being_tracked_until_a_walk_uses_it_again() {
+        let mut rig = Rig::new();
+        const OLD_TABLE: u32 = 0x0030_0000;
+        map_4k(
+            &mut rig.mem,
+            OLD_TABLE,
+            P | RW | US,
+            0x4000_0000,
+            DATA_PHYS | P | RW | US | A | D,
+        );
+        rig.fault(0x4000_0000, Access::read(false));
+        assert!(rig.shadow.entry(GuestVirt(0x4000_0000)).is_some());
+        let _ = rig.shadow.take_tracking_changes();
+        // The caller found no directory naming the page: it goes.
+        rig.shadow.release_table(GuestPhys(OLD_TABLE));
+        assert!(!rig.shadow.tracker().is_tracked(GuestPhys(OLD_TABLE)));
+        assert!(
+            rig.shadow
+                .entry(GuestVirt(0x4000_0000))
+                .is_some_and(|entry| entry.stale),
+            "what was mapped through it is stale"
+        );
+        assert_eq!(
+            rig.shadow.take_tracking_changes(),
+            vec![(OLD_TABLE >> 12, false)],
+            "the pool hears that this space stopped tracking it"
+        );
+        // Linked again (it never stopped being named here): the next walk
+        // through it tracks it again.
+        rig.shadow
+            .flush_stale(&mut rig.mapper)
+            .expect("flush the stale entry");
+        rig.fault(0x4000_0000, Access::read(false));
+        assert!(
+            rig.shadow
+                .tracker()
+                .reasons(GuestPhys(OLD_TABLE))
+                .contains(TrackReasons::PAGE_TABLE)
+        );
+        rig.assert_consistent();
     }
 
     #[test]
