@@ -15,9 +15,7 @@ use btvmm_core::cpu::{Cpu, Gpr};
 use btvmm_core::emu::{self, decode_cache::DecodeCache};
 use btvmm_core::machine::{Access, Machine};
 use iced_x86::IcedError;
-use iced_x86::code_asm::{
-    CodeAssembler, dword_ptr, eax, ebp, ebx, ecx, edi, edx, esi, esp,
-};
+use iced_x86::code_asm::{CodeAssembler, dword_ptr, eax, ebp, ebx, ecx, edi, edx, esi, esp};
 
 /// Where the loop is placed.
 const CODE: u32 = 0x1000;
@@ -32,7 +30,9 @@ impl Flat {
         let start = linear as usize;
         let end = start + len;
         if end > self.0.len() {
-            return Err(Stop::Machine(format!("access at {linear:#x} outside memory")));
+            return Err(Stop::Machine(format!(
+                "access at {linear:#x} outside memory"
+            )));
         }
         Ok(start..end)
     }

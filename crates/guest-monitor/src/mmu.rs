@@ -1058,9 +1058,15 @@ impl Mmu {
     /// are remembered until a directory changes.
     ///
     /// Tracking for other members of the pool (FOREIGN) stays, although
-    /// it goes stale the same way: which of their tables, directories or
-    /// code it protects is not known here (releasing it on the directory
-    /// check alone broke a fork-exec run: ECHILD in the parent's wait).
+    /// it goes stale the same way (a dead process's member keeps it until
+    /// the member is reused): the member that walked the table may load a
+    /// directory naming it again at the same index, and its `set_cr3` keeps
+    /// the entries of a region whose directory entry did not change, which
+    /// is right only while every write to the table reached it. Dropping
+    /// the protection here on the directory check alone was tried and
+    /// broke a fork-exec run (ECHILD in the parent's wait; that path is
+    /// the likely cause). Releasing it needs the owners to release theirs
+    /// first, which a member that never runs again cannot do.
     fn tracked_write_seen(
         &mut self,
         world: &dyn WorldServices,
