@@ -24,5 +24,6 @@ pub use exit::{Exit, Reply, StopReason};
 pub use machine::{Access, AccessKind, Event, Machine};
 pub use mem::{GuestMemory, MemFault, RegionMemory};
 pub use world::{
-    Action, AddressSpaces, CodeAliases, HostFastPath, HostRegisters, PoolEvent, Trap, WorldServices,
+    Action, AddressSpaces, CodeAliases, ExecMode, HostFastPath, HostRegisters, PoolEvent, Trap,
+    WorldServices,
 };

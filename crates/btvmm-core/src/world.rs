@@ -88,6 +88,41 @@ pub enum HostFastPath {
     Syscall,
 }
 
+/// How the monitor runs guest kernel code between the instructions it must
+/// handle (`btvmm run --exec`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExecMode {
+    /// Natively, except for short stretches the monitor interprets after
+    /// an instruction it handled, where another is likely close.
+    #[default]
+    Auto,
+    /// Natively: the monitor emulates only what it must.
+    Native,
+    /// Interpreted wherever the emulator handles the instruction; what it
+    /// does not handle runs natively from there.
+    Interpret,
+}
+
+impl ExecMode {
+    /// The name `--exec` takes.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Interpret => "interpret",
+        }
+    }
+
+    /// The mode `--exec` names.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Auto, Self::Native, Self::Interpret]
+            .into_iter()
+            .find(|mode| mode.name() == name)
+    }
+}
+
 /// Services of the world process the monitor acts through.
 pub trait WorldServices {
     /// Reads guest-physical memory; false if any byte is not RAM.

@@ -143,6 +143,9 @@ pub struct Monitor {
     /// The hybrid flags the host showed at the last trap, to see which ones
     /// guest code changed natively since.
     resumed_eflags: u32,
+    /// The host selectors of the last resume: what CS and SS held when the
+    /// host's fast system-call path reports its own instead.
+    resumed_selectors: [u16; 6],
     /// The guest executed HLT and waits for an interrupt.
     halted: bool,
     /// The PIC pair and the PIT (see devices::chipset for why they live
@@ -162,6 +165,9 @@ pub struct Monitor {
     /// The window the guest was last resumed in (split view), until the
     /// next trap.
     resumed_window: Option<split::Window>,
+    /// How guest kernel code runs between the instructions the monitor
+    /// must handle.
+    exec: btvmm_core::ExecMode,
     /// The monitor just moved the guest into code where more instructions
     /// it must handle usually follow soon (an interrupt, exception or
     /// system-call entry, the code after an instruction the planner
@@ -247,6 +253,7 @@ impl Monitor {
             timestamp_faulting: false,
             cpuid_faults,
             resumed_eflags: 0,
+            resumed_selectors: [0; 6],
             halted: false,
             chipset: Chipset::new(boot.wall_clock_ns, boot.ram_bytes),
             published_deadline: None,
@@ -256,6 +263,7 @@ impl Monitor {
             split: false,
             resumed_window: None,
             interpret_after: false,
+            exec: btvmm_core::ExecMode::Auto,
             breakpoints_armed: false,
             work_started: (0, 0),
             last_alias_fault: (0, 0),
@@ -272,6 +280,31 @@ impl Monitor {
     /// world must have code aliases), or with hardware breakpoints only.
     pub fn set_split(&mut self, split: bool) {
         self.split = split;
+    }
+
+    /// How guest kernel code runs between the instructions the monitor
+    /// must handle (the default: [`btvmm_core::ExecMode::Auto`]).
+    pub fn set_exec(&mut self, exec: btvmm_core::ExecMode) {
+        self.exec = exec;
+    }
+
+    /// In the split view: how many instructions the monitor interprets
+    /// past the last one it had to handle before it resumes natively.
+    pub(crate) fn split_run(&self) -> u32 {
+        match self.exec {
+            btvmm_core::ExecMode::Auto => SPLIT_INTERPRET_RUN,
+            btvmm_core::ExecMode::Native => 0,
+            btvmm_core::ExecMode::Interpret => u32::MAX,
+        }
+    }
+
+    /// Where a trap's count of interpreted instructions starts (see
+    /// [`Monitor::run_kernel`]).
+    fn first_streak(&self) -> u32 {
+        match (self.split, self.exec) {
+            (false, _) | (true, btvmm_core::ExecMode::Interpret) => 0,
+            (true, _) => self.split_run(),
+        }
     }
 
     /// Traces every trap, emulation and resume to standard error.
@@ -402,10 +435,16 @@ impl Monitor {
         let mut host = *host;
         if fast_path {
             // The host's fast system-call path reports its own CS, SS and
-            // RIP (the vDSO's landing pad) instead of the guest's.
+            // RIP (the vDSO's landing pad) instead of the guest's: CS and SS
+            // are taken as the guest was resumed with them (a native far
+            // transfer or SS load in between would go unseen; before, they
+            // were taken from the register slots, which need not hold the
+            // user's CS at all: a run whose kernel code was all
+            // interpreted left the CS slot empty).
             host.rip_high = 0;
-            host.selectors[SegReg::Cs as usize] = segments::slot_selector(SegReg::Cs);
-            host.selectors[SegReg::Ss as usize] = segments::slot_selector(SegReg::Ss);
+            for seg in [SegReg::Cs, SegReg::Ss] {
+                host.selectors[seg as usize] = self.resumed_selectors[seg as usize];
+            }
         }
         if sysenter {
             // SYSENTER follows the vDSO convention: RSP holds the guest's
@@ -1107,7 +1146,7 @@ impl Monitor {
     fn run_kernel(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
         // In the split view: instructions interpreted since the last one
         // the monitor had to emulate (none yet: no interpreting until one).
-        let mut interpreted = if self.split { SPLIT_INTERPRET_RUN } else { 0 };
+        let mut interpreted = self.first_streak();
         let mut steps = 0;
         loop {
             steps += 1;
@@ -1132,7 +1171,7 @@ impl Monitor {
                 // An idle guest may go from interrupt to HLT for ever
                 // without leaving the monitor: each wake-up is a new start.
                 steps = 0;
-                interpreted = if self.split { SPLIT_INTERPRET_RUN } else { 0 };
+                interpreted = self.first_streak();
                 continue;
             }
             if self.cpu.cpl != 0 {
@@ -1157,7 +1196,17 @@ impl Monitor {
             }
             // Short stretches between sensitive instructions are cheaper to
             // interpret than to run natively up to the next breakpoint trap.
-            if !self.split
+            if !self.split && self.exec == btvmm_core::ExecMode::Interpret {
+                // Everything the emulator handles; the planner's step for
+                // the rest.
+                if self
+                    .execute_at_eip(world, Why::Interpreted, None)?
+                    .is_some()
+                {
+                    continue;
+                }
+            } else if !self.split
+                && self.exec == btvmm_core::ExecMode::Auto
                 && interpreted < INTERPRET_BUDGET
                 && let Some(block) = self.short_run_ahead(world)?
             {
@@ -1167,7 +1216,9 @@ impl Monitor {
                 interpreted = INTERPRET_BUDGET;
             }
             if self.split {
-                if std::mem::take(&mut self.interpret_after) {
+                if std::mem::take(&mut self.interpret_after)
+                    && self.exec != btvmm_core::ExecMode::Native
+                {
                     interpreted = 0;
                 }
                 match self.split_step(world, &mut interpreted)? {
@@ -1387,6 +1438,7 @@ impl Monitor {
         self.counters
             .set(Counter::SplitWindowMoves, u64::from(self.mmu.split.moves()));
         let (writes, selectors) = self.shadows.sync_out(&self.cpu, world, window)?;
+        self.resumed_selectors = selectors;
         self.counters.add(Counter::LdtWrites, writes as u64);
         // Last: a timer edge since the last look is due at once (the host
         // kicks right away), so none waits for a later trap.

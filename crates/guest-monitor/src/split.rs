@@ -479,7 +479,7 @@ impl Monitor {
     /// EIP is in its alias and resumes.
     ///
     /// `streak` counts the instructions interpreted since the last one the
-    /// monitor had to emulate (at most `SPLIT_INTERPRET_RUN` are, then the
+    /// monitor had to emulate (at most [`Monitor::split_run`] are, then the
     /// guest resumes natively); it starts past the limit at each trap.
     pub(crate) fn split_step(
         &mut self,
@@ -531,8 +531,8 @@ impl Monitor {
             *streak = 0;
             return Ok(SplitStep::Continue);
         }
-        if *streak < crate::SPLIT_INTERPRET_RUN {
-            *streak += 1;
+        if *streak < self.split_run() {
+            *streak = streak.saturating_add(1);
             if self
                 .execute_fetched(world, crate::Why::Interpreted, Ok(instr), Some(kind))?
                 .is_some()

@@ -76,6 +76,13 @@ enum Command {
         /// `hw` with the CPU's 4 hardware breakpoints only.
         #[arg(long, value_enum, default_value_t = BreakpointsArg::Split)]
         breakpoints: BreakpointsArg,
+        /// How the monitor runs guest kernel code between the instructions
+        /// it must handle: `auto` natively, but interpreting short
+        /// stretches after each one it handled; `native` natively, emulating
+        /// only what it must; `interpret` interpreting everything the
+        /// emulator handles (slow; for testing the emulator).
+        #[arg(long, value_parser = parse_exec, default_value = "auto")]
+        exec: btvmm_core::ExecMode,
         /// For the attacker tests only: the first world writes the address
         /// of a `syscall; ret` in its own code to this guest-physical
         /// address, standing in for an attacker who broke ASLR.
@@ -184,6 +191,9 @@ enum Command {
         /// Use the split code view (the code aliases are on descriptor 6).
         #[arg(long)]
         split: bool,
+        /// See `run --exec`.
+        #[arg(long, value_parser = parse_exec, default_value = "auto")]
+        exec: btvmm_core::ExecMode,
         /// See `run --test-leak-syscall-gadget`.
         #[arg(long, value_parser = parse_address)]
         leak_syscall_gadget: Option<u32>,
@@ -268,6 +278,7 @@ fn world_main(
     trace: bool,
     member: Option<usize>,
     split: bool,
+    exec: btvmm_core::ExecMode,
     tests: &WorldTests,
 ) -> anyhow::Error {
     use world_switch::spawn::{ALIAS_FD, CHANNEL_FD, POOL_FD, RAM_FD};
@@ -328,11 +339,17 @@ fn world_main(
     };
     monitor.set_trace(trace);
     monitor.set_split(split);
+    monitor.set_exec(exec);
     monitor.set_host_fast_path(world.host_fast_path());
     match world.run(move |trap, registers, world| monitor.handle(trap, registers, world)) {
         Ok(never) => match never {},
         Err(error) => error.into(),
     }
+}
+
+fn parse_exec(text: &str) -> Result<btvmm_core::ExecMode, String> {
+    btvmm_core::ExecMode::from_name(text)
+        .ok_or_else(|| format!("{text:?} is not one of auto, native, interpret"))
 }
 
 fn parse_address(text: &str) -> Result<u32, String> {
@@ -373,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trace,
             address_spaces,
             breakpoints,
+            exec,
             test_leak_syscall_gadget,
             test_scribble,
             test_scribble_victim,
@@ -399,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BreakpointsArg::Hw => host_loader::run::Breakpoints::Hardware,
                     BreakpointsArg::Split => host_loader::run::Breakpoints::Split,
                 },
+                exec,
                 leak_syscall_gadget: test_leak_syscall_gadget,
                 scribble: test_scribble.zip(test_scribble_victim),
                 host_escape: test_host_escape,
@@ -491,6 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trace,
             member,
             split,
+            exec,
             leak_syscall_gadget,
             scribble,
             scribble_victim,
@@ -499,7 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 leak_syscall_gadget,
                 scribble: scribble.zip(scribble_victim),
             };
-            let error = world_main(ram_size, trace, member, split, &tests);
+            let error = world_main(ram_size, trace, member, split, exec, &tests);
             anyhow::bail!("world process: {error}");
         }
         Command::Launcher { host } => world_switch::launcher::serve(host),

@@ -68,6 +68,9 @@ pub struct RunRequest {
     pub console_input: bool,
     /// How guest kernel code is traced.
     pub breakpoints: Breakpoints,
+    /// How the monitor runs guest kernel code between the instructions it
+    /// must handle.
+    pub exec: btvmm_core::ExecMode,
     /// Attacker tests only: the first world writes the address of a
     /// `syscall; ret` of its own code at this guest-physical address.
     pub leak_syscall_gadget: Option<u32>,
@@ -189,6 +192,7 @@ impl RunRequest {
             address_spaces: usize::from(DEFAULT_ADDRESS_SPACES),
             console_input: false,
             breakpoints: Breakpoints::DEFAULT,
+            exec: btvmm_core::ExecMode::Auto,
             leak_syscall_gadget: None,
             scribble: None,
             host_escape: None,
@@ -434,6 +438,7 @@ impl<'a> Machine<'a> {
                     .as_ref()
                     .map(|_| u32::try_from(member).unwrap_or(u32::MAX)),
                 split: machine.aliases.is_some(),
+                exec: request.exec,
                 trace: request.trace,
                 cpu: cpu.and_then(|cpu| u32::try_from(cpu).ok()),
                 scribble: request.scribble,

@@ -23,6 +23,24 @@ fn conformance_kernels_match_qemu_with_hardware_breakpoints() {
     check_all("conformance-hw", "--breakpoints hw");
 }
 
+/// The emulator alone for guest kernel code (what it handles): the split
+/// view's and the hardware path's interpreting, pushed to everything.
+#[test]
+fn conformance_kernels_match_qemu_with_kernel_code_interpreted() {
+    check_all("conformance-interpret-split", "--exec interpret");
+    check_all(
+        "conformance-interpret-hw",
+        "--exec interpret --breakpoints hw",
+    );
+}
+
+/// No interpreting beyond what the monitor must emulate.
+#[test]
+fn conformance_kernels_match_qemu_with_kernel_code_native() {
+    check_all("conformance-native-split", "--exec native");
+    check_all("conformance-native-hw", "--exec native --breakpoints hw");
+}
+
 fn check_all(tag: &str, args: &str) {
     let guests = common::guests();
     let build = common::build_guests(tag);

@@ -51,6 +51,8 @@ pub struct WorldSpec {
     pub member: Option<u32>,
     /// The split code view (the alias memfd comes along).
     pub split: bool,
+    /// How the monitor runs guest kernel code.
+    pub exec: btvmm_core::ExecMode,
     /// Trace the monitor to standard error.
     pub trace: bool,
     /// The CPU the world is pinned to.
@@ -103,6 +105,9 @@ impl WorldSpec {
         }
         if self.split {
             args.push("--split".to_owned());
+        }
+        if self.exec != btvmm_core::ExecMode::Auto {
+            args.extend(["--exec".to_owned(), self.exec.name().to_owned()]);
         }
         if let Some((seed, victim)) = self.scribble {
             args.extend([
@@ -645,6 +650,7 @@ mod tests {
             ram_size: 64 << 20,
             member: Some(2),
             split: true,
+            exec: btvmm_core::ExecMode::Auto,
             trace: false,
             cpu: Some(1),
             scribble: None,
