@@ -529,6 +529,17 @@ impl Monitor {
         if !native {
             self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
             *streak = 0;
+            self.split_limit = match kind {
+                // Port polling loops (Linux's PIT calibration reads port
+                // 0x42 every 10 instructions and needs the reads evenly
+                // spaced: a trap per read fails it and marks the TSC
+                // unstable).
+                PoiKind::Sensitive {
+                    kind: cfg_planner::SensitiveKind::PortIo,
+                    ..
+                } => crate::SPLIT_RUN_AFTER_ENTRY,
+                _ => crate::SPLIT_RUN_AFTER_EMULATED,
+            };
             return Ok(SplitStep::Continue);
         }
         if *streak < self.split_run() {

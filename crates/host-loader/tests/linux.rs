@@ -206,6 +206,13 @@ fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
         dmesg.contains("Run /init as init process"),
         "dmesg:\n{dmesg}"
     );
+    // The TSC calibrates against the PIT (a port polling loop whose reads
+    // must be evenly spaced): the benchmarks' clock is the TSC.
+    assert!(
+        dmesg.contains("tsc: Fast TSC calibration using PIT")
+            && !dmesg.contains("Marking TSC unstable"),
+        "the TSC did not calibrate:\n{dmesg}"
+    );
     for bad in ["WARNING", "BUG", "Oops", "Call Trace"] {
         let lines: Vec<&str> = dmesg.lines().filter(|line| line.contains(bad)).collect();
         assert!(lines.is_empty(), "dmesg has {bad}:\n{}", lines.join("\n"));
