@@ -360,6 +360,26 @@ pub struct Calibration {
     pub bare: Vec<BareRow>,
     /// btvmm paths.
     pub paths: Vec<PathRow>,
+    /// The emulator alone, nanoseconds per instruction on a kernel-like
+    /// mix over flat memory (`btvmm_core::emu::speed`; median of the
+    /// rounds): what "instruction interpreted" costs without the monitor.
+    pub emulator_ns: f64,
+}
+
+/// Instructions per round of [`Calibration::emulator_ns`].
+const EMULATOR_INSTRUCTIONS: u64 = 1_000_000;
+
+/// The emulator alone (see [`Calibration::emulator_ns`]).
+fn emulator_ns(rounds: u32) -> Result<f64, ExperimentsError> {
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let (ns, _) = btvmm_core::emu::speed::kernel_like_mix(EMULATOR_INSTRUCTIONS)
+            .map_err(|stop| ExperimentsError::Calibrate(format!("the emulator's loop: {stop}")))?;
+        #[allow(clippy::cast_precision_loss)] // a million
+        samples.push(ns / EMULATOR_INSTRUCTIONS as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
 }
 
 /// Runs every measurement.
@@ -463,6 +483,7 @@ pub fn calibrate(request: &CalibrateRequest) -> Result<Calibration, ExperimentsE
         loop_ns,
         bare,
         paths,
+        emulator_ns: emulator_ns(request.rounds)?,
     })
 }
 
@@ -536,6 +557,12 @@ pub fn render_text(calibration: &Calibration) -> String {
             row.path, row.ns, row.bare_ns, ratio, row.counted_per_event, needs
         );
     }
+    let _ = writeln!(
+        out,
+        "\nthe emulator alone (flat memory, a kernel-like mix; no monitor): {:.0} ns an instruction, {:.1} M a second",
+        calibration.emulator_ns,
+        1e3 / calibration.emulator_ns
+    );
     out
 }
 

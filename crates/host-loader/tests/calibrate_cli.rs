@@ -74,6 +74,10 @@ fn calibrate_reports_every_bare_event_and_path_and_counts_each_path_s_events() {
         serde_json::from_slice(&output.stdout).expect("calibrate --json prints JSON");
     finite(&table, "tsc_per_ns");
     finite(&table, "loop_ns");
+    assert!(
+        finite(&table, "emulator_ns") > 0.0,
+        "the emulator alone takes time: {table}"
+    );
     let bare = table["bare"].as_array().expect("a bare array");
     let names: Vec<&str> = bare
         .iter()

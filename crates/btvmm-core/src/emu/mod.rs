@@ -28,6 +28,7 @@ pub mod fpu;
 pub mod interrupt;
 pub mod io;
 pub mod segment;
+pub mod speed;
 pub mod string;
 pub mod system;
 
