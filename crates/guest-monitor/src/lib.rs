@@ -68,6 +68,22 @@ const DR6_BS: u32 = 1 << 14;
 /// instructions, which a legal guest may have).
 const EMULATION_BUDGET: usize = 10_000;
 
+/// The monitor's [`GuestView`] for one step of work: a macro rather than a
+/// method, so that the vCPU and the decode cache stay free to borrow beside
+/// it (the view takes the other fields).
+macro_rules! guest_view {
+    ($monitor:ident, $world:expr, $terminate:ident) => {
+        GuestView {
+            world: $world,
+            planner: &mut $monitor.planner,
+            counters: &mut $monitor.counters,
+            chipset: &mut $monitor.chipset,
+            terminate: &mut $terminate,
+            mmu: &mut $monitor.mmu,
+        }
+    };
+}
+
 /// Why an instruction is being emulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Why {
@@ -478,14 +494,7 @@ impl Monitor {
             | 0x2;
         let mut terminate = false;
         let repairs = {
-            let mut view = GuestView {
-                world,
-                planner: &mut self.planner,
-                counters: &mut self.counters,
-                chipset: &mut self.chipset,
-                terminate: &mut terminate,
-                mmu: &mut self.mmu,
-            };
+            let mut view = guest_view!(self, world, terminate);
             self.shadows.sync_in(&mut self.cpu, host, &mut view)?
         };
         self.counters.add(Counter::SelectorRepairs, repairs);
@@ -843,14 +852,7 @@ impl Monitor {
         let instr = decoder.decode();
         let mut terminate = false;
         let result = {
-            let mut view = GuestView {
-                world,
-                planner: &mut self.planner,
-                counters: &mut self.counters,
-                chipset: &mut self.chipset,
-                terminate: &mut terminate,
-                mmu: &mut self.mmu,
-            };
+            let mut view = guest_view!(self, world, terminate);
             emu::execute(&mut self.cpu, &mut view, &instr)
         };
         self.counters.bump(Counter::Emulated);
@@ -888,14 +890,7 @@ impl Monitor {
     /// fault the fetch raises.
     fn fetch_at_eip(&mut self, world: &mut dyn WorldServices) -> Result<Instruction, Stop> {
         let mut terminate = false;
-        let mut view = GuestView {
-            world,
-            planner: &mut self.planner,
-            counters: &mut self.counters,
-            chipset: &mut self.chipset,
-            terminate: &mut terminate,
-            mmu: &mut self.mmu,
-        };
+        let mut view = guest_view!(self, world, terminate);
         let fetched = emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache);
         self.counters
             .set(Counter::InstructionsDecoded, self.decode_cache.stats().1);
@@ -946,14 +941,7 @@ impl Monitor {
                 let stack_switch = matches!(instr.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
                     && instr.op0_kind() == OpKind::Register
                     && instr.op0_register() == Register::SS;
-                let mut view = GuestView {
-                    world,
-                    planner: &mut self.planner,
-                    counters: &mut self.counters,
-                    chipset: &mut self.chipset,
-                    terminate: &mut terminate,
-                    mmu: &mut self.mmu,
-                };
+                let mut view = guest_view!(self, world, terminate);
                 (emu::execute(&mut self.cpu, &mut view, &instr), stack_switch)
             }
             Err(stop) => (Err(stop), false),
@@ -1100,14 +1088,7 @@ impl Monitor {
         self.halted = false;
         let mut terminate = false;
         let result = {
-            let mut view = GuestView {
-                world,
-                planner: &mut self.planner,
-                counters: &mut self.counters,
-                chipset: &mut self.chipset,
-                terminate: &mut terminate,
-                mmu: &mut self.mmu,
-            };
+            let mut view = guest_view!(self, world, terminate);
             btvmm_core::emu::interrupt::deliver_external(&mut self.cpu, &mut view, vector)
         };
         if terminate {
@@ -1133,14 +1114,7 @@ impl Monitor {
         self.interpret_after = true;
         let mut terminate = false;
         let result = {
-            let mut view = GuestView {
-                world,
-                planner: &mut self.planner,
-                counters: &mut self.counters,
-                chipset: &mut self.chipset,
-                terminate: &mut terminate,
-                mmu: &mut self.mmu,
-            };
+            let mut view = guest_view!(self, world, terminate);
             deliver_exception(&mut self.cpu, &mut view, exception)
         };
         if terminate {

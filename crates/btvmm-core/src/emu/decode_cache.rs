@@ -142,18 +142,6 @@ pub fn decode_uncached(bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
 mod tests {
     use super::*;
 
-    fn iced(bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
-        let mut decoder = Decoder::with_ip(bitness, bytes, u64::from(ip), DecoderOptions::NONE);
-        let instr = decoder.decode();
-        if decoder.last_error() == DecoderError::NoMoreBytes {
-            Decoded::NeedsMoreBytes
-        } else if instr.is_invalid() {
-            Decoded::Invalid
-        } else {
-            Decoded::Instruction(instr)
-        }
-    }
-
     #[test]
     fn a_remembered_decoding_is_the_decoders_and_changed_bytes_are_decoded_again() {
         let mut cache = DecodeCache::<()>::default();
@@ -164,21 +152,21 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(
                 cache.decode(32, 0xc100_0000, &jump),
-                iced(32, 0xc100_0000, &jump)
+                decode_uncached(32, 0xc100_0000, &jump)
             );
         }
         assert_eq!(cache.stats(), (1, 1));
         assert_eq!(
             cache.decode(32, 0xc100_0000, &push),
-            iced(32, 0xc100_0000, &push)
+            decode_uncached(32, 0xc100_0000, &push)
         );
         assert_eq!(
             cache.decode(32, 0xc200_0000, &jump),
-            iced(32, 0xc200_0000, &jump)
+            decode_uncached(32, 0xc200_0000, &jump)
         );
         assert_eq!(
             cache.decode(16, 0xc200_0000, &jump),
-            iced(16, 0xc200_0000, &jump)
+            decode_uncached(16, 0xc200_0000, &jump)
         );
         assert_eq!(cache.stats(), (1, 4));
         // Bytes that stop early give the decoder's answer, not the slot's.
@@ -188,7 +176,7 @@ mod tests {
         );
         assert_eq!(
             cache.decode(32, 0x1000, &[0x0f, 0xff]),
-            iced(32, 0x1000, &[0x0f, 0xff])
+            decode_uncached(32, 0x1000, &[0x0f, 0xff])
         );
     }
 
