@@ -23,6 +23,7 @@ pub mod control;
 pub mod cpuid;
 pub mod data;
 pub mod decode_cache;
+pub mod fast;
 pub mod flags;
 pub mod fpu;
 pub mod interrupt;
@@ -286,6 +287,7 @@ impl Ctx<'_> {
 
     /// Checks an access of `len` bytes at `segment:offset` against the
     /// segment's type and limit and returns its linear address.
+    #[inline]
     pub fn linear(
         &self,
         segment: SegReg,
@@ -317,6 +319,7 @@ impl Ctx<'_> {
     }
 
     /// Reads `size` (1, 2 or 4) bytes at `segment:offset`, zero-extended.
+    #[inline]
     pub fn read_mem(&mut self, segment: SegReg, offset: u32, size: u32) -> Result<u32, Stop> {
         let linear = self.linear(segment, offset, size, AccessKind::Read)?;
         let mut bytes = [0u8; 4];
@@ -332,6 +335,7 @@ impl Ctx<'_> {
     /// writable and paging judges the read as a write, so a fault reports a
     /// write as the CPU does and a successful read means the write will
     /// not fault.
+    #[inline]
     pub fn read_mem_rmw(&mut self, segment: SegReg, offset: u32, size: u32) -> Result<u32, Stop> {
         let linear = self.linear(segment, offset, size, AccessKind::Write)?;
         let mut bytes = [0u8; 4];
@@ -342,6 +346,7 @@ impl Ctx<'_> {
     }
 
     /// Writes the low `size` (1, 2 or 4) bytes of `value` at `segment:offset`.
+    #[inline]
     pub fn write_mem(
         &mut self,
         segment: SegReg,
@@ -389,6 +394,7 @@ impl Ctx<'_> {
 
     /// The stack pointer as the stack's address size sees it.
     #[must_use]
+    #[inline]
     pub fn stack_pointer(&self) -> u32 {
         let esp = self.cpu.gpr[crate::Gpr::Esp as usize];
         if self.cpu.segment(SegReg::Ss).cache.big {
@@ -399,6 +405,7 @@ impl Ctx<'_> {
     }
 
     /// Sets the stack pointer (16-bit stacks change only SP).
+    #[inline]
     pub fn set_stack_pointer(&mut self, value: u32) {
         let esp = &mut self.cpu.gpr[crate::Gpr::Esp as usize];
         if self.cpu.segments[SegReg::Ss as usize].cache.big {
@@ -409,6 +416,7 @@ impl Ctx<'_> {
     }
 
     /// Pushes `size` (2 or 4) bytes.
+    #[inline]
     pub fn push(&mut self, value: u32, size: u32) -> Result<(), Stop> {
         let sp = self.stack_pointer().wrapping_sub(size);
         let sp = if self.cpu.segment(SegReg::Ss).cache.big {
@@ -422,6 +430,7 @@ impl Ctx<'_> {
     }
 
     /// Pops `size` (2 or 4) bytes.
+    #[inline]
     pub fn pop(&mut self, size: u32) -> Result<u32, Stop> {
         let sp = self.stack_pointer();
         let value = self.read_mem(SegReg::Ss, sp, size)?;

@@ -114,6 +114,58 @@ pub fn kernel_like_mix(instructions: u64) -> Result<(f64, Cpu), Stop> {
     Ok((elapsed, cpu))
 }
 
+/// A driver that lets everything run.
+struct Everything;
+
+impl<N> emu::fast::Driver<Flat, N> for Everything {
+    fn before(
+        &mut self,
+        _: &Cpu,
+        _: &mut Flat,
+        _: &iced_x86::Instruction,
+        _: &mut Option<N>,
+    ) -> bool {
+        true
+    }
+
+    fn after(&mut self, _: &Cpu, _: &mut Flat, _: emu::Outcome) -> bool {
+        true
+    }
+}
+
+/// [`kernel_like_mix`] through the fast interpreter ([`emu::fast`]):
+/// blocks decoded once, runs of instructions without a fetch each.
+///
+/// # Errors
+///
+/// As [`kernel_like_mix`]; also a run that ends before `instructions`.
+pub fn kernel_like_mix_fast(instructions: u64) -> Result<(f64, Cpu), Stop> {
+    let code = kernel_like_loop().map_err(|error| Stop::Machine(error.to_string()))?;
+    let mut memory = Flat(vec![0; MEMORY]);
+    memory.0[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
+    let mut cpu = Cpu {
+        eip: CODE,
+        ..Cpu::default()
+    };
+    cpu.gpr[Gpr::Esp as usize] = STACK;
+    let mut cache = emu::fast::BlockCache::<()>::default();
+    let started = std::time::Instant::now();
+    let mut left = instructions;
+    while left > 0 {
+        let budget = u32::try_from(left.min(1 << 20)).unwrap_or(1 << 20);
+        let ran = emu::fast::run(&mut cpu, &mut memory, &mut cache, &mut Everything, budget);
+        match ran.end {
+            emu::fast::End::Driver => {}
+            emu::fast::End::Stopped(stop) => return Err(stop),
+            other => return Err(Stop::Machine(format!("the fast run ended: {other:?}"))),
+        }
+        left -= u64::from(ran.retired);
+    }
+    #[allow(clippy::cast_precision_loss)] // nanoseconds of a short run
+    let elapsed = started.elapsed().as_nanos() as f64;
+    Ok((elapsed, cpu))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +178,12 @@ mod tests {
         assert_eq!(cpu.eip, CODE);
         assert_eq!(cpu.gpr[Gpr::Esp as usize], STACK);
         assert_eq!(cpu.gpr[Gpr::Edx as usize], 0, "EDX popped back");
+    }
+
+    #[test]
+    fn the_fast_interpreter_ends_the_loop_where_the_general_emulator_does() {
+        let (_, general) = kernel_like_mix(24 * 100 + 7).expect("the loop runs");
+        let (_, fast) = kernel_like_mix_fast(24 * 100 + 7).expect("the loop runs");
+        assert_eq!(fast, general);
     }
 }
