@@ -364,16 +364,25 @@ pub struct Calibration {
     /// mix over flat memory (`btvmm_core::emu::speed`; median of the
     /// rounds): what "instruction interpreted" costs without the monitor.
     pub emulator_ns: f64,
+    /// The fast interpreter alone on the same mix (`btvmm_core::emu::fast`:
+    /// blocks decoded once), nanoseconds per instruction.
+    pub interpreter_ns: f64,
 }
 
 /// Instructions per round of [`Calibration::emulator_ns`].
 const EMULATOR_INSTRUCTIONS: u64 = 1_000_000;
 
-/// The emulator alone (see [`Calibration::emulator_ns`]).
-fn emulator_ns(rounds: u32) -> Result<f64, ExperimentsError> {
+/// The emulator alone (see [`Calibration::emulator_ns`]), or with `fast`
+/// the fast interpreter ([`Calibration::interpreter_ns`]).
+fn emulator_ns(rounds: u32, fast: bool) -> Result<f64, ExperimentsError> {
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let (ns, _) = btvmm_core::emu::speed::kernel_like_mix(EMULATOR_INSTRUCTIONS)
+        let mix = if fast {
+            btvmm_core::emu::speed::kernel_like_mix_fast
+        } else {
+            btvmm_core::emu::speed::kernel_like_mix
+        };
+        let (ns, _) = mix(EMULATOR_INSTRUCTIONS)
             .map_err(|stop| ExperimentsError::Calibrate(format!("the emulator's loop: {stop}")))?;
         #[allow(clippy::cast_precision_loss)] // a million
         samples.push(ns / EMULATOR_INSTRUCTIONS as f64);
@@ -483,7 +492,8 @@ pub fn calibrate(request: &CalibrateRequest) -> Result<Calibration, ExperimentsE
         loop_ns,
         bare,
         paths,
-        emulator_ns: emulator_ns(request.rounds)?,
+        emulator_ns: emulator_ns(request.rounds, false)?,
+        interpreter_ns: emulator_ns(request.rounds, true)?,
     })
 }
 
@@ -562,6 +572,12 @@ pub fn render_text(calibration: &Calibration) -> String {
         "\nthe emulator alone (flat memory, a kernel-like mix; no monitor): {:.0} ns an instruction, {:.1} M a second",
         calibration.emulator_ns,
         1e3 / calibration.emulator_ns
+    );
+    let _ = writeln!(
+        out,
+        "the fast interpreter alone (the same, blocks decoded once): {:.0} ns an instruction, {:.1} M a second",
+        calibration.interpreter_ns,
+        1e3 / calibration.interpreter_ns
     );
     out
 }

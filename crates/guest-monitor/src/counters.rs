@@ -116,6 +116,15 @@ pub enum Counter {
     /// Kernel-mode resumes under hardware breakpoints although the split
     /// view is on (code whose alias cannot be placed).
     SplitFallbacks,
+    /// Blocks the fast interpreter decoded (first use, or changed bytes).
+    FastBlocksDecoded,
+    /// Instructions the fast interpreter ran through a fast form (the rest
+    /// of its instructions went through the general emulator).
+    FastForms,
+    /// Runs of the fast interpreter (one per trap or more).
+    FastRuns,
+    /// Time in fast interpreter runs (part of the monitor's work).
+    FastNs,
     /// Nanoseconds the monitor worked (trap handling, without the waits
     /// below).
     MonitorNs,
@@ -130,7 +139,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 53] = [
+    pub const ALL: [Counter; 57] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -180,6 +189,10 @@ impl Counter {
         Counter::SplitWindowMoves,
         Counter::SplitStraddlers,
         Counter::SplitFallbacks,
+        Counter::FastBlocksDecoded,
+        Counter::FastForms,
+        Counter::FastRuns,
+        Counter::FastNs,
         Counter::MonitorNs,
         Counter::ExitWaitNs,
         Counter::HaltNs,
@@ -239,6 +252,10 @@ impl Counter {
             Self::SplitWindowMoves => "split: window moves",
             Self::SplitStraddlers => "split: page-straddling instructions emulated",
             Self::SplitFallbacks => "split: resumes under hardware breakpoints instead",
+            Self::FastBlocksDecoded => "interpreter: blocks decoded",
+            Self::FastForms => "interpreter: instructions in fast forms",
+            Self::FastRuns => "interpreter: runs",
+            Self::FastNs => "time: interpreter runs (ns)",
             Self::MonitorNs => "time: monitor work (ns)",
             Self::ExitWaitNs => "time: waiting for the host (ns)",
             Self::HaltNs => "time: guest HLT sleeps (ns)",

@@ -17,6 +17,22 @@
 //!    instructions and delivering exceptions on the way),
 //! 4. writes the vCPU back into host registers and resumes.
 
+/// The monitor's [`GuestView`] for one step of work: a macro rather than a
+/// method, so that the vCPU and the decode cache stay free to borrow beside
+/// it (the view takes the other fields).
+macro_rules! guest_view {
+    ($monitor:ident, $world:expr, $terminate:ident) => {
+        GuestView {
+            world: $world,
+            planner: &mut $monitor.planner,
+            counters: &mut $monitor.counters,
+            chipset: &mut $monitor.chipset,
+            terminate: &mut $terminate,
+            mmu: &mut $monitor.mmu,
+        }
+    };
+}
+
 pub mod counters;
 pub mod mmu;
 pub mod segments;
@@ -68,21 +84,9 @@ const DR6_BS: u32 = 1 << 14;
 /// instructions, which a legal guest may have).
 const EMULATION_BUDGET: usize = 10_000;
 
-/// The monitor's [`GuestView`] for one step of work: a macro rather than a
-/// method, so that the vCPU and the decode cache stay free to borrow beside
-/// it (the view takes the other fields).
-macro_rules! guest_view {
-    ($monitor:ident, $world:expr, $terminate:ident) => {
-        GuestView {
-            world: $world,
-            planner: &mut $monitor.planner,
-            counters: &mut $monitor.counters,
-            chipset: &mut $monitor.chipset,
-            terminate: &mut $terminate,
-            mmu: &mut $monitor.mmu,
-        }
-    };
-}
+/// Most instructions in one run of the fast interpreter: the monitor's
+/// loop looks at the clock and the chipset between runs.
+const FAST_RUN_BUDGET: u32 = 1024;
 
 /// Why an instruction is being emulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,8 +102,10 @@ enum Why {
 /// Most instructions interpreted in one trap.
 const INTERPRET_BUDGET: u32 = 256;
 /// In the split view a trap costs about a #GP, a few microseconds with the
-/// monitor's work, and an interpreted instruction about 200 ns (in the
-/// monitor): after delivering an interrupt, exception or system call to the
+/// monitor's work, and an interpreted instruction 90-150 ns in the
+/// monitor, through the fast interpreter (alone on flat memory it takes
+/// 14 ns: in the monitor every memory access goes through the guest's
+/// tables, the world's memory and the write tracking): after delivering an interrupt, exception or system call to the
 /// guest kernel, whose entry code is a cluster of sensitive instructions
 /// (segment pushes and loads), and after emulating port I/O, the monitor
 /// interprets up to this many instructions looking for the next one it
@@ -114,7 +120,11 @@ const SPLIT_RUN_AFTER_ENTRY: u32 = 16;
 /// IRET), and short, since the next one is mostly far. Measured
 /// (getuid:20000,pipe-switch:1000,fork-exec:20,sigsegv:2000, 2 alternating
 /// runs): 16 here made pipe-switch, fork-exec and sigsegv 7-20% slower than
-/// 4, and no interpreting at all made getuid 15% slower.
+/// 4, and no interpreting at all made getuid 15% slower. Again with the
+/// fast interpreter (getuid:20000,pipe-switch:2000,fork-exec:100, one run
+/// each): 32/8 and 64/16 here and above made pipe-switch 825 and 969 us
+/// against 710 us with 16/4; 256/64 halved getuid's traps (6.2 to 3.1)
+/// but not its time (48 against 47 us).
 const SPLIT_RUN_AFTER_EMULATED: u32 = 4;
 /// Blocks copied into alias pages at one trap (the block at EIP and the
 /// code its direct branches reach on the same page).
@@ -156,6 +166,9 @@ pub struct Monitor {
     /// Instructions the emulator and the split view decoded, by their
     /// bytes (the same kernel paths are interpreted over and over).
     decode_cache: emu::decode_cache::DecodeCache<split::Judged>,
+    /// The fast interpreter's blocks, with the split view's judgement of
+    /// each instruction.
+    blocks: emu::fast::BlockCache<split::Judged>,
     shadows: Shadows,
     counters: Counters,
     /// The monitor set TF for one instruction.
@@ -267,6 +280,7 @@ impl Monitor {
         };
         Ok(Self {
             decode_cache: emu::decode_cache::DecodeCache::default(),
+            blocks: emu::fast::BlockCache::default(),
             cpu,
             planner: Planner::new(PlannerConfig {
                 classify: cfg_planner::ClassifyConfig {
@@ -1210,6 +1224,9 @@ impl Monitor {
                 {
                     interpreted = 0;
                     self.split_limit = SPLIT_RUN_AFTER_ENTRY;
+                }
+                if self.split_fast(world, &mut interpreted, &mut steps)? {
+                    continue;
                 }
                 match self.split_step(world, &mut interpreted)? {
                     SplitStep::Resume(window) => {

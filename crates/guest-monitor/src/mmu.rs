@@ -443,6 +443,12 @@ impl Mmu {
         Ok(())
     }
 
+    /// A failure is recorded (see [`Mmu::take_failure`]).
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+
     /// The failure recorded while handling an event, if any.
     pub fn take_failure(&mut self) -> Option<ShadowError> {
         self.failure.take()

@@ -46,14 +46,17 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use btvmm_core::cpu::{CpuView, Eflags};
+use btvmm_core::Stop;
+use btvmm_core::cpu::{Cpu, CpuView, Cr0, Eflags};
+use btvmm_core::emu::Outcome;
+use btvmm_core::emu::fast::{Driver, End};
 use btvmm_core::{GuestVirt, PAGE_SIZE, StopReason, WorldServices};
 use cfg_planner::{BlockEnd, PoiKind, PointerKind};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 
 use crate::counters::Counter;
 use crate::mmu::USER_TOP;
-use crate::view::PlannerMemory;
+use crate::view::{GuestView, PlannerMemory};
 use crate::{Failure, Monitor};
 
 /// INT3, what an alias holds wherever the monitor must step in.
@@ -572,6 +575,85 @@ impl Monitor {
         Ok(SplitStep::Resume(window))
     }
 
+    /// Interprets from EIP through the fast interpreter
+    /// ([`btvmm_core::emu::fast`]) with [`Monitor::split_step`]'s
+    /// decisions, made instruction by instruction in a [`SplitDriver`]:
+    /// instructions that must not run natively are emulated, others are
+    /// interpreted while the current run lasts, and the run stops before
+    /// the first that should run natively, or after an instruction that
+    /// leaves something for the monitor's loop (an interrupt the guest can
+    /// take, an address-space switch, a change of privilege or code size,
+    /// single-stepping, HLT). Returns whether anything happened; if not,
+    /// [`Monitor::split_step`] takes the instruction at EIP (resumes
+    /// natively there, or handles what no block can hold). `streak` is as
+    /// in `split_step`; `steps` counts the instructions run.
+    pub(crate) fn split_fast(
+        &mut self,
+        world: &mut dyn WorldServices,
+        streak: &mut u32,
+        steps: &mut usize,
+    ) -> Result<bool, Failure> {
+        if self.trace || self.cpu.eflags & Eflags::TF != 0 || !self.cpu.code_32bit() {
+            // Tracing names every instruction: one at a time.
+            return Ok(false);
+        }
+        let mut driver = SplitDriver {
+            classify: self.planner.config().classify,
+            fpu_bits: fpu_bits(&self.cpu),
+            streak: *streak,
+            split_limit: self.split_limit,
+            exec: self.exec,
+            last_interpreted: false,
+        };
+        let mut terminate = false;
+        let started = world.now_ns();
+        let ran = {
+            let mut view = guest_view!(self, world, terminate);
+            btvmm_core::emu::fast::run(
+                &mut self.cpu,
+                &mut view,
+                &mut self.blocks,
+                &mut driver,
+                crate::FAST_RUN_BUDGET,
+            )
+        };
+        self.counters
+            .add(Counter::FastNs, world.now_ns().saturating_sub(started));
+        *streak = driver.streak;
+        self.split_limit = driver.split_limit;
+        *steps += ran.retired as usize;
+        let stats = self.blocks.stats();
+        self.counters.bump(Counter::FastRuns);
+        self.counters.set(Counter::FastBlocksDecoded, stats.decoded);
+        self.counters.set(Counter::FastForms, stats.fast);
+        let retired = ran.retired > 0;
+        match ran.end {
+            End::Stopped(Stop::NotEmulated(_)) if driver.last_interpreted => {
+                // An instruction the emulator does not handle, met while
+                // interpreting: it runs natively instead.
+                *streak = u32::MAX;
+                if retired {
+                    self.after_emulation(world, Ok(Outcome::Retired), terminate)?;
+                }
+                Ok(false)
+            }
+            End::Stopped(stop) => {
+                self.after_emulation(world, Err(stop), terminate)?;
+                Ok(true)
+            }
+            End::Halted => {
+                self.after_emulation(world, Ok(Outcome::Halted), terminate)?;
+                Ok(true)
+            }
+            End::Driver | End::NoBlock => {
+                if retired || terminate {
+                    self.after_emulation(world, Ok(Outcome::Retired), terminate)?;
+                }
+                Ok(retired)
+            }
+        }
+    }
+
     /// Copies the code from `start` into its alias, and the code its
     /// direct branches reach on the same page, block by block; maps the
     /// alias page. Instructions the monitor handles get INT3.
@@ -735,6 +817,107 @@ impl Monitor {
             let _ = aliases.write(phys_page, trap % PAGE_SIZE, &[INT3]);
         }
         Ok(successors)
+    }
+}
+
+/// The CR0 and CR4 bits the planner's classification depends on (which
+/// FPU and SSE instructions fault).
+fn fpu_bits(cpu: &Cpu) -> (u32, u32) {
+    (
+        cpu.cr0 & (Cr0::TS | Cr0::EM | Cr0::MP),
+        cpu.cr4 & btvmm_core::emu::fpu::CR4_OSFXSR,
+    )
+}
+
+/// [`Monitor::split_step`]'s decisions for a fast interpreter run.
+struct SplitDriver {
+    /// The classification settings of the run.
+    classify: cfg_planner::ClassifyConfig,
+    /// [`fpu_bits`] at the start: a change ends the run (the
+    /// classification changes with them).
+    fpu_bits: (u32, u32),
+    /// Instructions interpreted since the last one that had to be
+    /// emulated.
+    streak: u32,
+    /// [`Monitor::split_limit`].
+    split_limit: u32,
+    exec: btvmm_core::ExecMode,
+    /// The last instruction let run was interpreted (could have run
+    /// natively) rather than emulated because it had to be.
+    last_interpreted: bool,
+}
+
+impl SplitDriver {
+    /// [`Monitor::split_run`].
+    fn run_limit(&self) -> u32 {
+        match self.exec {
+            btvmm_core::ExecMode::Auto => self.split_limit,
+            btvmm_core::ExecMode::Native => 0,
+            btvmm_core::ExecMode::Interpret => u32::MAX,
+        }
+    }
+}
+
+impl Driver<GuestView<'_>, Judged> for SplitDriver {
+    fn before(
+        &mut self,
+        _cpu: &Cpu,
+        view: &mut GuestView<'_>,
+        instr: &Instruction,
+        note: &mut Option<Judged>,
+    ) -> bool {
+        let judged = match note {
+            Some(judged) if judged.classify == self.classify => *judged,
+            _ => {
+                let kind = cfg_planner::classify(instr, &self.classify);
+                let judged = Judged {
+                    classify: self.classify,
+                    kind,
+                    native: split_native(kind, instr),
+                };
+                *note = Some(judged);
+                judged
+            }
+        };
+        if judged.native {
+            if self.streak >= self.run_limit() {
+                return false;
+            }
+            self.streak = self.streak.saturating_add(1);
+            self.last_interpreted = true;
+            view.counters.bump(Counter::Interpreted);
+        } else {
+            self.streak = 0;
+            self.split_limit = match judged.kind {
+                // As in split_step: port polling loops.
+                PoiKind::Sensitive {
+                    kind: cfg_planner::SensitiveKind::PortIo,
+                    ..
+                } => crate::SPLIT_RUN_AFTER_ENTRY,
+                _ => crate::SPLIT_RUN_AFTER_EMULATED,
+            };
+            self.last_interpreted = false;
+            view.counters.bump(Counter::EmulatedPlanned);
+        }
+        view.counters.bump(Counter::Emulated);
+        match judged.kind {
+            PoiKind::Sensitive { kind, .. } => view.counters.bump_sensitive(kind),
+            PoiKind::PointerBranch(kind) => view.counters.bump_pointer(kind),
+            _ => {}
+        }
+        true
+    }
+
+    fn after(&mut self, cpu: &Cpu, view: &mut GuestView<'_>, outcome: Outcome) -> bool {
+        outcome != Outcome::Halted
+            && !*view.terminate
+            && !view.mmu.failed()
+            && view.mmu.pending_switch().is_none()
+            && cpu.cpl == 0
+            && cpu.eflags & Eflags::TF == 0
+            && cpu.code_32bit()
+            && !(cpu.interrupts_enabled() && view.chipset.interrupt_pending())
+            && fpu_bits(cpu) == self.fpu_bits
     }
 }
 

@@ -78,6 +78,10 @@ fn calibrate_reports_every_bare_event_and_path_and_counts_each_path_s_events() {
         finite(&table, "emulator_ns") > 0.0,
         "the emulator alone takes time: {table}"
     );
+    assert!(
+        finite(&table, "interpreter_ns") > 0.0,
+        "the fast interpreter alone takes time: {table}"
+    );
     let bare = table["bare"].as_array().expect("a bare array");
     let names: Vec<&str> = bare
         .iter()

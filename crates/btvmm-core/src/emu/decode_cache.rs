@@ -8,8 +8,17 @@
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
-/// Slots: a direct-mapped table indexed by address.
-const SLOTS: usize = 4096;
+/// Slots: a direct-mapped table indexed by a hash of the address.
+const SLOT_BITS: u32 = 12;
+const SLOTS: usize = 1 << SLOT_BITS;
+
+/// The slot of `ip` in a table of `1 << bits` slots: Fibonacci hashing,
+/// which spreads the addresses of one kernel's code (an XOR of address
+/// bits made instructions of one system call path collide).
+#[must_use]
+pub(crate) fn slot_hash(ip: u32, bits: u32) -> usize {
+    (ip.wrapping_mul(0x9e37_79b9) >> (32 - bits)) as usize
+}
 /// Longest x86 instruction.
 const MAX_LEN: usize = 15;
 
@@ -71,7 +80,7 @@ impl<N: Copy> DecodeCache<N> {
     /// Decodes the instruction at the start of `bytes`, fetched at `ip`, in
     /// 16- or 32-bit code (`bitness`), exactly as iced's decoder would.
     pub fn decode(&mut self, bitness: u32, ip: u32, bytes: &[u8]) -> Decoded {
-        let index = (ip ^ (ip >> 12)) as usize % SLOTS;
+        let index = slot_hash(ip, SLOT_BITS);
         if let Some(slot) = &self.slots[index] {
             let len = slot.instr.len();
             if slot.ip == ip

@@ -43,8 +43,9 @@ use crate::machine::{Access, AccessKind, Machine};
 use super::flags::{self, STATUS};
 use super::{Ctx, Outcome};
 
-/// Blocks kept: a direct-mapped table indexed by address.
-const SLOTS: usize = 2048;
+/// Blocks kept: a direct-mapped table indexed by a hash of the address.
+const SLOT_BITS: u32 = 12;
+const SLOTS: usize = 1 << SLOT_BITS;
 /// Most bytes decoded into one block.
 const MAX_BLOCK_BYTES: u32 = 160;
 /// Most instructions in one block.
@@ -415,13 +416,14 @@ pub trait Driver<M: ?Sized, N> {
         note: &mut Option<N>,
     ) -> bool;
 
-    /// After an instruction retired with `outcome`: whether to go on.
+    /// After an instruction retired with `outcome` (not HLT: a run ends
+    /// at HLT): whether to go on.
     fn after(&mut self, cpu: &Cpu, machine: &mut M, outcome: Outcome) -> bool;
 }
 
 /// The slot of a block at `eip`.
 fn slot_of(eip: u32) -> usize {
-    ((eip ^ (eip >> 11)) as usize) % SLOTS
+    super::decode_cache::slot_hash(eip, SLOT_BITS)
 }
 
 /// The fetch access of the current privilege level.
@@ -503,7 +505,7 @@ pub fn run<M, N, D>(
 where
     M: Machine,
     N: Clone,
-    D: Driver<M, N>,
+    D: Driver<M, N> + ?Sized,
 {
     let mut retired = 0;
     let end = 'blocks: loop {
@@ -561,11 +563,11 @@ where
             retired += 1;
             #[allow(clippy::cast_possible_truncation)] // at most 15
             let next = at.wrapping_add(op.instr.len() as u32);
-            if !driver.after(cpu, machine, outcome) {
-                break 'blocks End::Driver;
-            }
             if outcome == Outcome::Halted {
                 break 'blocks End::Halted;
+            }
+            if !driver.after(cpu, machine, outcome) {
+                break 'blocks End::Driver;
             }
             if cpu.eip != next || outcome != Outcome::Retired {
                 // A branch taken (or an interrupt delivered): the next

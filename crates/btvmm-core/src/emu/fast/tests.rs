@@ -366,3 +366,32 @@ fn a_fault_in_a_fast_form_leaves_the_vcpu_as_before() {
     assert!(matches!(ran.end, End::Stopped(Stop::Exception(_))));
     assert_eq!(c, before);
 }
+
+/// Stops after every instruction.
+struct OneAtATime;
+
+impl<M: ?Sized> Driver<M, u32> for OneAtATime {
+    fn before(&mut self, _: &Cpu, _: &mut M, _: &Instruction, _: &mut Option<u32>) -> bool {
+        true
+    }
+
+    fn after(&mut self, _: &Cpu, _: &mut M, _: Outcome) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_run_ends_at_hlt_whatever_the_driver_says() {
+    let mut m = TestMachine::default();
+    let mut cache = BlockCache::<u32>::default();
+    m.poke(CODE, &[0xf4, 0xeb, 0xfd]); // hlt; jmp back to it
+    for mut driver in [
+        Box::new(UpTo { end: u32::MAX }) as Box<dyn Driver<TestMachine, u32>>,
+        Box::new(OneAtATime),
+    ] {
+        let mut c = cpu();
+        let ran = run(&mut c, &mut m, &mut cache, &mut *driver, 100);
+        assert!(matches!(ran.end, End::Halted), "{ran:?}");
+        assert_eq!((ran.retired, c.eip), (1, CODE + 1));
+    }
+}
