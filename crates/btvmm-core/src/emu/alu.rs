@@ -15,19 +15,25 @@
 //! ([`Ctx::read_mem_rmw`]): a read-only segment or page faults as a write,
 //! before anything is written.
 
-use iced_x86::{Code, Mnemonic, OpKind, Register};
+use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 use crate::cpu::Eflags;
 use crate::exception::{Exception, Stop};
 use crate::machine::AccessKind;
 
 use super::flags::{self, STATUS, flag, szp};
-use super::{Ctx, mask, sign_bit};
+use super::{Ctx, Handler, mask, sign_bit};
 
 /// Executes the instruction if it belongs to this family.
 pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
-    let mnemonic = ctx.instr.mnemonic();
-    Some(match mnemonic {
+    handler(ctx.instr).map(|handler| handler(ctx))
+}
+
+/// The handler of `instr` if it belongs to this family (chosen once per
+/// decoding by the fast interpreter). Every handler changes only the
+/// general registers, EFLAGS and memory.
+pub(crate) fn handler(instr: &Instruction) -> Option<Handler> {
+    let handler: Handler = match instr.mnemonic() {
         Mnemonic::Add
         | Mnemonic::Adc
         | Mnemonic::Sub
@@ -36,10 +42,16 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Mnemonic::And
         | Mnemonic::Or
         | Mnemonic::Xor
-        | Mnemonic::Test => binary(ctx, mnemonic),
-        Mnemonic::Inc | Mnemonic::Dec | Mnemonic::Neg | Mnemonic::Not => unary(ctx, mnemonic),
-        Mnemonic::Mul | Mnemonic::Imul => multiply(ctx, mnemonic == Mnemonic::Imul),
-        Mnemonic::Div | Mnemonic::Idiv => divide(ctx, mnemonic == Mnemonic::Idiv),
+        | Mnemonic::Test => |ctx: &mut Ctx<'_>| binary(ctx, ctx.instr.mnemonic()),
+        Mnemonic::Inc | Mnemonic::Dec | Mnemonic::Neg | Mnemonic::Not => {
+            |ctx: &mut Ctx<'_>| unary(ctx, ctx.instr.mnemonic())
+        }
+        Mnemonic::Mul | Mnemonic::Imul => {
+            |ctx: &mut Ctx<'_>| multiply(ctx, ctx.instr.mnemonic() == Mnemonic::Imul)
+        }
+        Mnemonic::Div | Mnemonic::Idiv => {
+            |ctx: &mut Ctx<'_>| divide(ctx, ctx.instr.mnemonic() == Mnemonic::Idiv)
+        }
         Mnemonic::Shl
         | Mnemonic::Sal
         | Mnemonic::Shr
@@ -47,13 +59,19 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Mnemonic::Rol
         | Mnemonic::Ror
         | Mnemonic::Rcl
-        | Mnemonic::Rcr => shift_rotate(ctx, mnemonic),
-        Mnemonic::Shld | Mnemonic::Shrd => double_shift(ctx, mnemonic == Mnemonic::Shld),
-        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => bit_test(ctx, mnemonic),
-        Mnemonic::Bsf | Mnemonic::Bsr => bit_scan(ctx, mnemonic == Mnemonic::Bsr),
-        Mnemonic::Xadd => xadd(ctx),
-        Mnemonic::Cmpxchg => cmpxchg(ctx),
-        Mnemonic::Cmpxchg8b => cmpxchg8b(ctx),
+        | Mnemonic::Rcr => |ctx: &mut Ctx<'_>| shift_rotate(ctx, ctx.instr.mnemonic()),
+        Mnemonic::Shld | Mnemonic::Shrd => {
+            |ctx: &mut Ctx<'_>| double_shift(ctx, ctx.instr.mnemonic() == Mnemonic::Shld)
+        }
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => {
+            |ctx: &mut Ctx<'_>| bit_test(ctx, ctx.instr.mnemonic())
+        }
+        Mnemonic::Bsf | Mnemonic::Bsr => {
+            |ctx: &mut Ctx<'_>| bit_scan(ctx, ctx.instr.mnemonic() == Mnemonic::Bsr)
+        }
+        Mnemonic::Xadd => xadd,
+        Mnemonic::Cmpxchg => cmpxchg,
+        Mnemonic::Cmpxchg8b => cmpxchg8b,
         Mnemonic::Seta
         | Mnemonic::Setae
         | Mnemonic::Setb
@@ -69,7 +87,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Mnemonic::Setns
         | Mnemonic::Seto
         | Mnemonic::Setp
-        | Mnemonic::Sets => setcc(ctx),
+        | Mnemonic::Sets => setcc,
         Mnemonic::Cmova
         | Mnemonic::Cmovae
         | Mnemonic::Cmovb
@@ -85,12 +103,12 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Mnemonic::Cmovns
         | Mnemonic::Cmovo
         | Mnemonic::Cmovp
-        | Mnemonic::Cmovs => cmovcc(ctx),
-        Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cwd | Mnemonic::Cdq => {
-            sign_extend_accumulator(ctx, mnemonic);
+        | Mnemonic::Cmovs => cmovcc,
+        Mnemonic::Cbw | Mnemonic::Cwde | Mnemonic::Cwd | Mnemonic::Cdq => |ctx: &mut Ctx<'_>| {
+            sign_extend_accumulator(ctx, ctx.instr.mnemonic());
             Ok(())
-        }
-        Mnemonic::Bswap => bswap(ctx),
+        },
+        Mnemonic::Bswap => bswap,
         Mnemonic::Lahf
         | Mnemonic::Sahf
         | Mnemonic::Clc
@@ -98,17 +116,20 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Mnemonic::Cmc
         | Mnemonic::Cld
         | Mnemonic::Std
-        | Mnemonic::Salc => {
-            flag_instruction(ctx, mnemonic);
+        | Mnemonic::Salc => |ctx: &mut Ctx<'_>| {
+            flag_instruction(ctx, ctx.instr.mnemonic());
             Ok(())
-        }
-        Mnemonic::Daa | Mnemonic::Das | Mnemonic::Aaa | Mnemonic::Aas => {
-            bcd_adjust(ctx, mnemonic);
+        },
+        Mnemonic::Daa | Mnemonic::Das | Mnemonic::Aaa | Mnemonic::Aas => |ctx: &mut Ctx<'_>| {
+            bcd_adjust(ctx, ctx.instr.mnemonic());
             Ok(())
+        },
+        Mnemonic::Aam | Mnemonic::Aad => {
+            |ctx: &mut Ctx<'_>| ascii_multiply_divide(ctx, ctx.instr.mnemonic() == Mnemonic::Aam)
         }
-        Mnemonic::Aam | Mnemonic::Aad => ascii_multiply_divide(ctx, mnemonic == Mnemonic::Aam),
         _ => return None,
-    })
+    };
+    Some(handler)
 }
 
 /// Reads operand `op` of an instruction that writes it back: a memory

@@ -8,17 +8,24 @@
 //! MOV to or from segment, control, debug and test registers and PUSH/POP
 //! of segment registers belong to other families.
 
-use iced_x86::{Code, Mnemonic, Register};
+use iced_x86::{Code, Instruction, Mnemonic, Register};
 
 use crate::cpu::{Gpr, SegReg};
 use crate::exception::{Exception, Stop};
 
 use super::alu::{read_rmw, sign_extend};
-use super::{Ctx, mask};
+use super::{Ctx, Handler, mask};
 
 /// Executes the instruction if it belongs to this family.
 pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
-    Some(match ctx.instr.code() {
+    handler(ctx.instr).map(|handler| handler(ctx))
+}
+
+/// The handler of `instr` if it belongs to this family (chosen once per
+/// decoding by the fast interpreter). Every handler changes only the
+/// general registers and memory.
+pub(crate) fn handler(instr: &Instruction) -> Option<Handler> {
+    let handler: Handler = match instr.code() {
         Code::Mov_rm8_r8
         | Code::Mov_rm16_r16
         | Code::Mov_rm32_r32
@@ -36,25 +43,25 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Code::Mov_r32_imm32
         | Code::Mov_rm8_imm8
         | Code::Mov_rm16_imm16
-        | Code::Mov_rm32_imm32 => mov(ctx),
+        | Code::Mov_rm32_imm32 => mov,
         Code::Movzx_r16_rm8 | Code::Movzx_r32_rm8 | Code::Movzx_r16_rm16 | Code::Movzx_r32_rm16 => {
-            mov(ctx)
+            mov
         }
         Code::Movsx_r16_rm8 | Code::Movsx_r32_rm8 | Code::Movsx_r16_rm16 | Code::Movsx_r32_rm16 => {
-            movsx(ctx)
+            movsx
         }
         Code::Movbe_r16_m16 | Code::Movbe_r32_m32 | Code::Movbe_m16_r16 | Code::Movbe_m32_r32 => {
-            movbe(ctx)
+            movbe
         }
         Code::Xchg_rm8_r8
         | Code::Xchg_rm16_r16
         | Code::Xchg_rm32_r32
         | Code::Xchg_r16_AX
-        | Code::Xchg_r32_EAX => xchg(ctx),
-        Code::Lea_r16_m | Code::Lea_r32_m => {
+        | Code::Xchg_r32_EAX => xchg,
+        Code::Lea_r16_m | Code::Lea_r32_m => |ctx: &mut Ctx<'_>| {
             let (_, offset) = ctx.memory_operand(1);
             ctx.write_op(0, offset)
-        }
+        },
         Code::Push_r16
         | Code::Push_r32
         | Code::Push_rm16
@@ -62,18 +69,18 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         | Code::Push_imm16
         | Code::Pushd_imm32
         | Code::Pushw_imm8
-        | Code::Pushd_imm8 => push(ctx),
-        Code::Pop_r16 | Code::Pop_r32 | Code::Pop_rm16 | Code::Pop_rm32 => pop(ctx),
-        Code::Pushaw | Code::Pushad => pusha(ctx),
-        Code::Popaw | Code::Popad => popa(ctx),
-        Code::Enterw_imm16_imm8 | Code::Enterd_imm16_imm8 => enter(ctx),
-        Code::Leavew | Code::Leaved => leave(ctx),
-        Code::Xlat_m8 => {
+        | Code::Pushd_imm8 => push,
+        Code::Pop_r16 | Code::Pop_r32 | Code::Pop_rm16 | Code::Pop_rm32 => pop,
+        Code::Pushaw | Code::Pushad => pusha,
+        Code::Popaw | Code::Popad => popa,
+        Code::Enterw_imm16_imm8 | Code::Enterd_imm16_imm8 => enter,
+        Code::Leavew | Code::Leaved => leave,
+        Code::Xlat_m8 => |ctx: &mut Ctx<'_>| {
             // AL <- [seg:EBX + AL] (BX with 16-bit addressing); iced gives the
             // memory operand with EBX as base and AL as index.
             ctx.read_op(0).map(|value| ctx.set_reg(Register::AL, value))
-        }
-        _ => match ctx.instr.mnemonic() {
+        },
+        _ => match instr.mnemonic() {
             // NOP (90, 66 90, 0F 1F /0) and the reserved NOPs (0F 0D, 0F 18-0F
             // 1F): no memory access even with a memory operand. ENDBR32 is a
             // NOP without CET, which the virtual CPU does not have.
@@ -93,10 +100,11 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
             | Mnemonic::Prefetcht1
             | Mnemonic::Prefetcht2
             | Mnemonic::Prefetchit0
-            | Mnemonic::Prefetchit1 => Ok(()),
+            | Mnemonic::Prefetchit1 => |_: &mut Ctx<'_>| Ok(()),
             _ => return None,
         },
-    })
+    };
+    Some(handler)
 }
 
 /// MOV and MOVZX: the source, zero-extended, to the destination.

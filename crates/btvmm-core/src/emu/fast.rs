@@ -100,10 +100,19 @@ enum AluOp {
 }
 
 /// How an instruction runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 enum Form {
     /// Through the general emulator.
     General,
+    /// Straight to its family's handler (arithmetic and data movement of
+    /// every size, CLI STI PUSHF POPF RDTSC: what [`super::execute`] would
+    /// find after looking through the families), which changes only the
+    /// general registers, EFLAGS, memory and the interrupt shadow.
+    /// `may_store`: it has a memory operand or pushes.
+    Handler {
+        handler: super::Handler,
+        may_store: bool,
+    },
     Mov {
         dst: Loc,
         src: Loc,
@@ -190,9 +199,36 @@ fn loc(instr: &Instruction, op: u32) -> Option<Loc> {
     }
 }
 
-/// The fast form of `instr` (32-bit code), or [`Form::General`].
+/// The fast form of `instr` (32-bit code), or its family's handler, or
+/// [`Form::General`].
 fn form(instr: &Instruction) -> Form {
-    fast_form(instr).unwrap_or(Form::General)
+    if let Some(form) = fast_form(instr) {
+        return form;
+    }
+    // The general emulator looks at the FPU family first: an instruction
+    // of its (and of any family but these two) goes the general way.
+    if super::fpu::fpu_class(instr).is_some() {
+        return Form::General;
+    }
+    let handler = super::alu::handler(instr)
+        .or_else(|| super::data::handler(instr))
+        .or_else(|| super::system::flags_handler(instr));
+    match handler {
+        Some(handler) => Form::Handler {
+            handler,
+            may_store: (0..instr.op_count()).any(|op| instr.op_kind(op) == OpKind::Memory)
+                || matches!(
+                    instr.mnemonic(),
+                    Mnemonic::Push
+                        | Mnemonic::Pusha
+                        | Mnemonic::Pushad
+                        | Mnemonic::Enter
+                        | Mnemonic::Pushf
+                        | Mnemonic::Pushfd
+                ),
+        },
+        None => Form::General,
+    }
 }
 
 fn fast_form(instr: &Instruction) -> Option<Form> {
@@ -332,7 +368,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Blocks decoded (first use, a collision, or changed bytes).
     pub decoded: u64,
-    /// Instructions run through a fast form.
+    /// Instructions run through a fast form or straight through their
+    /// family's handler.
     pub fast: u64,
     /// Instructions run through the general emulator.
     pub general: u64,
@@ -548,7 +585,7 @@ where
             if !driver.before(cpu, machine, &op.instr, &mut op.note) {
                 break 'blocks End::Driver;
             }
-            let result = if op.form == Form::General {
+            let result = if matches!(op.form, Form::General) {
                 cache.stats.general += 1;
                 super::execute(cpu, machine, &op.instr).map(|outcome| (outcome, true))
             } else {
@@ -614,18 +651,25 @@ fn execute_fast(
         outcome: Outcome::Retired,
         shadow: false,
     };
-    match run_form(&mut ctx, form) {
-        Ok(stored) => {
-            let next_eip = ctx.next_eip;
-            let stored_block_page = stored.is_some_and(|(segment, offset)| {
+    let result = match form {
+        // Where it stored is not known: the rest of the block is fetched
+        // again if it may have.
+        Form::Handler { handler, may_store } => handler(&mut ctx).map(|()| may_store),
+        form => run_form(&mut ctx, form).map(|stored| {
+            stored.is_some_and(|(segment, offset)| {
                 let linear = ctx.cpu.segment(segment).cache.base.wrapping_add(offset);
                 // A 4-byte store may reach into the next page too.
                 (linear >> 12) == (block_linear >> 12)
                     || (linear.wrapping_add(3) >> 12) == (block_linear >> 12)
-            });
+            })
+        }),
+    };
+    match result {
+        Ok(stored_block_page) => {
+            let (next_eip, shadow) = (ctx.next_eip, ctx.shadow);
             cpu.eip = next_eip;
             cpu.eflags &= !Eflags::RF;
-            cpu.interrupt_shadow = false;
+            cpu.interrupt_shadow = shadow;
             Ok(stored_block_page)
         }
         Err(stop) => {
@@ -700,7 +744,7 @@ fn pushed(ctx: &Ctx<'_>) -> Stored {
 #[inline]
 fn run_form(ctx: &mut Ctx<'_>, form: Form) -> Result<Stored, Stop> {
     match form {
-        Form::General => Err(Stop::Machine(
+        Form::General | Form::Handler { .. } => Err(Stop::Machine(
             "a general instruction in the fast path".into(),
         )),
         Form::Mov { dst, src } => {

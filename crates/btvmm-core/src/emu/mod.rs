@@ -213,6 +213,10 @@ fn dispatch(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
     Err(Stop::NotEmulated(ctx.instr.mnemonic()))
 }
 
+/// An instruction family's handler of one instruction, chosen from its
+/// decoding (see [`alu::handler`]).
+pub(crate) type Handler = for<'a, 'b> fn(&'a mut Ctx<'b>) -> Result<(), Stop>;
+
 /// One instruction's execution context: the CPU, the machine, the decoded
 /// instruction and where execution continues.
 pub struct Ctx<'a> {

@@ -3,7 +3,7 @@
 //! TLB and cache maintenance, SYSENTER/SYSEXIT, and the instructions the
 //! virtual CPU does not have (which raise #UD as on an i686 without them).
 
-use iced_x86::{Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 use crate::cpu::{Cpu, Cr0, Eflags, Gpr, SegReg, Segment, TableRegister};
 use crate::descriptor::{Descriptor, TYPE_ACCESSED, TYPE_CODE, TYPE_WRITABLE_READABLE, system};
@@ -12,7 +12,7 @@ use crate::machine::{Access, Event};
 
 use super::interrupt::merge_flags;
 use super::segment::{read_descriptor, selector_error};
-use super::{Ctx, Outcome, cpuid};
+use super::{Ctx, Handler, Outcome, cpuid};
 
 /// CR4 bits the virtual CPU implements: TSD, PSE, PCE, OSFXSR, OSXMMEXCPT
 /// (no VME, DE, PAE, MCE, PGE: CPUID does not offer them).
@@ -51,13 +51,29 @@ pub mod msr {
     pub const SYSENTER_EIP: u32 = 0x176;
 }
 
+/// The handler of `instr` if it is one of this family's that change only
+/// EFLAGS, the general registers and the stack (and may hold interrupts
+/// off for one instruction): CLI, STI, PUSHF, POPF, RDTSC. The fast
+/// interpreter calls it straight from the decoding; [`execute`] through
+/// it.
+pub(crate) fn flags_handler(instr: &Instruction) -> Option<Handler> {
+    let handler: Handler = match instr.mnemonic() {
+        Mnemonic::Cli => |ctx: &mut Ctx<'_>| set_interrupt_flag(ctx, false),
+        Mnemonic::Sti => |ctx: &mut Ctx<'_>| set_interrupt_flag(ctx, true),
+        Mnemonic::Pushf | Mnemonic::Pushfd => pushf,
+        Mnemonic::Popf | Mnemonic::Popfd => popf,
+        Mnemonic::Rdtsc => rdtsc,
+        _ => return None,
+    };
+    Some(handler)
+}
+
 /// Executes the instruction if it belongs to this family.
 pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
+    if let Some(handler) = flags_handler(ctx.instr) {
+        return Some(handler(ctx));
+    }
     let result = match ctx.instr.mnemonic() {
-        Mnemonic::Cli => set_interrupt_flag(ctx, false),
-        Mnemonic::Sti => set_interrupt_flag(ctx, true),
-        Mnemonic::Pushf | Mnemonic::Pushfd => pushf(ctx),
-        Mnemonic::Popf | Mnemonic::Popfd => popf(ctx),
         Mnemonic::Lgdt | Mnemonic::Lidt => load_table_register(ctx),
         Mnemonic::Sgdt | Mnemonic::Sidt => store_table_register(ctx),
         Mnemonic::Lldt => privileged(ctx).and_then(|()| lldt(ctx)),
@@ -104,7 +120,6 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         }
         Mnemonic::Rdmsr => privileged(ctx).and_then(|()| rdmsr(ctx)),
         Mnemonic::Wrmsr => privileged(ctx).and_then(|()| wrmsr(ctx)),
-        Mnemonic::Rdtsc => rdtsc(ctx),
         // No performance counters: every counter index is invalid.
         Mnemonic::Rdpmc => Err(Exception::gp(0).into()),
         Mnemonic::Sysenter => sysenter(ctx),

@@ -1,5 +1,6 @@
 use iced_x86::code_asm::{
-    AsmRegister32, CodeAssembler, byte_ptr, dword_ptr, eax, ebp, ebx, ecx, edi, edx, esi,
+    AsmRegister32, CodeAssembler, ah, byte_ptr, cl, dword_ptr, dx, eax, ebp, ebx, ecx, edi, edx,
+    esi, word_ptr,
 };
 
 use super::*;
@@ -131,13 +132,29 @@ fn random_sequence(rng: &mut Rng) -> (Vec<u8>, u32) {
                 _ => a.push(imm),
             },
             12 => a.pop(r),
-            13 => match rng.below(6) {
+            // Straight to the families' handlers, and (RDTSC) the general
+            // emulator.
+            13 => match rng.below(20) {
                 0 => a.movzx(r, byte_ptr(ebx + d)),
                 1 => a.shl(r, 3),
                 2 => a.imul_2(r, s),
                 3 => a.adc(r, s),
                 4 => a.xchg(r, s),
-                _ => a.sete(byte_ptr(ebx + d)),
+                5 => a.sete(byte_ptr(ebx + d)),
+                6 => a.movzx(r, word_ptr(ebx + d)),
+                7 => a.mov(word_ptr(ebx + d), dx),
+                8 => a.mov(byte_ptr(ebx + d), cl),
+                9 => a.mov(ah, byte_ptr(ebx + d)),
+                10 => a.sar(r, cl),
+                11 => a.shr(word_ptr(ebx + d), 1),
+                12 => a.not(r),
+                13 => a.sbb(dword_ptr(ebx + d), r),
+                14 => a.movsx(r, byte_ptr(esi + rng.below(0x14))),
+                15 => a.pushfd(),
+                16 => a.popfd(),
+                17 => a.cli(),
+                18 => a.sti(),
+                _ => a.rdtsc(),
             },
             14 => {
                 // A forward branch over the next instruction.
