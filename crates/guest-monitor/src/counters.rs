@@ -123,6 +123,8 @@ pub enum Counter {
     FastForms,
     /// Runs of the fast interpreter (one per trap or more).
     FastRuns,
+    /// Instructions the fast interpreter ran.
+    FastInstructions,
     /// Time in fast interpreter runs (part of the monitor's work).
     FastNs,
     /// Nanoseconds the monitor worked (trap handling, without the waits
@@ -139,7 +141,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 57] = [
+    pub const ALL: [Counter; 58] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -192,6 +194,7 @@ impl Counter {
         Counter::FastBlocksDecoded,
         Counter::FastForms,
         Counter::FastRuns,
+        Counter::FastInstructions,
         Counter::FastNs,
         Counter::MonitorNs,
         Counter::ExitWaitNs,
@@ -255,6 +258,7 @@ impl Counter {
             Self::FastBlocksDecoded => "interpreter: blocks decoded",
             Self::FastForms => "interpreter: instructions in fast forms",
             Self::FastRuns => "interpreter: runs",
+            Self::FastInstructions => "interpreter: instructions run",
             Self::FastNs => "time: interpreter runs (ns)",
             Self::MonitorNs => "time: monitor work (ns)",
             Self::ExitWaitNs => "time: waiting for the host (ns)",
@@ -376,6 +380,104 @@ impl Counters {
     }
 }
 
+/// Seconds of `ns` nanoseconds.
+#[allow(clippy::cast_precision_loss)] // a report
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// `part` as a percentage of `whole`.
+#[allow(clippy::cast_precision_loss)] // a report
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+/// `part / whole`, 0 when `whole` is.
+#[allow(clippy::cast_precision_loss)] // a report
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl Counters {
+    /// What a person asks of a run first, from the counters and the run's
+    /// wall time: where the time went (the monitor's work, the fast
+    /// interpreter's share of it, waits for the host, HLT sleeps, and the
+    /// rest: guest code running natively and the host's trap delivery),
+    /// the traps by mechanism, how the monitor resumed the guest kernel,
+    /// and what it emulated and interpreted per trap.
+    #[must_use]
+    pub fn summary(&self, wall_ns: u64) -> Vec<String> {
+        let get = |counter| self.get(counter);
+        let monitor = get(Counter::MonitorNs);
+        let waited = get(Counter::ExitWaitNs);
+        let halted = get(Counter::HaltNs);
+        let rest = wall_ns.saturating_sub(monitor + waited + halted);
+        let traps = get(Counter::Traps);
+        let emulated = get(Counter::Emulated);
+        let interpreted = get(Counter::Interpreted);
+        let fast_runs = get(Counter::FastRuns);
+        let fast_instructions = get(Counter::FastInstructions);
+        vec![
+            format!(
+                "time: {:.2} s wall: monitor work {:.2} s ({:.1}%, of it interpreter runs {:.2} s), \
+                 waiting for the host {:.2} s ({:.1}%), guest HLT sleeps {:.2} s ({:.1}%), \
+                 the rest (guest code running natively, the host delivering traps) {:.2} s ({:.1}%)",
+                seconds(wall_ns),
+                seconds(monitor),
+                percent(monitor, wall_ns),
+                seconds(get(Counter::FastNs)),
+                seconds(waited),
+                percent(waited, wall_ns),
+                seconds(halted),
+                percent(halted, wall_ns),
+                seconds(rest),
+                percent(rest, wall_ns),
+            ),
+            format!(
+                "traps: {traps}: split-view int3 {}, hardware breakpoints (#DB) {}, single steps {}, \
+                 #GP {}, #PF {}, #UD {}, guest int3 {}, system calls (seccomp) {}, \
+                 kicks (timer, host) {}, other {}",
+                get(Counter::SplitTraps),
+                get(Counter::BreakpointHits),
+                get(Counter::SingleSteps),
+                get(Counter::GeneralProtection),
+                get(Counter::PageFaults),
+                get(Counter::InvalidOpcodes),
+                get(Counter::SoftwareBreakpoints),
+                get(Counter::SystemCalls),
+                get(Counter::Kicks),
+                get(Counter::DivideErrors) + get(Counter::OtherFaults),
+            ),
+            format!(
+                "resumes: guest kernel in the split view {}, under hardware breakpoints {} \
+                 ({} where the split view could not be used), guest user mode {}",
+                get(Counter::SplitResumes),
+                get(Counter::PlannedResumes),
+                get(Counter::SplitFallbacks),
+                get(Counter::UserResumes),
+            ),
+            format!(
+                "emulated: {emulated} instructions, {:.1} a trap: {} the monitor had to handle, \
+                 {} after a native fault, {interpreted} interpreted instead of run natively; \
+                 interpreter: {fast_runs} runs, {:.1} instructions a run, {:.1}% of them in fast forms",
+                ratio(emulated, traps),
+                get(Counter::EmulatedPlanned),
+                get(Counter::EmulatedAfterFault),
+                ratio(fast_instructions, fast_runs),
+                percent(get(Counter::FastForms), fast_instructions),
+            ),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +496,66 @@ mod tests {
         assert!(report.contains(&("emulated pushf".to_owned(), 1)));
         assert!(report.contains(&("emulated iret".to_owned(), 1)));
         assert_eq!(report.len(), 4);
+    }
+
+    #[test]
+    fn the_summary_splits_the_wall_time_and_names_each_trap_mechanism() {
+        let mut counters = Counters::default();
+        counters.add(Counter::MonitorNs, 2_000_000_000);
+        counters.add(Counter::FastNs, 500_000_000);
+        counters.add(Counter::ExitWaitNs, 1_000_000_000);
+        counters.add(Counter::HaltNs, 3_000_000_000);
+        counters.add(Counter::Traps, 100);
+        counters.add(Counter::SplitTraps, 60);
+        counters.add(Counter::SystemCalls, 30);
+        counters.add(Counter::Kicks, 10);
+        counters.add(Counter::Emulated, 250);
+        counters.add(Counter::Interpreted, 200);
+        counters.add(Counter::FastRuns, 50);
+        counters.add(Counter::FastInstructions, 250);
+        counters.add(Counter::FastForms, 125);
+        let lines = counters.summary(10_000_000_000);
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].starts_with(
+                "time: 10.00 s wall: monitor work 2.00 s (20.0%, of it interpreter runs 0.50 s)"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("guest HLT sleeps 3.00 s (30.0%)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("host delivering traps) 4.00 s (40.0%)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("traps: 100: split-view int3 60,"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[1].contains("system calls (seccomp) 30, kicks (timer, host) 10, other 0"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[3].starts_with("emulated: 250 instructions, 2.5 a trap"),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[3].ends_with("50 runs, 5.0 instructions a run, 50.0% of them in fast forms"),
+            "{}",
+            lines[3]
+        );
+        // A wall time shorter than the parts (counters of another clock)
+        // leaves no negative rest.
+        let short = counters.summary(1_000);
+        assert!(short[0].ends_with("traps) 0.00 s (0.0%)"), "{}", short[0]);
     }
 }

@@ -904,10 +904,15 @@ impl Monitor {
     /// fault the fetch raises.
     fn fetch_at_eip(&mut self, world: &mut dyn WorldServices) -> Result<Instruction, Stop> {
         let mut terminate = false;
+        let misses = self.decode_cache.stats().1;
         let mut view = guest_view!(self, world, terminate);
         let fetched = emu::fetch_with(&self.cpu, &mut view, &mut self.decode_cache);
-        self.counters
-            .set(Counter::InstructionsDecoded, self.decode_cache.stats().1);
+        // Each world process has its own cache; the counters go with the
+        // vCPU.
+        self.counters.add(
+            Counter::InstructionsDecoded,
+            self.decode_cache.stats().1 - misses,
+        );
         fetched
     }
 

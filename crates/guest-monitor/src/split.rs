@@ -606,6 +606,7 @@ impl Monitor {
             last_interpreted: false,
         };
         let mut terminate = false;
+        let stats_before = self.blocks.stats();
         let started = world.now_ns();
         let ran = {
             let mut view = guest_view!(self, world, terminate);
@@ -622,10 +623,18 @@ impl Monitor {
         *streak = driver.streak;
         self.split_limit = driver.split_limit;
         *steps += ran.retired as usize;
+        // The counters go from world process to world process with the
+        // vCPU; each has its own blocks: add what this run did.
         let stats = self.blocks.stats();
         self.counters.bump(Counter::FastRuns);
-        self.counters.set(Counter::FastBlocksDecoded, stats.decoded);
-        self.counters.set(Counter::FastForms, stats.fast);
+        self.counters
+            .add(Counter::FastInstructions, u64::from(ran.retired));
+        self.counters.add(
+            Counter::FastBlocksDecoded,
+            stats.decoded - stats_before.decoded,
+        );
+        self.counters
+            .add(Counter::FastForms, stats.fast - stats_before.fast);
         let retired = ran.retired > 0;
         match ran.end {
             End::Stopped(Stop::NotEmulated(_)) if driver.last_interpreted => {

@@ -423,11 +423,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 host_escape: test_host_escape,
                 confine_host: !test_no_host_filter,
             };
+            let started = std::time::Instant::now();
             let outcome = host_loader::run::run(&request, std::io::stdout());
+            let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             host_loader::console::restore_terminal();
             let outcome = outcome?;
             let _ = std::io::stdout().flush();
             if request.stats {
+                for line in outcome.counters.summary(wall_ns) {
+                    eprintln!("{line}");
+                }
                 for (name, value) in outcome.counters.report() {
                     eprintln!("{name:<40} {value:>12}");
                 }

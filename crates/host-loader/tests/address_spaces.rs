@@ -107,8 +107,30 @@ fn run_spaces(cmdline: &str) -> String {
 }
 
 #[test]
-fn stats_show_each_world_process_s_memory() {
+fn stats_summarize_the_run_and_show_each_world_process_s_memory() {
     let stats = run_spaces("spaces=3 mib=8");
+    // The summary first: time, traps by mechanism, resumes, emulation.
+    let lines: Vec<&str> = stats.lines().collect();
+    assert!(
+        lines[0].starts_with("time: ") && lines[0].contains(" s wall: monitor work "),
+        "{stats}"
+    );
+    let traps = counter(&stats, "traps");
+    assert!(traps > 0, "{stats}");
+    assert!(
+        lines[1].starts_with(&format!("traps: {traps}: split-view int3 ")),
+        "{stats}"
+    );
+    assert!(
+        lines[2].starts_with("resumes: guest kernel in the split view "),
+        "{stats}"
+    );
+    assert!(lines[3].starts_with("emulated: "), "{stats}");
+    // Four world processes ran the vCPU in turn: their counts add up (the
+    // interpreter's fast forms are some of the instructions it ran).
+    let run = counter(&stats, "interpreter: instructions run");
+    let fast = counter(&stats, "interpreter: instructions in fast forms");
+    assert!(run > 0 && fast <= run, "{stats}");
     let worlds: Vec<&str> = stats
         .lines()
         .filter(|line| line.starts_with("world "))
