@@ -140,6 +140,15 @@ pub enum Counter {
 }
 
 impl Counter {
+    /// The counter's slot: its place in [`Counter::ALL`], which lists
+    /// the counters in declaration order (a unit test checks), so the
+    /// discriminant is the slot (counting sits on the interpreter's path:
+    /// no search).
+    #[must_use]
+    pub const fn slot(self) -> usize {
+        self as usize
+    }
+
     /// Every plain counter, in report order.
     pub const ALL: [Counter; 58] = [
         Counter::Traps,
@@ -298,19 +307,12 @@ impl Counters {
 
     /// Sets a counter to a value kept elsewhere.
     pub fn set(&mut self, counter: Counter, value: u64) {
-        let slot = Counter::ALL
-            .iter()
-            .position(|&known| known == counter)
-            .unwrap_or(0);
-        self.values[slot] = value;
+        self.values[counter.slot()] = value;
     }
 
     /// Adds `amount`.
     pub fn add(&mut self, counter: Counter, amount: u64) {
-        let slot = Counter::ALL
-            .iter()
-            .position(|&known| known == counter)
-            .unwrap_or(0);
+        let slot = counter.slot();
         self.values[slot] = self.values[slot].wrapping_add(amount);
     }
 
@@ -331,11 +333,7 @@ impl Counters {
     /// A counter's value.
     #[must_use]
     pub fn get(&self, counter: Counter) -> u64 {
-        let slot = Counter::ALL
-            .iter()
-            .position(|&known| known == counter)
-            .unwrap_or(0);
-        self.values[slot]
+        self.values[counter.slot()]
     }
 
     /// The raw slots, for publishing.
@@ -481,6 +479,13 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counter_s_slot_is_its_place_in_the_list() {
+        for (place, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(counter.slot(), place, "{counter:?}");
+        }
+    }
 
     #[test]
     fn counters_round_trip_through_slots() {
