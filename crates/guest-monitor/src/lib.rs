@@ -1470,3 +1470,6 @@ impl Monitor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

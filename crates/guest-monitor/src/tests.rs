@@ -1,0 +1,296 @@
+//! [`Monitor::handle`]'s decisions on made-up traps, over a world that
+//! keeps guest RAM in a vector and records what the monitor asked of it
+//! (breakpoints armed, exits, mappings): the guest code is placed in RAM,
+//! the monitor enters, and each test plays the host's part (the guest ran
+//! natively to the breakpoint, it faulted, it left 32-bit code).
+
+use btvmm_core::descriptor::Descriptor;
+use btvmm_core::exit::{Exit, Reply, StopReason};
+use btvmm_core::{Action, Eflags, GuestVirt, HostRegisters, Trap, WorldServices};
+
+use crate::{Boot, Monitor};
+
+/// Guest RAM of the tests.
+const RAM: usize = 1 << 20;
+/// Where the test code goes (paging off: also its linear address).
+const CODE: u32 = 0x1000;
+/// The boot stack.
+const STACK: u32 = 0x8000;
+
+/// A world of guest RAM and records.
+#[derive(Default)]
+struct FakeWorld {
+    ram: Vec<u8>,
+    /// Every `arm_breakpoints` call, in order.
+    armed: Vec<Vec<GuestVirt>>,
+    /// Every exit to the host, in order.
+    exits: Vec<Exit>,
+    /// Shadow mappings made (calls).
+    mappings: usize,
+    now: u64,
+}
+
+impl FakeWorld {
+    fn with_code(code: &[u8]) -> Self {
+        let mut ram = vec![0; RAM];
+        ram[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
+        Self {
+            ram,
+            ..Self::default()
+        }
+    }
+
+    fn range(&self, phys: u32, len: usize) -> Option<std::ops::Range<usize>> {
+        let start = phys as usize;
+        let end = start.checked_add(len)?;
+        (end <= self.ram.len()).then_some(start..end)
+    }
+}
+
+impl WorldServices for FakeWorld {
+    fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool {
+        let Some(range) = self.range(phys, buf.len()) else {
+            return false;
+        };
+        buf.copy_from_slice(&self.ram[range]);
+        true
+    }
+
+    fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool {
+        let Some(range) = self.range(phys, data.len()) else {
+            return false;
+        };
+        self.ram[range].copy_from_slice(data);
+        true
+    }
+
+    fn ram_size(&self) -> u32 {
+        u32::try_from(self.ram.len()).unwrap_or(u32::MAX)
+    }
+
+    fn map_guest(&mut self, _: u32, _: u32, _: u32, _: bool) -> Result<(), String> {
+        self.mappings += 1;
+        Ok(())
+    }
+
+    fn protect_guest(&mut self, _: u32, _: u32, _: bool) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn unmap_guest(&mut self, _: u32, _: u32) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn write_ldt(&mut self, _: u16, _: Option<&Descriptor>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), String> {
+        self.armed.push(addresses.to_vec());
+        Ok(())
+    }
+
+    fn breakpoint_count(&self) -> usize {
+        4
+    }
+
+    fn exit(&mut self, exit: Exit) -> Reply {
+        let reply = match exit {
+            Exit::PortIn { .. } => Reply::Value(u32::MAX),
+            Exit::PortOut { .. } => Reply::Continue,
+            // The host ends the VM at these.
+            Exit::Halt { .. } | Exit::Stop(_) => Reply::Terminate,
+        };
+        self.exits.push(exit);
+        reply
+    }
+
+    fn irq_levels(&self) -> u16 {
+        0
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+
+    fn set_timer_deadline(&mut self, _: Option<u64>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn wait_for_kick(&mut self) {
+        self.now += 1_000_000;
+    }
+
+    fn publish_counters(&mut self, _: &[u64]) {}
+
+    fn timestamp(&self) -> u64 {
+        self.now
+    }
+
+    fn trace(&mut self, _: &str) {}
+
+    fn set_timestamp_faulting(&mut self, _: bool) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A monitor booting at [`CODE`] in flat 32-bit protected mode, paging
+/// and interrupts off, with the hardware-breakpoint mechanism (no split
+/// view: the fake world has no alias pages).
+fn monitor() -> Monitor {
+    let mut gpr = [0; 8];
+    gpr[4] = STACK;
+    let boot = Boot {
+        eip: CODE,
+        gpr,
+        code_selector: 0x08,
+        data_selector: 0x10,
+        gdt: (0, 0),
+        wall_clock_ns: 0,
+        ram_bytes: RAM as u64,
+    };
+    let mut monitor = Monitor::new(boot, false).expect("a monitor");
+    monitor.set_split(false);
+    monitor
+}
+
+fn resumed(action: Action) -> HostRegisters {
+    match action {
+        Action::Resume(registers) => registers,
+        Action::Terminate => panic!("the monitor ended the VM"),
+    }
+}
+
+/// cli; 30 x nop; then `last`: CLI is emulated, the NOPs are too many to
+/// interpret and run natively.
+fn cli_then_nops_then(last: &[u8]) -> Vec<u8> {
+    let mut code = vec![0xfa];
+    code.extend([0x90; 30]);
+    code.extend(last);
+    code
+}
+
+#[test]
+fn a_silent_sensitive_instruction_gets_a_breakpoint_and_is_emulated_there() {
+    // PUSHF would run natively without a fault and push the host's flags:
+    // the plan puts a breakpoint on it.
+    let pushf = CODE + 31;
+    let mut world = FakeWorld::with_code(&cli_then_nops_then(&[0x9c, 0xf4]));
+    let mut monitor = monitor();
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    assert_eq!(registers.eip, CODE + 1, "resumes after the emulated CLI");
+    assert_eq!(
+        monitor.cpu().eflags & Eflags::IF,
+        0,
+        "the virtual IF is clear"
+    );
+    assert_ne!(registers.eflags & Eflags::IF, 0, "the host's IF stays set");
+    assert_eq!(world.armed.last(), Some(&vec![GuestVirt(pushf)]));
+    assert!(world.mappings > 0, "guest RAM is mapped for native runs");
+    // The guest ran natively to the breakpoint. PUSHF pushes the virtual
+    // flags (IF clear); the HLT after it, with IF clear, can never wake:
+    // the monitor tells the host, which ends the VM.
+    let at_pushf = HostRegisters {
+        eip: pushf,
+        ..registers
+    };
+    assert_eq!(
+        monitor.handle(Trap::Breakpoint, at_pushf, &mut world),
+        Action::Terminate
+    );
+    let pushed = u32::from_le_bytes(
+        world.ram[STACK as usize - 4..STACK as usize]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    assert_eq!(pushed & (Eflags::IF | 0x2), 0x2, "pushed {pushed:#x}");
+    assert_eq!(
+        world.exits,
+        [Exit::Halt {
+            interrupts_enabled: false
+        }]
+    );
+}
+
+#[test]
+fn an_instruction_that_faults_natively_needs_no_breakpoint() {
+    // HLT raises #GP in the deprivileged guest kernel by itself.
+    let hlt = CODE + 31;
+    let mut world = FakeWorld::with_code(&cli_then_nops_then(&[0xf4]));
+    let mut monitor = monitor();
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    assert_eq!(world.armed.last(), Some(&vec![]));
+    let at_hlt = HostRegisters {
+        eip: hlt,
+        ..registers
+    };
+    let fault = Trap::Fault {
+        vector: 13,
+        error_code: 0,
+        address: None,
+    };
+    assert_eq!(monitor.handle(fault, at_hlt, &mut world), Action::Terminate);
+    assert_eq!(
+        world.exits,
+        [Exit::Halt {
+            interrupts_enabled: false
+        }]
+    );
+}
+
+#[test]
+fn a_short_stretch_between_sensitive_instructions_is_interpreted() {
+    // cli; mov eax, 7; inc eax; hlt: all four in the monitor, no native
+    // run and no breakpoint.
+    let code = [0xfa, 0xb8, 7, 0, 0, 0, 0x40, 0xf4];
+    let mut world = FakeWorld::with_code(&code);
+    let mut monitor = monitor();
+    assert_eq!(
+        monitor.handle(Trap::Enter, HostRegisters::default(), &mut world),
+        Action::Terminate
+    );
+    assert_eq!(monitor.cpu().gpr[0], 8);
+    assert!(world.armed.iter().all(Vec::is_empty), "{:?}", world.armed);
+    assert_eq!(
+        world.exits,
+        [Exit::Halt {
+            interrupts_enabled: false
+        }]
+    );
+}
+
+#[test]
+fn an_exception_with_no_idt_to_take_it_is_a_triple_fault() {
+    // ud2 with an IDT of zeros at 0: #UD, then #NP for the absent gate,
+    // then #DF, then shutdown, as on a real CPU.
+    let mut world = FakeWorld::with_code(&[0x0f, 0x0b]);
+    let mut monitor = monitor();
+    assert_eq!(
+        monitor.handle(Trap::Enter, HostRegisters::default(), &mut world),
+        Action::Terminate
+    );
+    assert_eq!(world.exits, [Exit::Stop(StopReason::TripleFault)]);
+}
+
+#[test]
+fn guest_code_above_4_gib_is_an_escape_that_ends_the_vm() {
+    let mut world = FakeWorld::with_code(&cli_then_nops_then(&[0xf4]));
+    let mut monitor = monitor();
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    let escaped = HostRegisters {
+        rip_high: 1,
+        ..registers
+    };
+    assert_eq!(
+        monitor.handle(Trap::Kick, escaped, &mut world),
+        Action::Terminate
+    );
+    assert!(
+        matches!(
+            world.exits.last(),
+            Some(Exit::Stop(StopReason::GuestEscape(_)))
+        ),
+        "{:?}",
+        world.exits
+    );
+}
