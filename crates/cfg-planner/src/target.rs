@@ -54,7 +54,7 @@ fn read_offset(mem: &dyn GuestMemory, at: GuestVirt, wide: bool) -> Result<u32, 
 fn memory_operand_address(instr: &Instruction, cpu: &dyn CpuView) -> Option<GuestVirt> {
     let linear = instr.virtual_address(0, 0, |register, _, _| {
         if register.is_segment_register() {
-            segment(register).map(|seg| u64::from(cpu.segment_base(seg)))
+            btvmm_core::emu::segreg(register).map(|seg| u64::from(cpu.segment_base(seg)))
         } else {
             register_value(cpu, register).map(u64::from)
         }
@@ -62,18 +62,6 @@ fn memory_operand_address(instr: &Instruction, cpu: &dyn CpuView) -> Option<Gues
     // 32-bit linear addresses wrap at 4 GiB.
     #[allow(clippy::cast_possible_truncation)]
     Some(GuestVirt(linear as u32))
-}
-
-fn segment(register: Register) -> Option<SegReg> {
-    Some(match register {
-        Register::ES => SegReg::Es,
-        Register::CS => SegReg::Cs,
-        Register::SS => SegReg::Ss,
-        Register::DS => SegReg::Ds,
-        Register::FS => SegReg::Fs,
-        Register::GS => SegReg::Gs,
-        _ => return None,
-    })
 }
 
 /// Value of a general register of any size, zero-extended.
