@@ -140,17 +140,12 @@ enum Form {
 
 /// The index of a 32-bit general register.
 fn gpr32(register: Register) -> Option<u8> {
-    Some(match register {
-        Register::EAX => 0,
-        Register::ECX => 1,
-        Register::EDX => 2,
-        Register::EBX => 3,
-        Register::ESP => 4,
-        Register::EBP => 5,
-        Register::ESI => 6,
-        Register::EDI => 7,
-        _ => return None,
-    })
+    if register.size() != 4 {
+        return None;
+    }
+    // At most 7.
+    #[allow(clippy::cast_possible_truncation)]
+    super::gpr_index(register).map(|index| index as u8)
 }
 
 /// A register or index register of a 32-bit address, or none.
@@ -311,26 +306,7 @@ fn fast_form(instr: &Instruction) -> Option<Form> {
         }
         Mnemonic::Jmp if near32 => Form::Jmp(target()),
         Mnemonic::Call if near32 => Form::Call(target()),
-        Mnemonic::Ja
-        | Mnemonic::Jae
-        | Mnemonic::Jb
-        | Mnemonic::Jbe
-        | Mnemonic::Je
-        | Mnemonic::Jg
-        | Mnemonic::Jge
-        | Mnemonic::Jl
-        | Mnemonic::Jle
-        | Mnemonic::Jne
-        | Mnemonic::Jno
-        | Mnemonic::Jnp
-        | Mnemonic::Jns
-        | Mnemonic::Jo
-        | Mnemonic::Jp
-        | Mnemonic::Js
-            if near32 =>
-        {
-            Form::Jcc(instr.condition_code(), target())
-        }
+        _ if near32 && instr.is_jcc_short_or_near() => Form::Jcc(instr.condition_code(), target()),
         Mnemonic::Ret => match instr.code() {
             Code::Retnd => Form::Ret(0),
             Code::Retnd_imm16 => Form::Ret(instr.immediate16()),

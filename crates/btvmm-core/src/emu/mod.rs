@@ -488,7 +488,7 @@ pub fn segreg(register: Register) -> Option<SegReg> {
     })
 }
 
-fn gpr_index(register: Register) -> Option<usize> {
+pub(crate) fn gpr_index(register: Register) -> Option<usize> {
     Some(match register.full_register32() {
         Register::EAX => 0,
         Register::ECX => 1,

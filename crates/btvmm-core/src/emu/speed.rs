@@ -87,14 +87,8 @@ fn kernel_like_loop() -> Result<Vec<u8>, IcedError> {
     a.assemble(u64::from(CODE))
 }
 
-/// Runs `instructions` instructions of the kernel-like loop through the
-/// emulator; returns the nanoseconds they took and the vCPU after them.
-///
-/// # Errors
-///
-/// A stop of the emulator (none is expected: the loop stays in its
-/// memory), or the loop failing to assemble.
-pub fn kernel_like_mix(instructions: u64) -> Result<(f64, Cpu), Stop> {
+/// Flat memory with the loop at [`CODE`], and a vCPU about to run it.
+fn loaded() -> Result<(Flat, Cpu), Stop> {
     let code = kernel_like_loop().map_err(|error| Stop::Machine(error.to_string()))?;
     let mut memory = Flat(vec![0; MEMORY]);
     memory.0[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
@@ -103,6 +97,18 @@ pub fn kernel_like_mix(instructions: u64) -> Result<(f64, Cpu), Stop> {
         ..Cpu::default()
     };
     cpu.gpr[Gpr::Esp as usize] = STACK;
+    Ok((memory, cpu))
+}
+
+/// Runs `instructions` instructions of the kernel-like loop through the
+/// emulator; returns the nanoseconds they took and the vCPU after them.
+///
+/// # Errors
+///
+/// A stop of the emulator (none is expected: the loop stays in its
+/// memory), or the loop failing to assemble.
+pub fn kernel_like_mix(instructions: u64) -> Result<(f64, Cpu), Stop> {
+    let (mut memory, mut cpu) = loaded()?;
     let mut cache = DecodeCache::<()>::default();
     let started = std::time::Instant::now();
     for _ in 0..instructions {
@@ -140,14 +146,7 @@ impl<N> emu::fast::Driver<Flat, N> for Everything {
 ///
 /// As [`kernel_like_mix`]; also a run that ends before `instructions`.
 pub fn kernel_like_mix_fast(instructions: u64) -> Result<(f64, Cpu), Stop> {
-    let code = kernel_like_loop().map_err(|error| Stop::Machine(error.to_string()))?;
-    let mut memory = Flat(vec![0; MEMORY]);
-    memory.0[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
-    let mut cpu = Cpu {
-        eip: CODE,
-        ..Cpu::default()
-    };
-    cpu.gpr[Gpr::Esp as usize] = STACK;
+    let (mut memory, mut cpu) = loaded()?;
     let mut cache = emu::fast::BlockCache::<()>::default();
     let started = std::time::Instant::now();
     let mut left = instructions;
