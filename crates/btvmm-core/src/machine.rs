@@ -74,6 +74,12 @@ pub trait Machine {
     /// The guest's time-stamp counter.
     fn timestamp(&mut self) -> u64;
 
+    /// How fast [`Machine::timestamp`] counts, in kHz, for CPUID to tell
+    /// the guest (0: unknown).
+    fn tsc_khz(&self) -> u32 {
+        0
+    }
+
     /// Notice of a change the shadow structures follow.
     fn notify(&mut self, event: Event) {
         let _ = event;

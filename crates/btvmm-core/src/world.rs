@@ -177,6 +177,10 @@ pub trait WorldServices {
     fn publish_counters(&mut self, counters: &[u64]);
     /// The host's time-stamp counter.
     fn timestamp(&self) -> u64;
+    /// How fast it counts, in kHz, as the host measured it (0: unknown).
+    fn tsc_khz(&self) -> u32 {
+        0
+    }
     /// Writes a diagnostic line (the `--trace` output) to the VMM's
     /// standard error.
     fn trace(&mut self, line: &str);

@@ -208,6 +208,10 @@ impl Machine for GuestView<'_> {
     fn timestamp(&mut self) -> u64 {
         self.world.timestamp()
     }
+
+    fn tsc_khz(&self) -> u32 {
+        self.world.tsc_khz()
+    }
 }
 
 /// Guest memory for the planner: the guest's current mappings, read

@@ -542,6 +542,8 @@ fn serve_vm(
     if let Some(cpu) = cpu {
         world_switch::spawn::pin_to(cpu)?;
     }
+    // Its span passes mostly while the launcher starts.
+    let tsc = world_switch::sys::tsc::TscMeasurement::start();
     let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
     let signals = watch_signals();
     // Before any guest input is parsed: the only process that can start
@@ -551,6 +553,13 @@ fn serve_vm(
         source,
     })?;
     let launcher = Launcher::start(&exe)?;
+    let tsc_khz = tsc.finish().unwrap_or_else(|| {
+        eprintln!(
+            "btvmm: the host's TSC frequency could not be measured: the guest calibrates its TSC itself"
+        );
+        0
+    });
+    channel.set_tsc_khz(tsc_khz);
     if request.confine_host {
         // Capabilities are per thread: before the console reader starts.
         world_switch::sys::host_filter::keep_only_kill_capability()?;

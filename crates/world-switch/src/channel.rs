@@ -109,6 +109,7 @@ struct Page {
     irq_pulses: AtomicU32,
     epoch_ns: AtomicU64,
     wall_clock_ns: AtomicU64,
+    tsc_khz: AtomicU32,
     exit_kind: AtomicU32,
     exit_args: [AtomicU32; 3],
     reply_kind: AtomicU32,
@@ -303,6 +304,18 @@ impl Channel {
         }
         page.epoch_ns.store(epoch_ns, Ordering::Relaxed);
         page.state.store(RUNNING, Ordering::Release);
+    }
+
+    /// Host: records the host TSC's frequency (kHz, 0: unknown) for the
+    /// virtual CPU's CPUID.
+    pub fn set_tsc_khz(&self, tsc_khz: u32) {
+        self.page().tsc_khz.store(tsc_khz, Ordering::Relaxed);
+    }
+
+    /// World: the host TSC's frequency in kHz (0: unknown).
+    #[must_use]
+    pub fn tsc_khz(&self) -> u32 {
+        self.page().tsc_khz.load(Ordering::Relaxed)
     }
 
     /// The epoch (CLOCK_MONOTONIC nanoseconds at boot).

@@ -556,6 +556,10 @@ impl WorldServices for World {
         }
         read_tsc()
     }
+
+    fn tsc_khz(&self) -> u32 {
+        self.channel.tsc_khz()
+    }
 }
 
 impl CodeAliases for AliasMemory {

@@ -111,7 +111,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>) -> Option<Result<(), Stop>> {
         Mnemonic::Cpuid => {
             let leaf = ctx.cpu.gpr[Gpr::Eax as usize];
             let subleaf = ctx.cpu.gpr[Gpr::Ecx as usize];
-            let [eax, ebx, ecx, edx] = cpuid::cpuid(leaf, subleaf);
+            let [eax, ebx, ecx, edx] = cpuid::cpuid(leaf, subleaf, ctx.machine.tsc_khz());
             ctx.cpu.gpr[Gpr::Eax as usize] = eax;
             ctx.cpu.gpr[Gpr::Ebx as usize] = ebx;
             ctx.cpu.gpr[Gpr::Ecx as usize] = ecx;

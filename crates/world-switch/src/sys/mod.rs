@@ -12,3 +12,4 @@ pub mod perf;
 pub mod seccomp;
 pub mod signal;
 pub mod timer;
+pub mod tsc;
