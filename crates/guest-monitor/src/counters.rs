@@ -116,6 +116,10 @@ pub enum Counter {
     /// Kernel-mode resumes under hardware breakpoints although the split
     /// view is on (code whose alias cannot be placed).
     SplitFallbacks,
+    /// Instructions interpreted past a run's limit because one the
+    /// monitor must emulate followed a few instructions on in the same
+    /// straight-line block (each run on saves an INT3 trap).
+    SplitRanOn,
     /// Blocks the fast interpreter decoded (first use, or changed bytes).
     FastBlocksDecoded,
     /// Instructions the fast interpreter ran through a fast form (the rest
@@ -150,7 +154,7 @@ impl Counter {
     }
 
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 58] = [
+    pub const ALL: [Counter; 59] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -200,6 +204,7 @@ impl Counter {
         Counter::SplitWindowMoves,
         Counter::SplitStraddlers,
         Counter::SplitFallbacks,
+        Counter::SplitRanOn,
         Counter::FastBlocksDecoded,
         Counter::FastForms,
         Counter::FastRuns,
@@ -263,6 +268,7 @@ impl Counter {
             Self::SplitAliasPages => "split: alias pages mapped now",
             Self::SplitWindowMoves => "split: window moves",
             Self::SplitStraddlers => "split: page-straddling instructions emulated",
+            Self::SplitRanOn => "split: instructions interpreted on to a near emulated one",
             Self::SplitFallbacks => "split: resumes under hardware breakpoints instead",
             Self::FastBlocksDecoded => "interpreter: blocks decoded",
             Self::FastForms => "interpreter: instructions in fast forms",

@@ -126,6 +126,10 @@ const SPLIT_RUN_AFTER_ENTRY: u32 = 16;
 /// against 710 us with 16/4; 256/64 halved getuid's traps (6.2 to 3.1)
 /// but not its time (48 against 47 us).
 const SPLIT_RUN_AFTER_EMULATED: u32 = 4;
+/// How far ahead in a straight-line block an interpreted run that reached
+/// its limit looks for an instruction it must emulate, and interprets on
+/// to it instead of resuming natively and trapping there (split view).
+const SPLIT_LOOKAHEAD: usize = 8;
 /// Blocks copied into alias pages at one trap (the block at EIP and the
 /// code its direct branches reach on the same page).
 const SPLIT_FILL_BLOCKS: usize = 64;

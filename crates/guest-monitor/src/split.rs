@@ -49,7 +49,7 @@ use rustc_hash::FxHashMap as HashMap;
 use btvmm_core::Stop;
 use btvmm_core::cpu::{Cpu, CpuView, Cr0, Eflags};
 use btvmm_core::emu::Outcome;
-use btvmm_core::emu::fast::{Driver, End};
+use btvmm_core::emu::fast::{self, Driver, End};
 use btvmm_core::{GuestVirt, PAGE_SIZE, StopReason, WorldServices};
 use cfg_planner::{BlockEnd, PoiKind, PointerKind};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
@@ -604,6 +604,7 @@ impl Monitor {
             split_limit: self.split_limit,
             exec: self.exec,
             last_interpreted: false,
+            granted: 0,
         };
         let mut terminate = false;
         let stats_before = self.blocks.stats();
@@ -854,6 +855,9 @@ struct SplitDriver {
     /// The last instruction let run was interpreted (could have run
     /// natively) rather than emulated because it had to be.
     last_interpreted: bool,
+    /// Instructions [`Driver::run_on`] let run past the limit, to reach
+    /// one that must be emulated a few instructions on.
+    granted: u32,
 }
 
 impl SplitDriver {
@@ -863,6 +867,23 @@ impl SplitDriver {
             btvmm_core::ExecMode::Auto => self.split_limit,
             btvmm_core::ExecMode::Native => 0,
             btvmm_core::ExecMode::Interpret => u32::MAX,
+        }
+    }
+
+    /// What the split view makes of `instr` (kept in its note).
+    fn judge(&self, instr: &Instruction, note: &mut Option<Judged>) -> Judged {
+        match note {
+            Some(judged) if judged.classify == self.classify => *judged,
+            _ => {
+                let kind = cfg_planner::classify(instr, &self.classify);
+                let judged = Judged {
+                    classify: self.classify,
+                    kind,
+                    native: split_native(kind, instr),
+                };
+                *note = Some(judged);
+                judged
+            }
         }
     }
 }
@@ -875,28 +896,20 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
         instr: &Instruction,
         note: &mut Option<Judged>,
     ) -> bool {
-        let judged = match note {
-            Some(judged) if judged.classify == self.classify => *judged,
-            _ => {
-                let kind = cfg_planner::classify(instr, &self.classify);
-                let judged = Judged {
-                    classify: self.classify,
-                    kind,
-                    native: split_native(kind, instr),
-                };
-                *note = Some(judged);
-                judged
-            }
-        };
+        let judged = self.judge(instr, note);
         if judged.native {
             if self.streak >= self.run_limit() {
-                return false;
+                if self.granted == 0 {
+                    return false;
+                }
+                self.granted -= 1;
             }
             self.streak = self.streak.saturating_add(1);
             self.last_interpreted = true;
             view.counters.bump(Counter::Interpreted);
         } else {
             self.streak = 0;
+            self.granted = 0;
             self.split_limit = match judged.kind {
                 // As in split_step: port polling loops.
                 PoiKind::Sensitive {
@@ -915,6 +928,38 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
             _ => {}
         }
         true
+    }
+
+    /// The run is over its limit at an instruction that could run
+    /// natively: if one that must be emulated follows within
+    /// [`crate::SPLIT_LOOKAHEAD`] instructions of the same straight-line
+    /// block, native execution would reach it and trap there (an INT3
+    /// round trip through the host costs as much as tens of interpreted
+    /// instructions): interpret on to it instead. Linux's system-call
+    /// entry is one such stretch (SAVE_ALL's pushes, then the loads of
+    /// %ds and %es).
+    fn run_on(
+        &mut self,
+        cpu: &Cpu,
+        view: &mut GuestView<'_>,
+        ahead: &mut [fast::Op<Judged>],
+    ) -> bool {
+        if self.exec != btvmm_core::ExecMode::Auto {
+            return false;
+        }
+        let Some(distance) = ahead
+            .iter_mut()
+            .take(crate::SPLIT_LOOKAHEAD)
+            .position(|op| !self.judge(&op.instr, &mut op.note).native)
+        else {
+            return false;
+        };
+        #[allow(clippy::cast_possible_truncation)] // at most SPLIT_LOOKAHEAD
+        let distance = distance as u32;
+        self.granted = distance;
+        view.counters.add(Counter::SplitRanOn, u64::from(distance));
+        let (current, _) = ahead.split_first_mut().expect("ahead starts at EIP");
+        self.before(cpu, view, &current.instr, &mut current.note)
     }
 
     fn after(&mut self, cpu: &Cpu, view: &mut GuestView<'_>, outcome: Outcome) -> bool {

@@ -6,7 +6,8 @@
 
 use btvmm_core::descriptor::Descriptor;
 use btvmm_core::exit::{Exit, Reply, StopReason};
-use btvmm_core::{Action, Eflags, GuestVirt, HostRegisters, Trap, WorldServices};
+use btvmm_core::{Action, CodeAliases, Eflags, GuestVirt, HostRegisters, Trap, WorldServices};
+use rustc_hash::FxHashMap;
 
 use crate::{Boot, Monitor};
 
@@ -28,6 +29,58 @@ struct FakeWorld {
     /// Shadow mappings made (calls).
     mappings: usize,
     now: u64,
+    /// The split code view's alias pages, when the test turns it on.
+    aliases: Option<FakeAliases>,
+}
+
+/// Alias pages by guest-physical page frame (INT3 until written), and the
+/// linear page each was last mapped at.
+#[derive(Default)]
+struct FakeAliases {
+    pages: FxHashMap<u32, Vec<u8>>,
+    mapped: FxHashMap<u32, u32>,
+}
+
+impl CodeAliases for FakeAliases {
+    fn reset(&mut self, guest_phys_page: u32) {
+        self.pages.remove(&guest_phys_page);
+    }
+
+    fn reset_all(&mut self) {
+        self.pages.clear();
+    }
+
+    fn write(&mut self, guest_phys_page: u32, offset: u32, bytes: &[u8]) -> bool {
+        let page = self
+            .pages
+            .entry(guest_phys_page)
+            .or_insert_with(|| vec![0xcc; 4096]);
+        let start = offset as usize;
+        match page.get_mut(start..start + bytes.len()) {
+            Some(place) => {
+                place.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn read(&self, guest_phys_page: u32, offset: u32, buf: &mut [u8]) -> bool {
+        let start = offset as usize;
+        if start + buf.len() > 4096 {
+            return false;
+        }
+        match self.pages.get(&guest_phys_page) {
+            Some(page) => buf.copy_from_slice(&page[start..start + buf.len()]),
+            None => buf.fill(0xcc),
+        }
+        true
+    }
+
+    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), String> {
+        self.mapped.insert(linear, guest_phys_page);
+        Ok(())
+    }
 }
 
 impl FakeWorld {
@@ -131,6 +184,12 @@ impl WorldServices for FakeWorld {
 
     fn set_timestamp_faulting(&mut self, _: bool) -> Result<(), String> {
         Ok(())
+    }
+
+    fn code_aliases(&mut self) -> Option<&mut dyn CodeAliases> {
+        self.aliases
+            .as_mut()
+            .map(|aliases| aliases as &mut dyn CodeAliases)
     }
 }
 
@@ -293,4 +352,65 @@ fn guest_code_above_4_gib_is_an_escape_that_ends_the_vm() {
         "{:?}",
         world.exits
     );
+}
+
+/// A world and monitor with the split code view on.
+fn split_view(code: &[u8]) -> (FakeWorld, Monitor) {
+    let mut world = FakeWorld::with_code(code);
+    world.aliases = Some(FakeAliases::default());
+    let mut monitor = monitor();
+    monitor.set_split(true);
+    (world, monitor)
+}
+
+#[test]
+fn an_interpreted_run_goes_on_to_a_sensitive_instruction_a_few_instructions_ahead() {
+    // cli; 6 x nop; pushf; hlt. After the emulated CLI the run's limit
+    // ends interpreting within the NOPs, but PUSHF follows in the same
+    // straight-line code: resuming natively would only trap there.
+    // Everything stays in the monitor: no resume, no breakpoint.
+    let mut code = vec![0xfa];
+    code.extend([0x90; 6]);
+    code.extend([0x9c, 0xf4]);
+    let (mut world, mut monitor) = split_view(&code);
+    assert_eq!(
+        monitor.handle(Trap::Enter, HostRegisters::default(), &mut world),
+        Action::Terminate
+    );
+    assert!(world.armed.iter().all(Vec::is_empty), "{:?}", world.armed);
+    assert_eq!(monitor.cpu().gpr[4], STACK - 4, "PUSHF ran, in the monitor");
+    assert!(monitor.counters.get(crate::counters::Counter::SplitRanOn) > 0);
+    assert_eq!(
+        world.exits,
+        [Exit::Halt {
+            interrupts_enabled: false
+        }]
+    );
+}
+
+#[test]
+fn a_sensitive_instruction_far_ahead_is_left_to_a_native_run() {
+    // The same with 30 NOPs: too far to interpret on; the guest resumes
+    // natively in the split view (its alias window), PUSHF an INT3 there.
+    let code = cli_then_nops_then(&[0x9c, 0xf4]);
+    let (mut world, mut monitor) = split_view(&code);
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    assert_eq!(monitor.cpu().gpr[4], STACK, "PUSHF did not run yet");
+    assert_eq!(
+        monitor.counters.get(crate::counters::Counter::SplitRanOn),
+        0
+    );
+    let eip = registers.eip;
+    assert!(
+        eip > CODE && eip < CODE + 31,
+        "resumes within the NOPs: {eip:#x}"
+    );
+    assert!(world.armed.iter().all(Vec::is_empty), "{:?}", world.armed);
+    let alias = world.aliases.as_ref().expect("aliases");
+    let mut bytes = [0; 2];
+    assert!(alias.read(CODE / 4096, eip % 4096, &mut bytes[..1]));
+    assert_eq!(bytes[0], 0x90, "the NOP at EIP is copied to its alias");
+    let pushf = CODE + 31;
+    assert!(alias.read(pushf / 4096, pushf % 4096, &mut bytes[..1]));
+    assert_eq!(bytes[0], 0xcc, "PUSHF is an INT3 in its alias");
 }

@@ -432,6 +432,15 @@ pub trait Driver<M: ?Sized, N> {
     /// After an instruction retired with `outcome` (not HLT: a run ends
     /// at HLT): whether to go on.
     fn after(&mut self, cpu: &Cpu, machine: &mut M, outcome: Outcome) -> bool;
+
+    /// [`Driver::before`] declined the instruction at EIP: `ahead` is it
+    /// and the rest of its straight-line block (which the run reaches
+    /// unless something stops it), each with its note. Whether to run it
+    /// after all. By default, no.
+    fn run_on(&mut self, cpu: &Cpu, machine: &mut M, ahead: &mut [Op<N>]) -> bool {
+        let _ = (cpu, machine, ahead);
+        false
+    }
 }
 
 /// The slot of a block at `eip`.
@@ -558,9 +567,12 @@ where
                 break 'blocks End::Driver;
             }
             let op = &mut block.ops[index];
-            if !driver.before(cpu, machine, &op.instr, &mut op.note) {
+            if !driver.before(cpu, machine, &op.instr, &mut op.note)
+                && !driver.run_on(cpu, machine, &mut block.ops[index..])
+            {
                 break 'blocks End::Driver;
             }
+            let op = &block.ops[index];
             let result = if matches!(op.form, Form::General) {
                 cache.stats.general += 1;
                 super::execute(cpu, machine, &op.instr).map(|outcome| (outcome, true))

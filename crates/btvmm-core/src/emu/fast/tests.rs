@@ -412,3 +412,48 @@ fn a_run_ends_at_hlt_whatever_the_driver_says() {
         assert_eq!((ran.retired, c.eip), (1, CODE + 1));
     }
 }
+
+/// Declines every instruction, then runs on while an INC follows within
+/// the rest of the block; records what it was shown.
+#[derive(Default)]
+struct RunsOnToInc {
+    shown: Vec<Vec<u64>>,
+}
+
+impl<M: ?Sized> Driver<M, u32> for RunsOnToInc {
+    fn before(&mut self, _: &Cpu, _: &mut M, _: &Instruction, _: &mut Option<u32>) -> bool {
+        false
+    }
+
+    fn after(&mut self, _: &Cpu, _: &mut M, _: Outcome) -> bool {
+        true
+    }
+
+    fn run_on(&mut self, _: &Cpu, _: &mut M, ahead: &mut [Op<u32>]) -> bool {
+        self.shown
+            .push(ahead.iter().map(|op| op.instr.ip()).collect());
+        ahead
+            .iter()
+            .any(|op| op.instr.mnemonic() == iced_x86::Mnemonic::Inc)
+    }
+}
+
+#[test]
+fn run_on_sees_the_rest_of_the_block_from_eip_and_can_keep_a_run_going() {
+    let mut m = TestMachine::default();
+    let mut cache = BlockCache::<u32>::default();
+    // nop; inc eax; nop; nop; jmp $: the run goes on up to and through
+    // the INC, then stops before the first NOP after it.
+    m.poke(CODE, &[0x90, 0x40, 0x90, 0x90, 0xeb, 0xfe]);
+    let mut c = cpu();
+    let mut driver = RunsOnToInc::default();
+    let ran = run(&mut c, &mut m, &mut cache, &mut driver, 100);
+    assert!(matches!(ran.end, End::Driver), "{ran:?}");
+    assert_eq!((ran.retired, c.eip), (2, CODE + 2));
+    assert_eq!(c.gpr[Gpr::Eax as usize], 1);
+    let block = [CODE, CODE + 1, CODE + 2, CODE + 3, CODE + 4].map(u64::from);
+    assert_eq!(
+        driver.shown,
+        [block.to_vec(), block[1..].to_vec(), block[2..].to_vec()]
+    );
+}
