@@ -182,7 +182,8 @@ pub struct Shadow {
     tracker: WriteTracker,
     /// Page-table page frame -> directory indices seen pointing to it. Kept
     /// until the next CR3 load so those tables can be untracked then; an
-    /// index whose PDE has since changed only costs extra stale marks.
+    /// index whose PDE is written goes (unless it is the table's last), so
+    /// an index whose PDE has since changed only costs extra lookups.
     tables: FxHashMap<u32, BTreeSet<u32>>,
     /// Pages (of `entries`, then of `decoded`) marked stale since the last
     /// flush, so that a flush need not look at every entry.
@@ -318,6 +319,8 @@ impl Shadow {
         };
         let directory_page = directory_of(self.cr3).page();
         let mut marked = 0;
+        // Tables the written PDEs named: they may name others now.
+        let mut unnamed = Vec::new();
         for (map, stale_list) in [
             (&mut self.entries, &mut self.stale_entries),
             (&mut self.decoded, &mut self.stale_decoded),
@@ -330,7 +333,12 @@ impl Shadow {
                 if written_page == directory_page {
                     for pde_index in first_index..=last_index {
                         let region = pde_index * PAGES_PER_4M..(pde_index + 1) * PAGES_PER_4M;
-                        stale_pages.extend(map.range(region).map(|(&virt_page, _)| virt_page));
+                        for (&virt_page, entry) in map.range(region) {
+                            stale_pages.push(virt_page);
+                            if !entry.large {
+                                unnamed.push((entry.leaf_guest_phys.page(), pde_index));
+                            }
+                        }
                     }
                 }
                 if let Some(pde_indices) = self.tables.get(&written_page) {
@@ -355,6 +363,24 @@ impl Shadow {
                     stale_list.push(virt_page);
                     marked += 1;
                 }
+            }
+        }
+        // Every entry made through those PDEs is stale now, and a walk
+        // through one names its table again: until then a write to the
+        // table has nothing in that region to mark. Without this, a
+        // table page reused under other PDEs (Linux frees and reallocates
+        // them with each exec) kept every index it was ever seen under,
+        // and each write to it looked all of them up.
+        // The last index stays: an empty set would untrack the table at
+        // the next CR3 load, and most come back (tracking it again costs
+        // every world process of the pool a replay).
+        unnamed.sort_unstable();
+        unnamed.dedup();
+        for (table_page, pde_index) in unnamed {
+            if let Some(pde_indices) = self.tables.get_mut(&table_page)
+                && pde_indices.len() > 1
+            {
+                pde_indices.remove(&pde_index);
             }
         }
         marked
@@ -1475,6 +1501,46 @@ mod tests {
     /// run natively. A page another address space tracks (FOREIGN) goes
     /// the same way. A page table the current directory still uses stays
     /// tracked even when the guest maps it user-writable.
+    /// A page table named by two PDEs and unlinked from one (Linux reuses
+    /// table pages with each exec) is known under the other only, so a
+    /// write to it looks up one region, not every region it was ever seen
+    /// under; its last index stays (an empty set would untrack the table
+    /// at the next CR3 load).
+    #[test]
+    fn a_table_unlinked_from_a_pde_is_known_under_the_others_only() {
+        let mut rig = Rig::new();
+        const FIRST: u32 = 0x0800_0000;
+        const SECOND: u32 = 0x0c00_0000;
+        for guest_virt in [FIRST, SECOND] {
+            map_4k(
+                &mut rig.mem,
+                TABLE,
+                P | RW | US,
+                guest_virt,
+                DATA_PHYS | P | RW | US | A | D,
+            );
+            rig.fault(guest_virt, Access::read(true));
+        }
+        let names = |rig: &Rig| rig.shadow.tables.get(&(TABLE >> 12)).cloned();
+        assert_eq!(names(&rig), Some([FIRST >> 22, SECOND >> 22].into()));
+        write(&mut rig.mem, pde_at(FIRST), 0);
+        assert_eq!(rig.shadow.after_tracked_write(pde_at(FIRST), 4), 1);
+        assert_eq!(names(&rig), Some([SECOND >> 22].into()));
+        // A write to the PTE: the entry under SECOND goes stale (the one
+        // under FIRST already is).
+        let pte = pte_at(TABLE, SECOND);
+        assert_eq!(rig.shadow.after_tracked_write(pte, 4), 1);
+        assert!(
+            rig.shadow
+                .entry(GuestVirt(SECOND))
+                .expect("kept until flushed")
+                .stale
+        );
+        write(&mut rig.mem, pde_at(SECOND), 0);
+        rig.shadow.after_tracked_write(pde_at(SECOND), 4);
+        assert_eq!(names(&rig), Some([SECOND >> 22].into()), "the last stays");
+    }
+
     #[test]
     fn user_writes_release_pages_that_are_no_longer_tables() {
         let mut rig = Rig::new();
