@@ -35,6 +35,7 @@ macro_rules! guest_view {
 
 pub mod counters;
 pub mod mmu;
+pub mod policy;
 pub mod segments;
 pub mod split;
 pub mod view;
@@ -101,44 +102,9 @@ enum Why {
 
 /// Most instructions interpreted in one trap.
 const INTERPRET_BUDGET: u32 = 256;
-/// In the split view a trap costs about a #GP, a few microseconds with the
-/// monitor's work, and an interpreted instruction 90-150 ns in the
-/// monitor, through the fast interpreter (alone on flat memory it takes
-/// 14 ns: in the monitor every memory access goes through the guest's
-/// tables, the world's memory and the write tracking): after delivering an interrupt, exception or system call to the
-/// guest kernel, whose entry code is a cluster of sensitive instructions
-/// (segment pushes and loads), and after emulating port I/O, the monitor
-/// interprets up to this many instructions looking for the next one it
-/// must handle, then resumes natively.
-/// Linux's PIT calibration polls port 0x42 with 10 instructions between
-/// reads and needs the reads about evenly spaced: with fewer than that
-/// each read is a trap of its own, the timing varies, the calibration
-/// fails and Linux marks the TSC unstable.
-const SPLIT_RUN_AFTER_ENTRY: u32 = 16;
-/// The same after another instruction the monitor emulated at a trap:
-/// enough for the next of a tight cluster (POP %DS; POP %ES; POP %FS; ...;
-/// IRET), and short, since the next one is mostly far. Measured
-/// (getuid:20000,pipe-switch:1000,fork-exec:20,sigsegv:2000, 2 alternating
-/// runs): 16 here made pipe-switch, fork-exec and sigsegv 7-20% slower than
-/// 4, and no interpreting at all made getuid 15% slower. Again with the
-/// fast interpreter (getuid:20000,pipe-switch:2000,fork-exec:100, one run
-/// each): 32/8 and 64/16 here and above made pipe-switch 825 and 969 us
-/// against 710 us with 16/4; 256/64 halved getuid's traps (6.2 to 3.1)
-/// but not its time (48 against 47 us).
-const SPLIT_RUN_AFTER_EMULATED: u32 = 4;
-/// How far ahead in a straight-line block an interpreted run that reached
-/// its limit looks for an instruction it must emulate, and interprets on
-/// to it instead of resuming natively and trapping there (split view).
-const SPLIT_LOOKAHEAD: usize = 8;
 /// Blocks copied into alias pages at one trap (the block at EIP and the
 /// code its direct branches reach on the same page).
 const SPLIT_FILL_BLOCKS: usize = 64;
-/// Interpret the code ahead only when the straight-line run to its next
-/// point of interest is at most this many instructions: a longer one is
-/// worth running natively (loops, copies), short ones between sensitive
-/// instructions are cheaper to interpret than a breakpoint trap (about 13
-/// us on our hosts against well under a microsecond per instruction).
-const INTERPRET_RUN: u32 = 24;
 
 /// The guest's state at hand-over from the loader: 32-bit protected mode,
 /// paging and interrupts off, flat 4 GiB segments.
@@ -212,8 +178,11 @@ pub struct Monitor {
     /// must handle.
     exec: btvmm_core::ExecMode,
     /// The current interpreted run's length in the split view
-    /// ([`SPLIT_RUN_AFTER_ENTRY`] or [`SPLIT_RUN_AFTER_EMULATED`]).
+    /// ([`policy::Policy::run_after_entry`] or
+    /// [`policy::Policy::run_after_emulated`]).
     split_limit: u32,
+    /// How far the monitor interprets.
+    policy: policy::Policy,
     /// The monitor just moved the guest into code where more instructions
     /// it must handle usually follow soon (an interrupt, exception or
     /// system-call entry): the split view interprets on from there before
@@ -310,7 +279,8 @@ impl Monitor {
             split: false,
             resumed_window: None,
             interpret_after: false,
-            split_limit: SPLIT_RUN_AFTER_ENTRY,
+            split_limit: policy::Policy::TUNED.run_after_entry,
+            policy: policy::Policy::TUNED,
             exec: btvmm_core::ExecMode::Auto,
             breakpoints_armed: false,
             work_started: (0, 0),
@@ -328,6 +298,19 @@ impl Monitor {
     /// world must have code aliases), or with hardware breakpoints only.
     pub fn set_split(&mut self, split: bool) {
         self.split = split;
+    }
+
+    /// How far the monitor interprets under [`btvmm_core::ExecMode::Auto`]
+    /// (the default: [`policy::Policy::TUNED`]).
+    pub fn set_policy(&mut self, policy: policy::Policy) {
+        self.policy = policy;
+        self.split_limit = policy.run_after_entry;
+    }
+
+    /// The interpretation settings in use.
+    #[must_use]
+    pub fn policy(&self) -> policy::Policy {
+        self.policy
     }
 
     /// How guest kernel code runs between the instructions the monitor
@@ -1232,7 +1215,7 @@ impl Monitor {
                     && self.exec != btvmm_core::ExecMode::Native
                 {
                     interpreted = 0;
-                    self.split_limit = SPLIT_RUN_AFTER_ENTRY;
+                    self.split_limit = self.policy.run_after_entry;
                 }
                 if self.split_fast(world, &mut interpreted, &mut steps)? {
                     continue;
@@ -1297,7 +1280,7 @@ impl Monitor {
     }
 
     /// The block at EIP if its straight-line code runs into its next point
-    /// of interest within [`INTERPRET_RUN`] instructions (so not a long
+    /// of interest within [`policy::Policy::hw_interpret_run`] instructions (so not a long
     /// stretch worth running natively, such as a loop body or a copy).
     fn short_run_ahead(
         &mut self,
@@ -1338,7 +1321,7 @@ impl Monitor {
         });
         let pages = memory.into_pages();
         self.track_decoded(world, pages)?;
-        Ok((block.instructions <= INTERPRET_RUN && !loops).then_some(block))
+        Ok((block.instructions <= self.policy.hw_interpret_run && !loops).then_some(block))
     }
 
     /// Records the translations the planner just decoded code through

@@ -540,8 +540,8 @@ impl Monitor {
                 PoiKind::Sensitive {
                     kind: cfg_planner::SensitiveKind::PortIo,
                     ..
-                } => crate::SPLIT_RUN_AFTER_ENTRY,
-                _ => crate::SPLIT_RUN_AFTER_EMULATED,
+                } => self.policy.run_after_entry,
+                _ => self.policy.run_after_emulated,
             };
             return Ok(SplitStep::Continue);
         }
@@ -605,6 +605,7 @@ impl Monitor {
             exec: self.exec,
             last_interpreted: false,
             granted: 0,
+            policy: self.policy,
         };
         let mut terminate = false;
         let stats_before = self.blocks.stats();
@@ -858,6 +859,8 @@ struct SplitDriver {
     /// Instructions [`Driver::run_on`] let run past the limit, to reach
     /// one that must be emulated a few instructions on.
     granted: u32,
+    /// [`Monitor::policy`].
+    policy: crate::policy::Policy,
 }
 
 impl SplitDriver {
@@ -915,8 +918,8 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
                 PoiKind::Sensitive {
                     kind: cfg_planner::SensitiveKind::PortIo,
                     ..
-                } => crate::SPLIT_RUN_AFTER_ENTRY,
-                _ => crate::SPLIT_RUN_AFTER_EMULATED,
+                } => self.policy.run_after_entry,
+                _ => self.policy.run_after_emulated,
             };
             self.last_interpreted = false;
             view.counters.bump(Counter::EmulatedPlanned);
@@ -932,7 +935,7 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
 
     /// The run is over its limit at an instruction that could run
     /// natively: if one that must be emulated follows within
-    /// [`crate::SPLIT_LOOKAHEAD`] instructions of the same straight-line
+    /// [`crate::policy::Policy::lookahead`] instructions of the same straight-line
     /// block, native execution would reach it and trap there (an INT3
     /// round trip through the host costs as much as tens of interpreted
     /// instructions): interpret on to it instead. Linux's system-call
@@ -949,12 +952,12 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
         }
         let Some(distance) = ahead
             .iter_mut()
-            .take(crate::SPLIT_LOOKAHEAD)
+            .take(self.policy.lookahead as usize)
             .position(|op| !self.judge(&op.instr, &mut op.note).native)
         else {
             return false;
         };
-        #[allow(clippy::cast_possible_truncation)] // at most SPLIT_LOOKAHEAD
+        #[allow(clippy::cast_possible_truncation)] // at most the lookahead
         let distance = distance as u32;
         self.granted = distance;
         view.counters.add(Counter::SplitRanOn, u64::from(distance));

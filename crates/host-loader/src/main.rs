@@ -1,6 +1,6 @@
 //! `btvmm`: the breakpoint-tracing virtualizer's command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -83,6 +83,11 @@ enum Command {
         /// emulator handles (slow; for testing the emulator).
         #[arg(long, value_parser = parse_exec, default_value = "auto")]
         exec: btvmm_core::ExecMode,
+        /// How far `--exec auto` interprets, from this host's costs: a file
+        /// `btvmm calibrate --json` wrote. Without it, the settings tuned
+        /// on the development host.
+        #[arg(long, value_name = "FILE")]
+        costs: Option<PathBuf>,
         /// For the attacker tests only: the first world writes the address
         /// of a `syscall; ret` in its own code to this guest-physical
         /// address, standing in for an attacker who broke ASLR.
@@ -340,11 +345,38 @@ fn world_main(
     monitor.set_trace(trace);
     monitor.set_split(split);
     monitor.set_exec(exec);
+    monitor.set_policy(guest_monitor::policy::Policy::from_words(
+        world.channel().policy(),
+    ));
     monitor.set_host_fast_path(world.host_fast_path());
     match world.run(move |trap, registers, world| monitor.handle(trap, registers, world)) {
         Ok(never) => match never {},
         Err(error) => error.into(),
     }
+}
+
+/// The interpretation policy for the costs in `path` (`btvmm calibrate
+/// --json`'s output).
+fn policy_from_costs(path: &Path) -> anyhow::Result<guest_monitor::policy::Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the costs in {}", path.display()))?;
+    let costs = experiments::model::parse_costs(&text)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let cost = |name: &str| {
+        costs.get(name).copied().with_context(|| {
+            format!(
+                "{}: calibrate's JSON has no {name:?} path (measure it with `btvmm calibrate --json`)",
+                path.display()
+            )
+        })
+    };
+    let costs = guest_monitor::policy::Costs {
+        split_trap_ns: cost("split int3 + pushf")?,
+        hw_trap_ns: cost("hw breakpoint + pushf + re-plan")?,
+        interpreted_ns: cost("instruction interpreted")?,
+    };
+    guest_monitor::policy::Policy::from_costs(&costs)
+        .with_context(|| format!("the costs in {}", path.display()))
 }
 
 fn parse_exec(text: &str) -> Result<btvmm_core::ExecMode, String> {
@@ -391,12 +423,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             address_spaces,
             breakpoints,
             exec,
+            costs,
             test_leak_syscall_gadget,
             test_scribble,
             test_scribble_victim,
             test_host_escape,
             test_no_host_filter,
         } => {
+            let policy = match &costs {
+                Some(path) => policy_from_costs(path)?,
+                None => guest_monitor::policy::Policy::TUNED,
+            };
+
             // SAFETY: nothing of this process owns a descriptor above
             // standard error yet (argument parsing opens none).
             unsafe { world_switch::sys::host_filter::close_inherited_descriptors() }?;
@@ -418,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BreakpointsArg::Split => host_loader::run::Breakpoints::Split,
                 },
                 exec,
+                policy,
                 leak_syscall_gadget: test_leak_syscall_gadget,
                 scribble: test_scribble.zip(test_scribble_victim),
                 host_escape: test_host_escape,
@@ -433,6 +472,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for line in outcome.counters.summary(wall_ns) {
                     eprintln!("{line}");
                 }
+                let from = costs.as_ref().map_or_else(
+                    || "tuned on the development host".to_owned(),
+                    |path| format!("from {}", path.display()),
+                );
+                eprintln!("policy ({from}): {policy}");
                 for (name, value) in outcome.counters.report() {
                     eprintln!("{name:<40} {value:>12}");
                 }

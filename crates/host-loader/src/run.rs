@@ -71,6 +71,8 @@ pub struct RunRequest {
     /// How the monitor runs guest kernel code between the instructions it
     /// must handle.
     pub exec: btvmm_core::ExecMode,
+    /// How far it interprets under [`btvmm_core::ExecMode::Auto`].
+    pub policy: guest_monitor::policy::Policy,
     /// Attacker tests only: the first world writes the address of a
     /// `syscall; ret` of its own code at this guest-physical address.
     pub leak_syscall_gadget: Option<u32>,
@@ -193,6 +195,7 @@ impl RunRequest {
             console_input: false,
             breakpoints: Breakpoints::DEFAULT,
             exec: btvmm_core::ExecMode::Auto,
+            policy: guest_monitor::policy::Policy::TUNED,
             leak_syscall_gadget: None,
             scribble: None,
             host_escape: None,
@@ -560,6 +563,7 @@ fn serve_vm(
         0
     });
     channel.set_tsc_khz(tsc_khz);
+    channel.set_policy(request.policy.to_words());
     if request.confine_host {
         // Capabilities are per thread: before the console reader starts.
         world_switch::sys::host_filter::keep_only_kill_capability()?;

@@ -73,6 +73,9 @@ pub struct BootState {
     pub gdt_limit: u16,
 }
 
+/// Words of the monitor's interpretation policy in the channel page.
+pub const POLICY_WORDS: usize = 4;
+
 /// Words of [`BootState`] in the channel page.
 const BOOT_WORDS: usize = 12;
 
@@ -110,6 +113,7 @@ struct Page {
     epoch_ns: AtomicU64,
     wall_clock_ns: AtomicU64,
     tsc_khz: AtomicU32,
+    policy: [AtomicU32; POLICY_WORDS],
     exit_kind: AtomicU32,
     exit_args: [AtomicU32; 3],
     reply_kind: AtomicU32,
@@ -316,6 +320,21 @@ impl Channel {
     #[must_use]
     pub fn tsc_khz(&self) -> u32 {
         self.page().tsc_khz.load(Ordering::Relaxed)
+    }
+
+    /// Host: records the monitor's interpretation policy (its words; all
+    /// zero: the monitor's default).
+    pub fn set_policy(&self, words: [u32; POLICY_WORDS]) {
+        for (slot, word) in self.page().policy.iter().zip(words) {
+            slot.store(word, Ordering::Relaxed);
+        }
+    }
+
+    /// World: the interpretation policy's words.
+    #[must_use]
+    pub fn policy(&self) -> [u32; POLICY_WORDS] {
+        let policy = &self.page().policy;
+        std::array::from_fn(|index| policy[index].load(Ordering::Relaxed))
     }
 
     /// The epoch (CLOCK_MONOTONIC nanoseconds at boot).
