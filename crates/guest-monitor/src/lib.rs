@@ -106,6 +106,27 @@ const INTERPRET_BUDGET: u32 = 256;
 /// code its direct branches reach on the same page).
 const SPLIT_FILL_BLOCKS: usize = 64;
 
+/// A start mark of [`Monitor::stopwatch`].
+#[derive(Clone, Copy, Debug)]
+enum Stopwatch {
+    Clock(u64),
+    Tsc { start: u64, khz: u32 },
+}
+
+impl Stopwatch {
+    /// Nanoseconds since the mark.
+    fn elapsed_ns(self, world: &dyn WorldServices) -> u64 {
+        match self {
+            Self::Clock(start) => world.now_ns().saturating_sub(start),
+            Self::Tsc { start, khz } => {
+                let ticks = world.timestamp().saturating_sub(start);
+                // Ticks of one run are far below 2^44: no overflow.
+                ticks.saturating_mul(1_000_000) / u64::from(khz)
+            }
+        }
+    }
+}
+
 /// The guest's state at hand-over from the loader: 32-bit protected mode,
 /// paging and interrupts off, flat 4 GiB segments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -363,7 +384,9 @@ impl Monitor {
         host: HostRegisters,
         world: &mut dyn WorldServices,
     ) -> Action {
-        self.start_work(world);
+        // One clock read for the start of the work and the chipset.
+        let now_ns = world.now_ns();
+        self.work_started = (now_ns, self.waits());
         self.counters.bump(Counter::Traps);
         if self.trace {
             world.trace(&format!(
@@ -378,7 +401,7 @@ impl Monitor {
         }
         // Timer edges and host lines since the last trap (once a trap: the
         // chipset's own ports bring it up to date as they are used).
-        self.update_chipset(world);
+        self.update_chipset_at(world, now_ns);
         let result = self
             .enter(trap, &host, world)
             .and_then(|()| self.run_kernel(world))
@@ -407,20 +430,38 @@ impl Monitor {
             .wrapping_add(self.counters.get(Counter::HaltNs))
     }
 
+    /// Starts timing a short stretch of the monitor's work (an interpreter
+    /// run): the TSC where RDTSC runs in this process and its frequency
+    /// is known, a read much cheaper than the clock's; else the clock.
+    fn stopwatch(&self, world: &dyn WorldServices) -> Stopwatch {
+        let tsc_khz = world.tsc_khz();
+        if self.timestamp_faulting || tsc_khz == 0 {
+            Stopwatch::Clock(world.now_ns())
+        } else {
+            Stopwatch::Tsc {
+                start: world.timestamp(),
+                khz: tsc_khz,
+            }
+        }
+    }
+
     /// Starts timing the monitor's work.
     fn start_work(&mut self, world: &dyn WorldServices) {
         self.work_started = (world.now_ns(), self.waits());
     }
 
-    /// Counts the monitor's work since [`Monitor::start_work`], without the
-    /// waits, and starts again.
+    /// Counts the monitor's work since the trap began or the last charge,
+    /// without the waits, and starts timing again.
     fn charge_work(&mut self, world: &dyn WorldServices) {
         let (started, waits_then) = self.work_started;
-        let elapsed = world.now_ns().saturating_sub(started);
-        let waited = self.waits().wrapping_sub(waits_then);
-        self.counters
-            .add(Counter::MonitorNs, elapsed.saturating_sub(waited));
-        self.start_work(world);
+        let now_ns = world.now_ns();
+        let waits = self.waits();
+        let waited = waits.wrapping_sub(waits_then);
+        self.counters.add(
+            Counter::MonitorNs,
+            now_ns.saturating_sub(started).saturating_sub(waited),
+        );
+        self.work_started = (now_ns, waits);
     }
 
     /// Steps 1 and 2: registers in, the trap itself.
@@ -1037,7 +1078,13 @@ impl Monitor {
 
     /// Brings the chipset to now: timer edges, and the host devices' lines.
     fn update_chipset(&mut self, world: &mut dyn WorldServices) {
-        self.chipset.advance(world.now_ns());
+        let now_ns = world.now_ns();
+        self.update_chipset_at(world, now_ns);
+    }
+
+    /// [`Monitor::update_chipset`] with the clock read already.
+    fn update_chipset_at(&mut self, world: &mut dyn WorldServices, now_ns: u64) {
+        self.chipset.advance(now_ns);
         let pulses = world.take_irq_pulses();
         self.chipset.set_host_levels(world.irq_levels(), pulses);
     }

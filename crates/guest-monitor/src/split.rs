@@ -609,7 +609,7 @@ impl Monitor {
         };
         let mut terminate = false;
         let stats_before = self.blocks.stats();
-        let started = world.now_ns();
+        let stopwatch = self.stopwatch(&*world);
         let ran = {
             let mut view = guest_view!(self, world, terminate);
             btvmm_core::emu::fast::run(
@@ -621,7 +621,7 @@ impl Monitor {
             )
         };
         self.counters
-            .add(Counter::FastNs, world.now_ns().saturating_sub(started));
+            .add(Counter::FastNs, stopwatch.elapsed_ns(&*world));
         *streak = driver.streak;
         self.split_limit = driver.split_limit;
         *steps += ran.retired as usize;
