@@ -546,7 +546,8 @@ fn serve_vm(
         world_switch::spawn::pin_to(cpu)?;
     }
     // Its span passes mostly while the launcher starts.
-    let tsc = world_switch::sys::tsc::TscMeasurement::start();
+    let tsc = world_switch::sys::tsc::host_tsc_invariant()
+        .then(world_switch::sys::tsc::TscMeasurement::start);
     let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
     let signals = watch_signals();
     // Before any guest input is parsed: the only process that can start
@@ -556,12 +557,18 @@ fn serve_vm(
         source,
     })?;
     let launcher = Launcher::start(&exe)?;
-    let tsc_khz = tsc.finish().unwrap_or_else(|| {
-        eprintln!(
-            "btvmm: the host's TSC frequency could not be measured: the guest calibrates its TSC itself"
-        );
-        0
-    });
+    let tsc_khz = match tsc.map(world_switch::sys::tsc::TscMeasurement::finish) {
+        Some(Some(khz)) => khz,
+        Some(None) => {
+            eprintln!(
+                "btvmm: the host's TSC frequency could not be measured: the guest calibrates its TSC itself"
+            );
+            0
+        }
+        // Not invariant on this host: the guest is not told a frequency
+        // that may change, and calibrates.
+        None => 0,
+    };
     channel.set_tsc_khz(tsc_khz);
     channel.set_policy(request.policy.to_words());
     if request.confine_host {

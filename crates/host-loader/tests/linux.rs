@@ -127,7 +127,12 @@ fn boot(extra_args: &[&str], append: &str, inputs: &[&str]) -> Run {
         let _ = stdin.write_all(input.as_bytes());
     }
     drop(stdin);
-    let output = common::wait_with_timeout(child, TIMEOUT.saturating_sub(started.elapsed()));
+    // At least a few seconds to end, even when the banner never came (the
+    // panic then shows what the run printed).
+    let left = TIMEOUT
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(5));
+    let output = common::wait_with_timeout(child, left);
     let _ = reader.join();
     let console = std::mem::take(&mut *console.lock().expect("console buffer"));
     Run {
@@ -197,11 +202,21 @@ fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
     );
 
     let cpuinfo = section(shell, "cpuinfo");
+    // An invariant TSC (the host's, when its kernel trusts it as constant
+    // and non-stop) of known frequency, with IA32_TSC_ADJUST: Linux needs
+    // neither a calibration nor the clocksource watchdog for it.
+    let invariant = world_switch::sys::tsc::host_tsc_invariant();
+    let flags = if invariant {
+        "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 constant_tsc nonstop_tsc cpuid \
+         tsc_known_freq hypervisor tsc_adjust"
+    } else {
+        "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 cpuid hypervisor tsc_adjust"
+    };
     for line in [
         "vendor_id\t: GenuineIntel",
         "model name\t: btvmm virtual i686 CPU",
         "cpu family\t: 6",
-        "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 cpuid tsc_known_freq hypervisor",
+        flags,
     ] {
         assert!(
             cpuinfo.lines().any(|got| got.trim_end() == line),
@@ -218,6 +233,10 @@ fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
     // of calibrating it against the PIT, whose polling loop gives up on a
     // busy host: the benchmarks' clock is the TSC. It is the host's TSC,
     // so the frequency is the host's.
+    assert!(
+        invariant,
+        "this host's TSC is not invariant: the checks below need one"
+    );
     let host_khz = world_switch::sys::tsc::TscMeasurement::start()
         .finish()
         .expect("the host's TSC");

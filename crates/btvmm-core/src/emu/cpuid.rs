@@ -5,7 +5,7 @@
 //!
 //! Leaves 2 to 0x14 describe caches, topology, power management and
 //! extended features this CPU does not enumerate: all zero, which is how
-//! the SDM says "not enumerated". Leaves 0x15 and 0x16 give the TSC's
+//! the SDM says "not enumerated", but for leaf 7's IA32_TSC_ADJUST. Leaves 0x15 and 0x16 give the TSC's
 //! frequency, which the host measured (the guest's TSC is the host's): a
 //! kernel that knows it needs no calibration against the PIT, whose port
 //! polling loop gives up whenever one of its reads takes ten times
@@ -65,7 +65,12 @@ const MAX_BASIC: u32 = 0x16;
 /// (leaf 0x16).
 const TSC_CRYSTAL: u32 = 0x15;
 const FREQUENCY: u32 = 0x16;
-const MAX_EXTENDED: u32 = 0x8000_0004;
+const MAX_EXTENDED: u32 = 0x8000_0007;
+/// Leaf 7 (subleaf 0 EBX) and its IA32_TSC_ADJUST bit.
+const STRUCTURED_FEATURES: u32 = 7;
+const TSC_ADJUST: u32 = 1 << 1;
+/// Leaf 0x8000_0007 EDX bit 8.
+const INVARIANT_TSC: u32 = 1 << 8;
 const BRAND: &[u8; 48] =
     b"btvmm virtual i686 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 
@@ -75,20 +80,29 @@ fn word(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(word)
 }
 
-/// EAX, EBX, ECX, EDX for a CPUID leaf (`subleaf` in ECX is unused by the
-/// leaves this CPU has), on a machine whose TSC counts `tsc_khz` kHz (0:
+/// EAX, EBX, ECX, EDX for a CPUID leaf (`subleaf` in ECX matters for leaf
+/// 7 only), on a machine whose TSC counts `tsc_khz` kHz (0:
 /// unknown, and leaves 0x15 and 0x16 say nothing).
 #[must_use]
 pub fn cpuid(leaf: u32, subleaf: u32, tsc_khz: u32) -> [u32; 4] {
-    let _ = subleaf;
     match leaf {
         // "GenuineIntel" in EBX, EDX, ECX.
         0 => [MAX_BASIC, word(b"Genu"), word(b"ntel"), word(b"ineI")],
         1 => [SIGNATURE, 0, FEATURES_ECX, FEATURES_EDX],
+        // Structured extended features: only IA32_TSC_ADJUST.
+        STRUCTURED_FEATURES if subleaf == 0 => [0, TSC_ADJUST, 0, 0],
         TSC_CRYSTAL => tsc_crystal(tsc_khz),
         // Base and maximum MHz; the bus frequency is not enumerated.
         FREQUENCY => [tsc_khz / 1000, tsc_khz / 1000, 0, 0],
         2..TSC_CRYSTAL => [0; 4],
+        // L1 and L2 cache descriptions: not enumerated.
+        0x8000_0005 | 0x8000_0006 => [0; 4],
+        // Advanced power management: the invariant TSC, when the host
+        // measured it (it measures only a TSC its kernel trusts as constant
+        // and non-stop). With it and TSC_ADJUST, Linux drops the clocksource
+        // watchdog for the TSC: checking it against the PIT, whose ticks
+        // reach a VM late when the host is busy, could mark it unstable.
+        0x8000_0007 => [0, 0, 0, if tsc_khz == 0 { 0 } else { INVARIANT_TSC }],
         0x8000_0000 => [MAX_EXTENDED, 0, 0, 0],
         0x8000_0001 => [0, 0, 0, 0],
         0x8000_0002..=0x8000_0004 => {
@@ -148,8 +162,16 @@ mod tests {
             }
         }
         assert!(brand.starts_with(b"btvmm virtual i686 CPU\0"));
-        assert_eq!(cpuid(7, 0, 2_445_519), [0; 4], "no extended features");
+        assert_eq!(cpuid(7, 0, 2_445_519), [0, 1 << 1, 0, 0], "TSC_ADJUST only");
+        assert_eq!(cpuid(7, 1, 2_445_519), [0; 4]);
+        assert_eq!(
+            cpuid(0x8000_0007, 0, 2_445_519),
+            [0, 0, 0, 1 << 8],
+            "invariant"
+        );
+        assert_eq!(cpuid(0x8000_0007, 0, 0), [0; 4], "unknown: not invariant");
         assert_eq!(cpuid(0x17, 0, 2_445_519), cpuid(0x16, 0, 2_445_519));
+        assert_eq!(cpuid(0x8000_0000, 0, 0)[0], 0x8000_0007);
         assert_eq!(cpuid(0x8000_0008, 0, 0), cpuid(0x16, 0, 0));
     }
 

@@ -38,6 +38,10 @@ const CR0_DEFINED: u32 = Cr0::PE
 pub mod msr {
     /// IA32_TIME_STAMP_COUNTER.
     pub const TSC: u32 = 0x10;
+    /// IA32_TSC_ADJUST: what was added to the TSC by writes (to either
+    /// MSR) since reset. The guest's TSC is the host's plus one offset,
+    /// which is exactly that.
+    pub const TSC_ADJUST: u32 = 0x3b;
     /// IA32_PLATFORM_ID (read-only; P6 family).
     pub const PLATFORM_ID: u32 = 0x17;
     /// IA32_BIOS_SIGN_ID: the microcode update signature. Linux writes 0,
@@ -394,6 +398,7 @@ fn mov_debug(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
 fn rdmsr(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
     let value = match ctx.cpu.gpr[Gpr::Ecx as usize] {
         msr::TSC => ctx.machine.timestamp().wrapping_add(ctx.cpu.tsc_offset),
+        msr::TSC_ADJUST => ctx.cpu.tsc_offset,
         // Platform 0 (bits 52:50), no microcode update loaded (revision 0
         // in EDX).
         msr::PLATFORM_ID | msr::BIOS_SIGN_ID => 0,
@@ -413,6 +418,7 @@ fn wrmsr(ctx: &mut Ctx<'_>) -> Result<(), Stop> {
     let low = value as u32;
     match ctx.cpu.gpr[Gpr::Ecx as usize] {
         msr::TSC => ctx.cpu.tsc_offset = value.wrapping_sub(ctx.machine.timestamp()),
+        msr::TSC_ADJUST => ctx.cpu.tsc_offset = value,
         // Writing it asks the CPU to latch the signature: nothing to keep.
         msr::BIOS_SIGN_ID => {}
         msr::SYSENTER_CS => ctx.cpu.sysenter[0] = low & 0xffff,
@@ -731,6 +737,22 @@ mod tests {
         machine.tsc += 100;
         run(&mut cpu, &mut machine, &[0x0f, 0x31]).expect("rdtsc");
         assert_eq!((eax(&cpu), cpu.gpr[Gpr::Edx as usize]), (100, 1));
+        // IA32_TSC_ADJUST holds what the writes added; writing it moves
+        // the TSC by the difference, as on the CPU.
+        let host = machine.tsc;
+        cpu.gpr[Gpr::Ecx as usize] = 0x3b;
+        run(&mut cpu, &mut machine, &[0x0f, 0x32]).expect("rdmsr tsc_adjust");
+        let adjust = (u64::from(cpu.gpr[Gpr::Edx as usize]) << 32) | u64::from(eax(&cpu));
+        assert_eq!(adjust, (1u64 << 32) + 100 - host);
+        cpu.gpr[Gpr::Eax as usize] = 0;
+        cpu.gpr[Gpr::Edx as usize] = 0;
+        run(&mut cpu, &mut machine, &[0x0f, 0x30]).expect("wrmsr tsc_adjust");
+        run(&mut cpu, &mut machine, &[0x0f, 0x31]).expect("rdtsc");
+        assert_eq!(
+            (u64::from(cpu.gpr[Gpr::Edx as usize]) << 32) | u64::from(eax(&cpu)),
+            host,
+            "back to the host's count"
+        );
         // CR4.TSD makes RDTSC privileged.
         cpu.cr4 = CR4_TSD;
         cpu.cpl = 3;

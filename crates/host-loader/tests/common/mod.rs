@@ -58,8 +58,9 @@ pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output 
                 .status();
             let output = waited.recv().expect("the waiter").expect("wait for btvmm");
             panic!(
-                "btvmm did not finish within {limit:?}:\n{}",
-                String::from_utf8_lossy(&output.stdout)
+                "btvmm did not finish within {limit:?}:\n{}\nstandard error:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
             );
         }
     }

@@ -54,6 +54,26 @@ impl TscMeasurement {
     }
 }
 
+/// Whether the host kernel trusts its TSC to count at a constant rate and
+/// through sleep states (`constant_tsc` and `nonstop_tsc` in
+/// /proc/cpuinfo): only such a TSC is measured and given to the guest as
+/// invariant.
+#[must_use]
+pub fn host_tsc_invariant() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|cpuinfo| invariant_in(&cpuinfo))
+}
+
+/// [`host_tsc_invariant`] on the text of /proc/cpuinfo.
+fn invariant_in(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .find(|line| line.starts_with("flags"))
+        .is_some_and(|flags| {
+            let has = |flag: &str| flags.split_whitespace().any(|word| word == flag);
+            has("constant_tsc") && has("nonstop_tsc")
+        })
+}
+
 /// kHz from `ticks` counted in `ns` nanoseconds; None outside 1 MHz to
 /// 4.29 THz (a counter that stopped, wrapped or a clock that stood
 /// still).
@@ -105,6 +125,15 @@ mod tests {
         assert_eq!(khz(1, 0), None, "a clock that stood still");
         assert_eq!(khz(0, 20_000_000), None, "a counter that stood still");
         assert_eq!(khz(u64::MAX, 1), None, "a counter that wrapped");
+    }
+
+    #[test]
+    fn an_invariant_tsc_is_constant_and_non_stop() {
+        let flags = "processor\t: 0\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\n";
+        assert!(invariant_in(flags));
+        assert!(!invariant_in("flags\t\t: fpu tsc constant_tsc\n"));
+        assert!(!invariant_in("flags\t\t: fpu tsc nonstop_tsc_s3\n"));
+        assert!(!invariant_in(""));
     }
 
     #[test]
