@@ -743,7 +743,7 @@ mod tests {
         cpu.gpr[Gpr::Ecx as usize] = 0x3b;
         run(&mut cpu, &mut machine, &[0x0f, 0x32]).expect("rdmsr tsc_adjust");
         let adjust = (u64::from(cpu.gpr[Gpr::Edx as usize]) << 32) | u64::from(eax(&cpu));
-        assert_eq!(adjust, (1u64 << 32) + 100 - host);
+        assert_eq!(adjust, ((1u64 << 32) + 100).wrapping_sub(host));
         cpu.gpr[Gpr::Eax as usize] = 0;
         cpu.gpr[Gpr::Edx as usize] = 0;
         run(&mut cpu, &mut machine, &[0x0f, 0x30]).expect("wrmsr tsc_adjust");
