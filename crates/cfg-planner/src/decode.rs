@@ -127,6 +127,11 @@ pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConf
     let mut window = [0u8; CHUNK + 2 * MAX_INSTRUCTION_LEN];
 
     let end = 'chunks: loop {
+        // A run that used its instructions up exactly at the end of a chunk
+        // ends there as too long, whatever follows (as within a chunk).
+        if instructions >= MAX_BLOCK_INSTRUCTIONS {
+            break BlockEnd::TooLong(cursor);
+        }
         let in_page = cursor.bytes_to_page_end() as usize;
         match mem.translate(cursor) {
             Ok(phys) => note_page(&mut pages, cursor, Some(phys)),
@@ -498,6 +503,22 @@ mod tests {
             panic!("expected TooLong, got {:?}", block.end)
         };
         assert_eq!(at, GuestVirt(0x10000 + MAX_BLOCK_INSTRUCTIONS));
+        assert_eq!(block.instructions, MAX_BLOCK_INSTRUCTIONS);
+    }
+
+    /// A run whose last allowed instruction ends at a page whose successor
+    /// is unmapped is cut as too long there, as a run cut mid-page is (the
+    /// fuzz test's one-instruction decoder found the difference).
+    #[test]
+    fn a_long_run_that_ends_at_an_unmapped_page_is_too_long() {
+        let start = 0x11000 - MAX_BLOCK_INSTRUCTIONS;
+        let mem = memory(start, &vec![0x90; MAX_BLOCK_INSTRUCTIONS as usize]);
+        let block = scan_block(&mem, GuestVirt(start), &ClassifyConfig::default());
+        assert!(
+            matches!(block.end, BlockEnd::TooLong(GuestVirt(0x11000))),
+            "{:?}",
+            block.end
+        );
         assert_eq!(block.instructions, MAX_BLOCK_INSTRUCTIONS);
     }
 
