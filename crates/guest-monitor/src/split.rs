@@ -961,7 +961,9 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
         let distance = distance as u32;
         self.granted = distance;
         view.counters.add(Counter::SplitRanOn, u64::from(distance));
-        let (current, _) = ahead.split_first_mut().expect("ahead starts at EIP");
+        let Some((current, _)) = ahead.split_first_mut() else {
+            return false;
+        };
         self.before(cpu, view, &current.instr, &mut current.note)
     }
 

@@ -205,13 +205,12 @@ fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
     // An invariant TSC (the host's, when its kernel trusts it as constant
     // and non-stop) of known frequency, with IA32_TSC_ADJUST: Linux needs
     // neither a calibration nor the clocksource watchdog for it.
-    let invariant = world_switch::sys::tsc::host_tsc_invariant();
-    let flags = if invariant {
-        "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 constant_tsc nonstop_tsc cpuid \
-         tsc_known_freq hypervisor tsc_adjust"
-    } else {
-        "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 cpuid hypervisor tsc_adjust"
-    };
+    assert!(
+        world_switch::sys::tsc::host_tsc_invariant(),
+        "this host's TSC is not invariant: the checks below need one"
+    );
+    let flags = "flags\t\t: fpu pse tsc msr cx8 cmov mmx fxsr sse sse2 constant_tsc nonstop_tsc \
+                 cpuid tsc_known_freq hypervisor tsc_adjust";
     for line in [
         "vendor_id\t: GenuineIntel",
         "model name\t: btvmm virtual i686 CPU",
@@ -233,10 +232,6 @@ fn linux_boots_to_a_shell_and_runs_the_system_test_as_under_qemu() {
     // of calibrating it against the PIT, whose polling loop gives up on a
     // busy host: the benchmarks' clock is the TSC. It is the host's TSC,
     // so the frequency is the host's.
-    assert!(
-        invariant,
-        "this host's TSC is not invariant: the checks below need one"
-    );
     let host_khz = world_switch::sys::tsc::TscMeasurement::start()
         .finish()
         .expect("the host's TSC");
