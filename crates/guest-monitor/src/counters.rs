@@ -120,6 +120,13 @@ pub enum Counter {
     /// monitor must emulate followed a few instructions on in the same
     /// straight-line block (each run on saves an INT3 trap).
     SplitRanOn,
+    /// Interpreted runs that explored how far the next instruction the
+    /// monitor must emulate is ([`crate::profile`]).
+    SplitExplored,
+    /// Interpreted runs that reached the next instruction to emulate.
+    SplitReached,
+    /// Interpreted runs that used up their length and resumed natively.
+    SplitMissed,
     /// Blocks the fast interpreter decoded (first use, or changed bytes).
     FastBlocksDecoded,
     /// Instructions the fast interpreter ran through a fast form (the rest
@@ -154,7 +161,7 @@ impl Counter {
     }
 
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 59] = [
+    pub const ALL: [Counter; 62] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -205,6 +212,9 @@ impl Counter {
         Counter::SplitStraddlers,
         Counter::SplitFallbacks,
         Counter::SplitRanOn,
+        Counter::SplitExplored,
+        Counter::SplitReached,
+        Counter::SplitMissed,
         Counter::FastBlocksDecoded,
         Counter::FastForms,
         Counter::FastRuns,
@@ -269,6 +279,9 @@ impl Counter {
             Self::SplitWindowMoves => "split: window moves",
             Self::SplitStraddlers => "split: page-straddling instructions emulated",
             Self::SplitRanOn => "split: instructions interpreted on to a near emulated one",
+            Self::SplitExplored => "split: interpreted runs exploring their site",
+            Self::SplitReached => "split: interpreted runs reaching an emulated instruction",
+            Self::SplitMissed => "split: interpreted runs resuming natively at their length",
             Self::SplitFallbacks => "split: resumes under hardware breakpoints instead",
             Self::FastBlocksDecoded => "interpreter: blocks decoded",
             Self::FastForms => "interpreter: instructions in fast forms",
@@ -288,8 +301,8 @@ impl Counter {
 const BY_CLASS_START: usize = Counter::ALL.len();
 /// Total number of counter slots.
 pub const COUNTER_SLOTS: usize = BY_CLASS_START + SensitiveKind::ALL.len() + PointerKind::ALL.len();
-/// The world/host channel carries 96 counters.
-const _: () = assert!(COUNTER_SLOTS <= 96);
+/// The world/host channel carries 128 counters.
+const _: () = assert!(COUNTER_SLOTS <= 128);
 
 /// The counter values.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -36,6 +36,7 @@ macro_rules! guest_view {
 pub mod counters;
 pub mod mmu;
 pub mod policy;
+pub mod profile;
 pub mod segments;
 pub mod split;
 pub mod view;
@@ -202,6 +203,9 @@ pub struct Monitor {
     /// ([`policy::Policy::run_after_entry`] or
     /// [`policy::Policy::run_after_emulated`]).
     split_limit: u32,
+    /// The split view's interpreted runs: per-site lengths and the run
+    /// under way.
+    runs: profile::Runs,
     /// How far the monitor interprets.
     policy: policy::Policy,
     /// The monitor just moved the guest into code where more instructions
@@ -301,6 +305,7 @@ impl Monitor {
             resumed_window: None,
             interpret_after: false,
             split_limit: policy::Policy::TUNED.run_after_entry,
+            runs: profile::Runs::default(),
             policy: policy::Policy::TUNED,
             exec: btvmm_core::ExecMode::Auto,
             breakpoints_armed: false,
@@ -326,6 +331,7 @@ impl Monitor {
     pub fn set_policy(&mut self, policy: policy::Policy) {
         self.policy = policy;
         self.split_limit = policy.run_after_entry;
+        self.runs.forget();
     }
 
     /// The interpretation settings in use.
@@ -1234,6 +1240,7 @@ impl Monitor {
                 if let Some(aliases) = world.code_aliases() {
                     aliases.reset_all();
                 }
+                self.runs.forget();
                 self.planner.set_classify(classify);
             }
             // Short stretches between sensitive instructions are cheaper to
@@ -1262,7 +1269,9 @@ impl Monitor {
                     && self.exec != btvmm_core::ExecMode::Native
                 {
                     interpreted = 0;
-                    self.split_limit = self.policy.run_after_entry;
+                    self.split_limit =
+                        self.runs
+                            .entered(&self.policy, self.cpu.linear_eip(), &mut self.counters);
                 }
                 if self.split_fast(world, &mut interpreted, &mut steps)? {
                     continue;
@@ -1440,6 +1449,7 @@ impl Monitor {
     /// Step 4: registers out.
     fn leave(&mut self, world: &mut dyn WorldServices) -> Result<HostRegisters, Failure> {
         self.interpret_after = false;
+        self.runs.close();
         // RDTSC faults while the guest's CR4.TSD asks for it, and while the
         // guest has moved its TSC with WRMSR: native RDTSC would not show
         // the offset.

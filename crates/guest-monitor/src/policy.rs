@@ -80,6 +80,12 @@ pub struct Policy {
     /// Hardware breakpoints: code is interpreted when the straight-line
     /// run to its next point of interest is at most this long.
     pub hw_interpret_run: u32,
+    /// Split view: how far a run from a site with nothing learned looks
+    /// for the next instruction to emulate ([`crate::profile`]); each
+    /// site then runs as far as it found one, or not at all. 0: no
+    /// profiles, every run as long as `run_after_entry` or
+    /// `run_after_emulated` says.
+    pub explore: u32,
 }
 
 impl Policy {
@@ -89,6 +95,7 @@ impl Policy {
         run_after_emulated: 4,
         lookahead: 8,
         hw_interpret_run: 24,
+        explore: 24,
     };
 
     /// The settings for a host with `costs`: the tuned ones scaled by how
@@ -125,25 +132,27 @@ impl Policy {
             run_after_emulated: scaled(Self::TUNED.run_after_emulated, split),
             lookahead: scaled(Self::TUNED.lookahead, split),
             hw_interpret_run: scaled(Self::TUNED.hw_interpret_run, hw),
+            explore: scaled(Self::TUNED.explore, split),
         })
     }
 
     /// The settings as four words (the channel to a world process).
     #[must_use]
-    pub const fn to_words(self) -> [u32; 4] {
+    pub const fn to_words(self) -> [u32; 5] {
         [
             self.run_after_entry,
             self.run_after_emulated,
             self.lookahead,
             self.hw_interpret_run,
+            self.explore,
         ]
     }
 
     /// Settings from [`Policy::to_words`]; all zero (nothing set) is
     /// [`Policy::TUNED`].
     #[must_use]
-    pub const fn from_words(words: [u32; 4]) -> Self {
-        if words[0] == 0 && words[1] == 0 && words[2] == 0 && words[3] == 0 {
+    pub const fn from_words(words: [u32; 5]) -> Self {
+        if words[0] == 0 && words[1] == 0 && words[2] == 0 && words[3] == 0 && words[4] == 0 {
             return Self::TUNED;
         }
         Self {
@@ -151,6 +160,7 @@ impl Policy {
             run_after_emulated: words[1],
             lookahead: words[2],
             hw_interpret_run: words[3],
+            explore: words[4],
         }
     }
 }
@@ -166,9 +176,18 @@ impl std::fmt::Display for Policy {
         write!(
             f,
             "interpret {} instructions after an entry, {} after an emulated one, \
-             on to one {} ahead; {} under hardware breakpoints",
+             on to one {} ahead; {} under hardware breakpoints; ",
             self.run_after_entry, self.run_after_emulated, self.lookahead, self.hw_interpret_run
-        )
+        )?;
+        if self.explore == 0 {
+            write!(f, "no per-site profiles")
+        } else {
+            write!(
+                f,
+                "per-site profiles exploring {} instructions",
+                self.explore
+            )
+        }
     }
 }
 
@@ -193,6 +212,7 @@ mod tests {
         assert_eq!(cheap.run_after_emulated, 1);
         assert_eq!(cheap.lookahead, 2);
         assert_eq!(cheap.hw_interpret_run, 6);
+        assert_eq!(cheap.explore, 6);
         assert_eq!(cheap.run_after_entry, MIN_RUN_AFTER_ENTRY, "PIT polling");
         // A faster interpreter against the same traps: twice the runs.
         let fast = Policy::from_costs(&Costs {
@@ -204,9 +224,10 @@ mod tests {
             (
                 fast.run_after_entry,
                 fast.run_after_emulated,
-                fast.lookahead
+                fast.lookahead,
+                fast.explore
             ),
-            (32, 8, 16)
+            (32, 8, 16, 48)
         );
         // At most MAX_SCALE either way.
         let extreme = Policy::from_costs(&Costs {
@@ -238,8 +259,9 @@ mod tests {
             run_after_emulated: 5,
             lookahead: 0,
             hw_interpret_run: 30,
+            explore: 0,
         };
         assert_eq!(Policy::from_words(policy.to_words()), policy);
-        assert_eq!(Policy::from_words([0; 4]), Policy::TUNED);
+        assert_eq!(Policy::from_words([0; 5]), Policy::TUNED);
     }
 }

@@ -530,19 +530,15 @@ impl Monitor {
             return Ok(SplitStep::Continue);
         }
         if !native {
-            self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
+            self.split_limit = self.runs.emulated(
+                &self.policy,
+                linear,
+                *streak,
+                is_port_io(kind),
+                &mut self.counters,
+            );
             *streak = 0;
-            self.split_limit = match kind {
-                // Port polling loops (Linux's PIT calibration reads port
-                // 0x42 every 10 instructions and needs the reads evenly
-                // spaced: a trap per read fails it and marks the TSC
-                // unstable).
-                PoiKind::Sensitive {
-                    kind: cfg_planner::SensitiveKind::PortIo,
-                    ..
-                } => self.policy.run_after_entry,
-                _ => self.policy.run_after_emulated,
-            };
+            self.execute_fetched(world, crate::Why::Planned, Ok(instr), Some(kind))?;
             return Ok(SplitStep::Continue);
         }
         if *streak < self.split_run() {
@@ -555,6 +551,8 @@ impl Monitor {
             }
         }
         // Native from here: in the window the alias goes by.
+        self.runs
+            .resumed(*streak, self.split_run(), &mut self.counters);
         let paging = self.mmu.paging();
         let decision = {
             let mmu = &self.mmu;
@@ -597,7 +595,9 @@ impl Monitor {
             // Tracing names every instruction: one at a time.
             return Ok(false);
         }
+        let stopwatch = self.stopwatch(&*world);
         let mut driver = SplitDriver {
+            runs: &mut self.runs,
             classify: self.planner.config().classify,
             fpu_bits: fpu_bits(&self.cpu),
             streak: *streak,
@@ -609,7 +609,6 @@ impl Monitor {
         };
         let mut terminate = false;
         let stats_before = self.blocks.stats();
-        let stopwatch = self.stopwatch(&*world);
         let ran = {
             let mut view = guest_view!(self, world, terminate);
             btvmm_core::emu::fast::run(
@@ -840,8 +839,21 @@ fn fpu_bits(cpu: &Cpu) -> (u32, u32) {
     )
 }
 
+/// Whether the monitor's class of an instruction is port I/O.
+fn is_port_io(kind: PoiKind) -> bool {
+    matches!(
+        kind,
+        PoiKind::Sensitive {
+            kind: cfg_planner::SensitiveKind::PortIo,
+            ..
+        }
+    )
+}
+
 /// [`Monitor::split_step`]'s decisions for a fast interpreter run.
-struct SplitDriver {
+struct SplitDriver<'a> {
+    /// [`Monitor::runs`].
+    runs: &'a mut crate::profile::Runs,
     /// The classification settings of the run.
     classify: cfg_planner::ClassifyConfig,
     /// [`fpu_bits`] at the start: a change ends the run (the
@@ -863,7 +875,7 @@ struct SplitDriver {
     policy: crate::policy::Policy,
 }
 
-impl SplitDriver {
+impl SplitDriver<'_> {
     /// [`Monitor::split_run`].
     fn run_limit(&self) -> u32 {
         match self.exec {
@@ -891,10 +903,10 @@ impl SplitDriver {
     }
 }
 
-impl Driver<GuestView<'_>, Judged> for SplitDriver {
+impl Driver<GuestView<'_>, Judged> for SplitDriver<'_> {
     fn before(
         &mut self,
-        _cpu: &Cpu,
+        cpu: &Cpu,
         view: &mut GuestView<'_>,
         instr: &Instruction,
         note: &mut Option<Judged>,
@@ -911,16 +923,15 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver {
             self.last_interpreted = true;
             view.counters.bump(Counter::Interpreted);
         } else {
+            self.split_limit = self.runs.emulated(
+                &self.policy,
+                cpu.linear_eip(),
+                self.streak,
+                is_port_io(judged.kind),
+                view.counters,
+            );
             self.streak = 0;
             self.granted = 0;
-            self.split_limit = match judged.kind {
-                // As in split_step: port polling loops.
-                PoiKind::Sensitive {
-                    kind: cfg_planner::SensitiveKind::PortIo,
-                    ..
-                } => self.policy.run_after_entry,
-                _ => self.policy.run_after_emulated,
-            };
             self.last_interpreted = false;
             view.counters.bump(Counter::EmulatedPlanned);
         }

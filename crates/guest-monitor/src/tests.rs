@@ -354,8 +354,19 @@ fn guest_code_above_4_gib_is_an_escape_that_ends_the_vm() {
     );
 }
 
-/// A world and monitor with the split code view on.
+/// A world and monitor with the split code view on, its runs as long as
+/// the tuned policy's fixed lengths (no per-site profiles).
 fn split_view(code: &[u8]) -> (FakeWorld, Monitor) {
+    let (world, mut monitor) = split_view_profiled(code);
+    monitor.set_policy(crate::policy::Policy {
+        explore: 0,
+        ..crate::policy::Policy::TUNED
+    });
+    (world, monitor)
+}
+
+/// The same with the tuned policy's per-site profiles.
+fn split_view_profiled(code: &[u8]) -> (FakeWorld, Monitor) {
     let mut world = FakeWorld::with_code(code);
     world.aliases = Some(FakeAliases::default());
     let mut monitor = monitor();
@@ -413,4 +424,42 @@ fn a_sensitive_instruction_far_ahead_is_left_to_a_native_run() {
     let pushf = CODE + 31;
     assert!(alias.read(pushf / 4096, pushf % 4096, &mut bytes[..1]));
     assert_eq!(bytes[0], 0xcc, "PUSHF is an INT3 in its alias");
+}
+
+#[test]
+fn a_new_site_explores_and_reaches_a_sensitive_instruction_beyond_the_fixed_run() {
+    // cli; 20 x nop; pushf; hlt: past the fixed 4 after an emulated
+    // instruction and the look-ahead's 8, within the first run's
+    // exploration: interpreted to PUSHF, no resume.
+    let mut code = vec![0xfa];
+    code.extend([0x90; 20]);
+    code.extend([0x9c, 0xf4]);
+    let (mut world, mut monitor) = split_view_profiled(&code);
+    assert_eq!(
+        monitor.handle(Trap::Enter, HostRegisters::default(), &mut world),
+        Action::Terminate
+    );
+    assert_eq!(monitor.cpu().gpr[4], STACK - 4, "PUSHF ran, in the monitor");
+    let counter = |counter| monitor.counters.get(counter);
+    assert!(counter(crate::counters::Counter::SplitExplored) >= 1);
+    assert!(counter(crate::counters::Counter::SplitReached) >= 1);
+    assert_eq!(counter(crate::counters::Counter::SplitRanOn), 0);
+    assert_eq!(counter(crate::counters::Counter::SplitResumes), 0);
+}
+
+#[test]
+fn an_exploring_run_that_finds_nothing_resumes_natively_and_counts_a_miss() {
+    // cli; 40 x nop; pushf: beyond exploration and look-ahead.
+    let mut code = vec![0xfa];
+    code.extend([0x90; 40]);
+    code.extend([0x9c, 0xf4]);
+    let (mut world, mut monitor) = split_view_profiled(&code);
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    let explore = crate::policy::Policy::TUNED.explore;
+    assert_eq!(registers.eip, CODE + 1 + explore, "explored, then native");
+    assert_eq!(monitor.cpu().gpr[4], STACK, "PUSHF did not run yet");
+    assert_eq!(
+        monitor.counters.get(crate::counters::Counter::SplitMissed),
+        1
+    );
 }

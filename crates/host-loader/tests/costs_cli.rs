@@ -10,11 +10,12 @@ mod common;
 
 const LOAD: u32 = 0x0010_0000;
 
-/// cli; 6 x nop; pushf; hlt: after the emulated CLI the run's limit ends
-/// interpreting within the NOPs, with PUSHF 5 instructions on.
+/// cli; 20 x nop; pushf; hlt: the first run after the emulated CLI
+/// explores as far as the policy says, finding PUSHF 20 instructions on
+/// or resuming natively before it.
 fn kernel(tag: &str) -> PathBuf {
     let mut code = vec![0xfa];
-    code.extend([0x90; 6]);
+    code.extend([0x90; 20]);
     code.extend([0x9c, 0xf4]);
     let path = std::env::temp_dir().join(format!("btvmm-costs-{tag}-{}.bin", std::process::id()));
     std::fs::write(
@@ -53,23 +54,24 @@ fn the_policy_follows_the_costs_and_takes_effect() {
     let kernel = kernel("effect");
     let tuned = run(&kernel, None);
     // Traps worth a quarter of the tuning host's interpreted instructions:
-    // a quarter of the runs and of the look-ahead.
+    // a quarter of the runs, of the look-ahead and of the exploration.
     let cheap_traps = costs("cheap", 1262.0, 4027.0, 104.7);
     let cheap = run(&kernel, Some(&cheap_traps));
     let _ = std::fs::remove_file(&kernel);
     let _ = std::fs::remove_file(&cheap_traps);
-    let ran_on = "split: instructions interpreted on to a near emulated one";
-    for (output, policy, interpreted_on) in [
+    let missed = "split: interpreted runs resuming natively at their length";
+    for (output, policy, interpreted_to_pushf) in [
         (
             &tuned,
             "policy (tuned on the development host): interpret 16 instructions after \
-             an entry, 4 after an emulated one, on to one 8 ahead; 24 under hardware breakpoints",
+             an entry, 4 after an emulated one, on to one 8 ahead; 24 under hardware \
+             breakpoints; per-site profiles exploring 24 instructions",
             true,
         ),
         (
             &cheap,
             "interpret 12 instructions after an entry, 1 after an emulated one, on to one 2 \
-             ahead; 6 under hardware breakpoints",
+             ahead; 6 under hardware breakpoints; per-site profiles exploring 6 instructions",
             false,
         ),
     ] {
@@ -77,8 +79,8 @@ fn the_policy_follows_the_costs_and_takes_effect() {
         assert_eq!(output.status.code(), Some(0), "{stderr}");
         assert!(stderr.contains(policy), "{stderr}");
         assert_eq!(
-            common::counter(&stderr, ran_on).unwrap_or(0) > 0,
-            interpreted_on,
+            common::counter(&stderr, missed).unwrap_or(0) == 0,
+            interpreted_to_pushf,
             "{stderr}"
         );
     }

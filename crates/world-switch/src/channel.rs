@@ -50,7 +50,7 @@ const REPLY_VALUE: u32 = 1;
 const REPLY_TERMINATE: u32 = 2;
 
 /// Counters the channel carries.
-pub const COUNTERS: usize = 96;
+pub const COUNTERS: usize = 128;
 const MESSAGE_WORDS: usize = 128;
 
 /// The initial guest state the host hands to the world: 32-bit protected
@@ -74,7 +74,7 @@ pub struct BootState {
 }
 
 /// Words of the monitor's interpretation policy in the channel page.
-pub const POLICY_WORDS: usize = 4;
+pub const POLICY_WORDS: usize = 5;
 
 /// Words of [`BootState`] in the channel page.
 const BOOT_WORDS: usize = 12;
