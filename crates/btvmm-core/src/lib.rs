@@ -22,8 +22,8 @@ pub use cpu::{Cpu, CpuView, Cr0, Eflags, Gpr, SegReg, Segment, TableRegister};
 pub use exception::{Exception, Stop};
 pub use exit::{Exit, Reply, StopReason};
 pub use machine::{Access, AccessKind, Event, Machine};
-pub use mem::{GuestMemory, MemFault, RegionMemory};
+pub use mem::{GuestMemory, MemFault, PhysMemory, RegionMemory, VecPhysMemory};
 pub use world::{
-    Action, AddressSpaces, CodeAliases, ExecMode, HostFastPath, HostRegisters, PoolEvent, Trap,
-    WorldServices,
+    Action, AddressSpaces, CodeAliases, ExecMode, HostFastPath, HostRegisters, PoolEvent,
+    ServiceError, Trap, WorldServices,
 };

@@ -5,6 +5,7 @@
 use crate::GuestVirt;
 use crate::descriptor::Descriptor;
 use crate::exit::{Exit, Reply};
+use crate::mem::PhysMemory;
 
 /// Why guest execution stopped and the monitor runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,14 +124,36 @@ impl ExecMode {
     }
 }
 
-/// Services of the world process the monitor acts through.
-pub trait WorldServices {
-    /// Reads guest-physical memory; false if any byte is not RAM.
-    fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool;
-    /// Writes guest-physical memory; false if any byte is not RAM.
-    fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool;
-    /// Bytes of guest RAM.
-    fn ram_size(&self) -> u32;
+/// A service of the world the host refused (a system call that failed):
+/// the monitor cannot go on, and stops the VM saying which and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{service}: {detail}")]
+pub struct ServiceError {
+    /// What the monitor asked for ("mapping guest memory", ...).
+    pub service: &'static str,
+    /// What the host said.
+    pub detail: String,
+}
+
+impl ServiceError {
+    /// The `service` failed with `detail`.
+    pub fn new(service: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            service,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl From<ServiceError> for crate::exit::StopReason {
+    fn from(error: ServiceError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// Services of the world process the monitor acts through; guest RAM is
+/// reached through its [`PhysMemory`].
+pub trait WorldServices: PhysMemory {
     /// Maps `len` bytes of guest RAM at `guest_phys` at the host address
     /// `guest_virt` below 4 GiB (page aligned), read-only or writable,
     /// replacing what was there: a shadow mapping.
@@ -140,18 +163,27 @@ pub trait WorldServices {
         guest_phys: u32,
         len: u32,
         writable: bool,
-    ) -> Result<(), String>;
+    ) -> Result<(), ServiceError>;
     /// Changes the protection of the shadow mappings in
     /// `[guest_virt, guest_virt + len)`.
-    fn protect_guest(&mut self, guest_virt: u32, len: u32, writable: bool) -> Result<(), String>;
+    fn protect_guest(
+        &mut self,
+        guest_virt: u32,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), ServiceError>;
     /// Removes the shadow mappings in `[guest_virt, guest_virt + len)`;
     /// holes are fine.
-    fn unmap_guest(&mut self, guest_virt: u32, len: u32) -> Result<(), String>;
+    fn unmap_guest(&mut self, guest_virt: u32, len: u32) -> Result<(), ServiceError>;
     /// Writes host LDT entry `index` as the shadow of `descriptor` (a code
     /// or data descriptor), or empties it.
-    fn write_ldt(&mut self, index: u16, descriptor: Option<&Descriptor>) -> Result<(), String>;
+    fn write_ldt(
+        &mut self,
+        index: u16,
+        descriptor: Option<&Descriptor>,
+    ) -> Result<(), ServiceError>;
     /// Arms exactly these hardware breakpoints.
-    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), String>;
+    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), ServiceError>;
     /// How many hardware breakpoints there are.
     fn breakpoint_count(&self) -> usize;
     /// Hands an exit to the host and waits for its reply.
@@ -168,7 +200,7 @@ pub trait WorldServices {
     fn now_ns(&self) -> u64;
     /// Arms the world's timer: the kick arrives at `deadline_ns` on the
     /// VM's clock (None: never).
-    fn set_timer_deadline(&mut self, deadline_ns: Option<u64>) -> Result<(), String>;
+    fn set_timer_deadline(&mut self, deadline_ns: Option<u64>) -> Result<(), ServiceError>;
     /// Sleeps until a kick is pending (the timer, or the host after one of
     /// its devices' interrupt lines changed) and takes it: how a halted
     /// guest idles.
@@ -186,7 +218,7 @@ pub trait WorldServices {
     fn trace(&mut self, line: &str);
     /// Makes RDTSC and RDTSCP fault (#GP) in guest code, or run natively:
     /// how the guest's CR4.TSD takes effect in untraced user mode.
-    fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String>;
+    fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), ServiceError>;
     /// The pool of world processes this one belongs to (one guest address
     /// space each), if there is more than one.
     fn address_spaces(&self) -> Option<&dyn AddressSpaces> {
@@ -200,9 +232,12 @@ pub trait WorldServices {
     }
     /// Makes `image` (an FXSAVE image from [`WorldServices::guest_fpu`])
     /// the guest's x87/SSE registers when it resumes.
-    fn set_guest_fpu(&mut self, image: &[u8]) -> Result<(), String> {
+    fn set_guest_fpu(&mut self, image: &[u8]) -> Result<(), ServiceError> {
         let _ = image;
-        Err("this world cannot load FPU state".into())
+        Err(ServiceError::new(
+            "loading the guest's FPU state",
+            "this world cannot",
+        ))
     }
     /// The alias code pages of the split code view (DESIGN.md section
     /// 3b), if this world has them.
@@ -229,7 +264,7 @@ pub trait CodeAliases {
     /// Maps the alias page read and execute only at the page-aligned
     /// `linear` address below 4 GiB, replacing what was there. (Unmapping
     /// is `WorldServices::unmap_guest`.)
-    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), String>;
+    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), ServiceError>;
 }
 
 /// Something one world process of the pool did that the others must

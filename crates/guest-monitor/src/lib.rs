@@ -753,7 +753,7 @@ impl Monitor {
         let released = self.mmu.tables_released();
         let outcome = self.mmu.handle_fault(world, address, access).map_err(
             |error| match error {
-                shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
+                shadow_mmu::ShadowError::Memory(_) => StopReason::Unsupported(format!(
                     "guest paging structures outside guest RAM (access at {address:#x}: {error})"
                 )),
                 error => StopReason::Internal(format!("shadow MMU at {address:#x}: {error}")),
@@ -817,9 +817,7 @@ impl Monitor {
         self.mmu.sync_pool(world);
         // This process does not run the guest until it is handed back.
         if self.published_deadline.is_some() {
-            world
-                .set_timer_deadline(None)
-                .map_err(StopReason::Internal)?;
+            world.set_timer_deadline(None).map_err(StopReason::from)?;
             self.published_deadline = None;
         }
         let state = VcpuState {
@@ -866,7 +864,7 @@ impl Monitor {
             .mmu
             .take_over(world, &mut self.planner, &self.cpu)
             .map_err(|error| match error {
-                shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
+                shadow_mmu::ShadowError::Memory(_) => StopReason::Unsupported(format!(
                     "guest paging structures outside guest RAM ({error})"
                 )),
                 error => StopReason::Internal(format!("taking the vCPU over: {error}")),
@@ -1111,7 +1109,7 @@ impl Monitor {
         if deadline != self.published_deadline {
             world
                 .set_timer_deadline(deadline)
-                .map_err(StopReason::Internal)?;
+                .map_err(StopReason::from)?;
             self.published_deadline = deadline;
         }
         Ok(())
@@ -1306,7 +1304,7 @@ impl Monitor {
                     }
                     world
                         .arm_breakpoints(&breakpoints)
-                        .map_err(StopReason::Internal)?;
+                        .map_err(StopReason::from)?;
                     self.breakpoints_armed = !breakpoints.is_empty();
                     self.counters.bump(Counter::PlannedResumes);
                     self.counters
@@ -1393,7 +1391,7 @@ impl Monitor {
             self.mmu
                 .note_decoded(world, page * btvmm_core::PAGE_SIZE)
                 .map_err(|error| match error {
-                    shadow_mmu::ShadowError::OutsideRam { .. } => StopReason::Unsupported(format!(
+                    shadow_mmu::ShadowError::Memory(_) => StopReason::Unsupported(format!(
                         "guest paging structures outside guest RAM ({error})"
                     )),
                     error => StopReason::Internal(format!("tracking decoded code: {error}")),
@@ -1457,7 +1455,7 @@ impl Monitor {
         if tsd != self.timestamp_faulting {
             world
                 .set_timestamp_faulting(tsd)
-                .map_err(StopReason::Internal)?;
+                .map_err(StopReason::from)?;
             self.timestamp_faulting = tsd;
         }
         if let Some(target) = self.mmu.take_pending_switch() {
@@ -1481,7 +1479,7 @@ impl Monitor {
         }
         let window = self.resumed_window.filter(|_| self.cpu.cpl == 0);
         if window.is_some() && self.breakpoints_armed {
-            world.arm_breakpoints(&[]).map_err(StopReason::Internal)?;
+            world.arm_breakpoints(&[]).map_err(StopReason::from)?;
             self.breakpoints_armed = false;
         }
         if window.is_none() {

@@ -25,8 +25,8 @@ use btvmm_core::emu::system::CR4_PSE;
 use btvmm_core::{GuestPhys, GuestVirt, PAGE_SIZE, WorldServices};
 use cfg_planner::Planner;
 use shadow_mmu::{
-    Access, FaultOutcome, HostMapper, PagingRegs, PhysMemory, Protection, Shadow, ShadowError,
-    TrackReasons, WalkOutcome, walk, walk_and_update,
+    Access, FaultOutcome, HostMapper, PagingRegs, Protection, Shadow, ShadowError, TrackReasons,
+    WalkOutcome, walk, walk_and_update,
 };
 
 /// The lowest guest-virtual address guest user code never reaches
@@ -50,73 +50,13 @@ pub enum TranslateError {
     Broken(ShadowError),
 }
 
-/// Guest RAM through the world's window, for walks that only read.
-pub struct PhysWindow<'a>(pub &'a dyn WorldServices);
-
-impl PhysMemory for PhysWindow<'_> {
-    fn read_u32(&self, guest_phys: GuestPhys) -> Result<u32, ShadowError> {
-        let mut bytes = [0u8; 4];
-        if self.0.read_phys(guest_phys.0, &mut bytes) {
-            Ok(u32::from_le_bytes(bytes))
-        } else {
-            Err(ShadowError::OutsideRam { guest_phys })
-        }
-    }
-
-    fn write_u32(&mut self, guest_phys: GuestPhys, _value: u32) -> Result<(), ShadowError> {
-        Err(ShadowError::ReadOnly { guest_phys })
-    }
-
-    fn read_table(
-        &self,
-        guest_phys: GuestPhys,
-        entries: &mut [u32; 1024],
-    ) -> Result<(), ShadowError> {
-        let mut bytes = [0u8; 4096];
-        if !self.0.read_phys(guest_phys.0, &mut bytes) {
-            return Err(ShadowError::OutsideRam { guest_phys });
-        }
-        for (entry, word) in entries.iter_mut().zip(bytes.chunks_exact(4)) {
-            *entry = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        Ok(())
-    }
-
-    fn is_ram_page(&self, guest_phys: GuestPhys) -> bool {
-        is_ram_page(self.0, guest_phys)
-    }
-}
-
-/// Guest RAM through the world's window, for walks that set A/D bits.
-pub struct PhysWindowMut<'a>(pub &'a mut dyn WorldServices);
-
-impl PhysMemory for PhysWindowMut<'_> {
-    fn read_u32(&self, guest_phys: GuestPhys) -> Result<u32, ShadowError> {
-        PhysWindow(&*self.0).read_u32(guest_phys)
-    }
-
-    fn write_u32(&mut self, guest_phys: GuestPhys, value: u32) -> Result<(), ShadowError> {
-        if self.0.write_phys(guest_phys.0, &value.to_le_bytes()) {
-            Ok(())
-        } else {
-            Err(ShadowError::OutsideRam { guest_phys })
-        }
-    }
-
-    fn is_ram_page(&self, guest_phys: GuestPhys) -> bool {
-        is_ram_page(self.0, guest_phys)
-    }
-}
-
-fn is_ram_page(world: &dyn WorldServices, guest_phys: GuestPhys) -> bool {
-    u64::from(guest_phys.page()) * u64::from(PAGE_SIZE) + u64::from(PAGE_SIZE)
-        <= u64::from(world.ram_size())
-}
-
 /// The world's shadow mappings as shadow-mmu's host mapper.
 pub struct WorldMapper<'a>(pub &'a mut dyn WorldServices);
 
-fn host_error(guest_virt: GuestVirt, pages: u32, what: String) -> ShadowError {
+fn host_error<E>(guest_virt: GuestVirt, pages: u32, what: E) -> ShadowError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     ShadowError::Host {
         guest_virt,
         pages,
@@ -127,7 +67,7 @@ fn host_error(guest_virt: GuestVirt, pages: u32, what: String) -> ShadowError {
 fn byte_len(guest_virt: GuestVirt, pages: u32) -> Result<u32, ShadowError> {
     pages
         .checked_mul(PAGE_SIZE)
-        .ok_or_else(|| host_error(guest_virt, pages, "the range passes 4 GiB".into()))
+        .ok_or_else(|| host_error(guest_virt, pages, "the range passes 4 GiB"))
 }
 
 impl HostMapper for WorldMapper<'_> {
@@ -233,7 +173,10 @@ impl HostMapper for DeferredMapper {
 fn named_by(world: &dyn WorldServices, directories: &[u32], page: u32) -> bool {
     let mut bytes = [0u8; PAGE_SIZE as usize];
     directories.iter().any(|&directory| {
-        if !world.read_phys(directory * PAGE_SIZE, &mut bytes) {
+        if world
+            .read_phys(GuestPhys(directory * PAGE_SIZE), &mut bytes)
+            .is_err()
+        {
             return true;
         }
         bytes.chunks_exact(4).any(|word| {
@@ -479,12 +422,7 @@ impl Mmu {
         if let Some(phys_page) = self.tlb.lookup(virt_page, access, regs.cr0_wp) {
             return Ok(phys_page * PAGE_SIZE + guest_virt % PAGE_SIZE);
         }
-        match walk_and_update(
-            &mut PhysWindowMut(world),
-            regs,
-            GuestVirt(guest_virt),
-            access,
-        ) {
+        match walk_and_update(world, regs, GuestVirt(guest_virt), access) {
             Ok(WalkOutcome::Translated(translation)) => {
                 if let Some(leaf) = translation.path.leaf() {
                     self.tlb.directory_page = self.cr3 / PAGE_SIZE;
@@ -511,7 +449,7 @@ impl Mmu {
             return Some(guest_virt);
         }
         match walk(
-            &PhysWindow(world),
+            world,
             self.regs(),
             GuestVirt(guest_virt),
             Access::fetch(false),
@@ -584,7 +522,7 @@ impl Mmu {
                 }
                 if let Some(shadow) = &mut self.shadow {
                     let mut deferred = DeferredMapper::default();
-                    let switch = shadow.set_cr3(&PhysWindow(&*world), &mut deferred, value)?;
+                    let switch = shadow.set_cr3(&*world, &mut deferred, value)?;
                     deferred.apply(&mut WorldMapper(world))?;
                     // What was decoded through a mapping the switch dropped
                     // goes too; regions whose PDE stayed keep their code.
@@ -632,12 +570,7 @@ impl Mmu {
         };
         // A 4 MiB TLB entry goes whole: so does what was decoded through it,
         // whether the shadow or the tables say the page is large.
-        let large_now = match walk(
-            &PhysWindow(&*world),
-            regs,
-            GuestVirt(guest_virt),
-            Access::read(false),
-        ) {
+        let large_now = match walk(&*world, regs, GuestVirt(guest_virt), Access::read(false)) {
             Ok(WalkOutcome::Translated(translation)) => {
                 translation.page_size == shadow_mmu::PageSize::Size4M
             }
@@ -803,12 +736,7 @@ impl Mmu {
             return Ok(());
         };
         let mut deferred = DeferredMapper::default();
-        shadow.note_decoded(
-            &PhysWindow(&*world),
-            &mut deferred,
-            regs,
-            GuestVirt(guest_virt),
-        )?;
+        shadow.note_decoded(&*world, &mut deferred, regs, GuestVirt(guest_virt))?;
         deferred.apply(&mut WorldMapper(world))
     }
 
@@ -998,7 +926,7 @@ impl Mmu {
             }
         }
         // The CR3 load.
-        let switch = shadow.set_cr3(&PhysWindow(&*world), &mut deferred, cpu.cr3)?;
+        let switch = shadow.set_cr3(&*world, &mut deferred, cpu.cr3)?;
         deferred.apply(&mut WorldMapper(world))?;
         for region in switch.dropped_regions {
             planner.invalidate_virt_range(region * 1024..(region + 1) * 1024);
@@ -1036,7 +964,7 @@ impl Mmu {
         // changes are collected and made after it.
         let mut deferred = DeferredMapper::default();
         let outcome = shadow.handle_fault(
-            &mut PhysWindowMut(&mut *world),
+            &mut *world,
             &mut deferred,
             regs,
             GuestVirt(guest_virt),
@@ -1135,10 +1063,9 @@ impl Mmu {
     pub fn pde(&self, world: &dyn WorldServices, linear: u32) -> Option<u32> {
         self.shadow.as_ref()?;
         let directory = self.cr3 & !(PAGE_SIZE - 1);
-        let mut entry = [0u8; 4];
         world
-            .read_phys(directory + (linear >> 22) * 4, &mut entry)
-            .then(|| u32::from_le_bytes(entry))
+            .read_u32(GuestPhys(directory + (linear >> 22) * 4))
+            .ok()
     }
 
     /// Drops the aliases in regions the current page directory maps (after

@@ -212,7 +212,7 @@ impl Shadows {
             if self.written[seg as usize] != Some(shadow) {
                 world
                     .write_ldt(FIRST_SLOT + seg as u16, Some(&shadow))
-                    .map_err(StopReason::Internal)?;
+                    .map_err(StopReason::from)?;
                 self.written[seg as usize] = Some(shadow);
                 writes += 1;
             }
@@ -256,7 +256,7 @@ impl Shadows {
         }
         world
             .write_ldt(index, Some(&shadow))
-            .map_err(StopReason::Internal)?;
+            .map_err(StopReason::from)?;
         self.mirrors.insert(index, (*segment, shadow));
         Ok(Some((host_selector, true)))
     }

@@ -271,7 +271,9 @@ impl SplitView {
         let aliases = world
             .code_aliases()
             .ok_or("the world has no code aliases")?;
-        aliases.map(linear, phys_page)?;
+        aliases
+            .map(linear, phys_page)
+            .map_err(|error| error.to_string())?;
         self.mapped.insert(virt_page, phys_page);
         Ok(())
     }

@@ -6,7 +6,10 @@
 
 use btvmm_core::descriptor::Descriptor;
 use btvmm_core::exit::{Exit, Reply, StopReason};
-use btvmm_core::{Action, CodeAliases, Eflags, GuestVirt, HostRegisters, Trap, WorldServices};
+use btvmm_core::{
+    Action, CodeAliases, Eflags, GuestPhys, GuestVirt, HostRegisters, MemFault, PhysMemory,
+    ServiceError, Trap, WorldServices,
+};
 use rustc_hash::FxHashMap;
 
 use crate::{Boot, Monitor};
@@ -77,7 +80,7 @@ impl CodeAliases for FakeAliases {
         true
     }
 
-    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), String> {
+    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), ServiceError> {
         self.mapped.insert(linear, guest_phys_page);
         Ok(())
     }
@@ -100,45 +103,47 @@ impl FakeWorld {
     }
 }
 
-impl WorldServices for FakeWorld {
-    fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool {
-        let Some(range) = self.range(phys, buf.len()) else {
-            return false;
-        };
+impl PhysMemory for FakeWorld {
+    fn read_phys(&self, guest_phys: GuestPhys, buf: &mut [u8]) -> Result<(), MemFault> {
+        let range = self
+            .range(guest_phys.0, buf.len())
+            .ok_or(MemFault::OutsideRam { guest_phys })?;
         buf.copy_from_slice(&self.ram[range]);
-        true
+        Ok(())
     }
 
-    fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool {
-        let Some(range) = self.range(phys, data.len()) else {
-            return false;
-        };
+    fn write_phys(&mut self, guest_phys: GuestPhys, data: &[u8]) -> Result<(), MemFault> {
+        let range = self
+            .range(guest_phys.0, data.len())
+            .ok_or(MemFault::OutsideRam { guest_phys })?;
         self.ram[range].copy_from_slice(data);
-        true
+        Ok(())
     }
 
     fn ram_size(&self) -> u32 {
         u32::try_from(self.ram.len()).unwrap_or(u32::MAX)
     }
+}
 
-    fn map_guest(&mut self, _: u32, _: u32, _: u32, _: bool) -> Result<(), String> {
+impl WorldServices for FakeWorld {
+    fn map_guest(&mut self, _: u32, _: u32, _: u32, _: bool) -> Result<(), ServiceError> {
         self.mappings += 1;
         Ok(())
     }
 
-    fn protect_guest(&mut self, _: u32, _: u32, _: bool) -> Result<(), String> {
+    fn protect_guest(&mut self, _: u32, _: u32, _: bool) -> Result<(), ServiceError> {
         Ok(())
     }
 
-    fn unmap_guest(&mut self, _: u32, _: u32) -> Result<(), String> {
+    fn unmap_guest(&mut self, _: u32, _: u32) -> Result<(), ServiceError> {
         Ok(())
     }
 
-    fn write_ldt(&mut self, _: u16, _: Option<&Descriptor>) -> Result<(), String> {
+    fn write_ldt(&mut self, _: u16, _: Option<&Descriptor>) -> Result<(), ServiceError> {
         Ok(())
     }
 
-    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), String> {
+    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), ServiceError> {
         self.armed.push(addresses.to_vec());
         Ok(())
     }
@@ -166,7 +171,7 @@ impl WorldServices for FakeWorld {
         self.now
     }
 
-    fn set_timer_deadline(&mut self, _: Option<u64>) -> Result<(), String> {
+    fn set_timer_deadline(&mut self, _: Option<u64>) -> Result<(), ServiceError> {
         Ok(())
     }
 
@@ -182,7 +187,7 @@ impl WorldServices for FakeWorld {
 
     fn trace(&mut self, _: &str) {}
 
-    fn set_timestamp_faulting(&mut self, _: bool) -> Result<(), String> {
+    fn set_timestamp_faulting(&mut self, _: bool) -> Result<(), ServiceError> {
         Ok(())
     }
 

@@ -37,7 +37,7 @@ pub struct GuestView<'a> {
 
 /// Reads guest-physical memory with open-bus fill outside RAM.
 pub fn read_physical(world: &dyn WorldServices, phys: u32, buf: &mut [u8]) {
-    if world.read_phys(phys, buf) {
+    if world.read_phys(GuestPhys(phys), buf).is_ok() {
         return;
     }
     // Partly or wholly outside RAM: byte by byte.
@@ -45,7 +45,7 @@ pub fn read_physical(world: &dyn WorldServices, phys: u32, buf: &mut [u8]) {
         #[allow(clippy::cast_possible_truncation)] // buffers are small
         let at = phys.wrapping_add(offset as u32);
         let mut one = [OPEN_BUS];
-        if !world.read_phys(at, &mut one) {
+        if world.read_phys(GuestPhys(at), &mut one).is_err() {
             one[0] = OPEN_BUS;
         }
         *byte = one[0];
@@ -110,7 +110,7 @@ impl GuestView<'_> {
         match self.mmu.translate(self.world, linear, access.into()) {
             Ok(phys) => Ok(phys),
             Err(TranslateError::Fault(fault)) => Err(Stop::Exception(fault.to_exception())),
-            Err(TranslateError::Broken(shadow_mmu::ShadowError::OutsideRam { .. })) => Err(
+            Err(TranslateError::Broken(shadow_mmu::ShadowError::Memory(_))) => Err(
                 Stop::Unsupported("guest paging structures outside guest RAM"),
             ),
             Err(TranslateError::Broken(error)) => Err(Stop::Machine(format!(
@@ -129,7 +129,11 @@ impl Machine for GuestView<'_> {
             let end = buf.len().min(done + 4096);
             for (phys, len) in self.translate(at, end - done, access)? {
                 if len > 0 {
-                    if !self.world.read_phys(phys, &mut buf[done..done + len]) {
+                    if self
+                        .world
+                        .read_phys(GuestPhys(phys), &mut buf[done..done + len])
+                        .is_err()
+                    {
                         self.counters.bump(Counter::OpenBus);
                         read_physical(&*self.world, phys, &mut buf[done..done + len]);
                     }
@@ -151,14 +155,15 @@ impl Machine for GuestView<'_> {
                     continue;
                 }
                 let piece = &data[done..done + len];
-                if !self.world.write_phys(phys, piece) {
+                if self.world.write_phys(GuestPhys(phys), piece).is_err() {
                     self.counters.bump(Counter::OpenBus);
                     // Partly outside RAM: what is RAM is written, the rest
                     // is dropped (open bus).
                     for (offset, byte) in piece.iter().enumerate() {
                         #[allow(clippy::cast_possible_truncation)] // a page at most
-                        self.world
-                            .write_phys(phys.wrapping_add(offset as u32), &[*byte]);
+                        let _ = self
+                            .world
+                            .write_phys(GuestPhys(phys.wrapping_add(offset as u32)), &[*byte]);
                     }
                 }
                 // The write may have changed decoded code or page tables.

@@ -319,12 +319,15 @@ fn world_main(
         .leak_syscall_gadget
         .filter(|_| member.unwrap_or(0) == 0)
     {
-        use btvmm_core::WorldServices;
+        use btvmm_core::PhysMemory;
         // syscall; ret
         let Some(gadget) = world_switch::sys::maps::find_code(&[0x0f, 0x05, 0xc3]) else {
             return anyhow::anyhow!("no syscall; ret in the world's code");
         };
-        if !world.write_phys(guest_phys, &gadget.to_le_bytes()) {
+        if world
+            .write_phys(btvmm_core::GuestPhys(guest_phys), &gadget.to_le_bytes())
+            .is_err()
+        {
             return anyhow::anyhow!("--leak-syscall-gadget {guest_phys:#x} lies outside guest RAM");
         }
     }

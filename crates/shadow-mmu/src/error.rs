@@ -4,28 +4,18 @@
 
 use std::io;
 
-use btvmm_core::{GuestPhys, GuestVirt};
+use btvmm_core::{GuestVirt, MemFault};
 use thiserror::Error;
 
 /// A failure of the shadow MMU or of the host mapper under it.
 #[derive(Debug, Error)]
 pub enum ShadowError {
     /// A guest-physical access (a paging-structure entry, or an A/D update)
-    /// fell outside guest RAM. Real hardware would read open bus there; a
-    /// guest whose page tables point outside RAM is broken, so the VMM stops
-    /// rather than invent values.
-    #[error("guest-physical {guest_phys} is outside guest RAM")]
-    OutsideRam {
-        /// The first byte that could not be reached.
-        guest_phys: GuestPhys,
-    },
-    /// A walk that may only read guest memory was asked to write it (an
-    /// A/D update through a read-only view): a VMM bug.
-    #[error("a read-only walk tried to update guest-physical {guest_phys}")]
-    ReadOnly {
-        /// The entry it would have written.
-        guest_phys: GuestPhys,
-    },
+    /// fell outside guest RAM ([`MemFault::OutsideRam`]). Real hardware
+    /// would read open bus there; a guest whose page tables point outside
+    /// RAM is broken, so the VMM stops rather than invent values.
+    #[error(transparent)]
+    Memory(#[from] MemFault),
     /// A fault was reported with paging registers whose CR3 is not the one
     /// the shadow was built for; the caller missed a [`crate::Shadow::set_cr3`].
     #[error("shadow built for CR3 {shadow_cr3:#010x}, fault reported with CR3 {fault_cr3:#010x}")]

@@ -13,23 +13,22 @@
 //!   [`HostMapper`] trait, whose real implementation (mmap of the guest
 //!   memfd) lives in world-switch.
 //!
-//! Guest memory is reached only through [`PhysMemory`], by guest-physical
-//! address, so tests run on a plain vector ([`VecMemory`]) and a recording
-//! mapper ([`FakeMapper`]).
+//! Guest memory is reached only through btvmm-core's [`PhysMemory`], by
+//! guest-physical address, so tests run on a plain vector
+//! ([`btvmm_core::VecPhysMemory`]) and a recording mapper ([`FakeMapper`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod entry;
 pub mod error;
 pub mod mapper;
-pub mod phys;
 pub mod shadow;
 pub mod tracking;
 pub mod walk;
 
+pub use btvmm_core::mem::PhysMemory;
 pub use error::ShadowError;
 pub use mapper::{FakeMapper, HostMapper, Protection};
-pub use phys::{PhysMemory, VecMemory};
 pub use shadow::{Cr3Switch, EmulateReason, FaultOutcome, Shadow, ShadowConfig};
 pub use tracking::{TrackReasons, WriteTracker};
 pub use walk::{

@@ -253,7 +253,7 @@ impl Shadow {
     /// # Errors
     ///
     /// [`ShadowError::Cr3Mismatch`] when `regs.cr3` is not this shadow's;
-    /// [`ShadowError::OutsideRam`] when the guest's tables lie outside RAM;
+    /// [`ShadowError::Memory`] when the guest's tables lie outside RAM;
     /// [`ShadowError::Host`] when the mapper fails.
     pub fn handle_fault<M, H>(
         &mut self,
@@ -395,7 +395,7 @@ impl Shadow {
     ///
     /// # Errors
     ///
-    /// [`ShadowError::Cr3Mismatch`], [`ShadowError::OutsideRam`] or
+    /// [`ShadowError::Cr3Mismatch`], [`ShadowError::Memory`] or
     /// [`ShadowError::Host`] as for [`Shadow::handle_fault`].
     pub fn note_decoded<M, H>(
         &mut self,
@@ -492,7 +492,7 @@ impl Shadow {
     ///
     /// # Errors
     ///
-    /// [`ShadowError::OutsideRam`] when a directory lies outside RAM;
+    /// [`ShadowError::Memory`] when a directory lies outside RAM;
     /// [`ShadowError::Host`] when the mapper fails.
     pub fn set_cr3<M, H>(
         &mut self,
@@ -994,8 +994,9 @@ fn directory_of(cr3: u32) -> GuestPhys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FakeMapper;
     use crate::testing::{A, D, DIR, P, PS, RW, US, map_4k, pde_at, pte_at, read, write};
-    use crate::{FakeMapper, VecMemory};
+    use btvmm_core::VecPhysMemory;
 
     const RAM: usize = 10 << 20;
     const TABLE: u32 = 0x3000;
@@ -1011,7 +1012,7 @@ mod tests {
     }
 
     struct Rig {
-        mem: VecMemory,
+        mem: VecPhysMemory,
         mapper: FakeMapper,
         shadow: Shadow,
     }
@@ -1019,7 +1020,7 @@ mod tests {
     impl Rig {
         fn new() -> Self {
             Self {
-                mem: VecMemory::new(RAM),
+                mem: VecPhysMemory::new(RAM),
                 mapper: FakeMapper::new(),
                 shadow: Shadow::new(DIR),
             }

@@ -93,9 +93,7 @@ impl PagingMode {
         entry_guest_phys: GuestPhys,
     ) -> Result<Entry, ShadowError> {
         match self {
-            Self::TwoLevel => mem
-                .read_u32(entry_guest_phys)
-                .map(|raw| Entry(u64::from(raw))),
+            Self::TwoLevel => Ok(Entry(u64::from(mem.read_u32(entry_guest_phys)?))),
         }
     }
 
@@ -108,7 +106,7 @@ impl PagingMode {
         match self {
             Self::TwoLevel => {
                 let raw = u32::try_from(entry.0 & 0xffff_ffff).unwrap_or(u32::MAX);
-                mem.write_u32(entry_guest_phys, raw)
+                Ok(mem.write_u32(entry_guest_phys, raw)?)
             }
         }
     }
@@ -416,7 +414,7 @@ pub enum WalkOutcome {
 ///
 /// # Errors
 ///
-/// [`ShadowError::OutsideRam`] when a paging-structure entry lies outside
+/// [`ShadowError::Memory`] when a paging-structure entry lies outside
 /// guest RAM.
 pub fn walk<M: PhysMemory + ?Sized>(
     mem: &M,
@@ -496,7 +494,7 @@ pub fn walk<M: PhysMemory + ?Sized>(
 ///
 /// # Errors
 ///
-/// [`ShadowError::OutsideRam`] when a paging-structure entry lies outside
+/// [`ShadowError::Memory`] when a paging-structure entry lies outside
 /// guest RAM.
 pub fn walk_and_update<M: PhysMemory + ?Sized>(
     mem: &mut M,
@@ -553,8 +551,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::VecMemory;
     use crate::testing::{A, D, DIR, P, PS, RW, US, map_4k, pde_at, pte_at, read, write};
+    use btvmm_core::VecPhysMemory;
 
     const TABLE: u32 = 0x3000;
     const RAM: usize = 1 << 20;
@@ -648,7 +646,7 @@ mod tests {
 
     #[test]
     fn walks_a_4k_page() {
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         map_4k(
             &mut mem,
             TABLE,
@@ -682,7 +680,7 @@ mod tests {
 
     #[test]
     fn walks_a_4m_page_with_pse() {
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         write(
             &mut mem,
             pde_at(0xc040_0000),
@@ -706,7 +704,7 @@ mod tests {
     fn pse_off_ignores_the_ps_bit() {
         // With PSE=1 the same PDE is a 4 MiB page whose bit 13 (part of the
         // table address 0x3000) is reserved.
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         map_4k(&mut mem, TABLE, PS | P | RW, 0x0040_1000, 0x0009_9000 | P);
         let translation = translated(walk(
             &mem,
@@ -731,7 +729,7 @@ mod tests {
     #[test]
     fn reserved_bits_of_a_4m_pde_fault_with_rsvd() {
         for bit in 12..=21 {
-            let mut mem = VecMemory::new(RAM);
+            let mut mem = VecPhysMemory::new(RAM);
             write(
                 &mut mem,
                 pde_at(0x0080_0000),
@@ -764,7 +762,7 @@ mod tests {
         let mut cases = 0;
         for pde_bits in 0..8u32 {
             for pte_bits in 0..8u32 {
-                let mut mem = VecMemory::new(RAM);
+                let mut mem = VecPhysMemory::new(RAM);
                 map_4k(
                     &mut mem,
                     TABLE,
@@ -801,7 +799,7 @@ mod tests {
     #[test]
     fn rights_truth_table_for_4m_pages() {
         for pde_bits in 0..8u32 {
-            let mut mem = VecMemory::new(RAM);
+            let mut mem = VecPhysMemory::new(RAM);
             write(&mut mem, pde_at(0x0080_0000), 0x0080_0000 | PS | pde_bits);
             for wp in [false, true] {
                 for access in all_accesses() {
@@ -822,7 +820,7 @@ mod tests {
     #[test]
     fn known_error_codes() {
         // Spot checks of the truth table against codes from real traces.
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         map_4k(
             &mut mem,
             TABLE,
@@ -830,7 +828,7 @@ mod tests {
             0x0804_8000,
             0x0030_0000 | P | US,
         );
-        let code = |mem: &VecMemory, wp, access| {
+        let code = |mem: &VecPhysMemory, wp, access| {
             fault(walk(mem, regs(wp, true), GuestVirt(0x0804_8000), access)).error_code
         };
         assert_eq!(code(&mem, true, Access::write(true)), 7);
@@ -856,7 +854,7 @@ mod tests {
 
     #[test]
     fn pure_walk_changes_nothing() {
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         map_4k(
             &mut mem,
             TABLE,
@@ -891,7 +889,7 @@ mod tests {
     #[test]
     fn accessed_and_dirty_are_set_as_hardware_does() {
         let pte = 0x0030_0000 | P | RW | US;
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         map_4k(&mut mem, TABLE, P | RW | US, 0x0804_8000, pte);
         let translation = translated(walk_and_update(
             &mut mem,
@@ -920,7 +918,7 @@ mod tests {
 
     #[test]
     fn a_faulting_walk_sets_nothing() {
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         map_4k(
             &mut mem,
             TABLE,
@@ -949,7 +947,7 @@ mod tests {
 
     #[test]
     fn a_4m_write_sets_dirty_in_the_pde() {
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         write(&mut mem, pde_at(0x0080_0000), 0x0080_0000 | PS | P | RW);
         translated(walk_and_update(
             &mut mem,
@@ -967,7 +965,7 @@ mod tests {
     fn a_self_mapping_directory_gets_both_bits() {
         // PDE 0 points at the directory itself, so for virtual 0 the PDE is
         // also the PTE.
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         write(&mut mem, pde_at(0), DIR | P | RW);
         let translation = translated(walk_and_update(
             &mut mem,
@@ -981,11 +979,11 @@ mod tests {
 
     #[test]
     fn tables_outside_ram_are_an_error() {
-        let mut mem = VecMemory::new(RAM);
+        let mut mem = VecPhysMemory::new(RAM);
         write(&mut mem, pde_at(0x0804_8000), 0x4000_0000 | P | RW | US);
         assert!(matches!(
             walk(&mem, regs(true, true), GuestVirt(0x0804_8000), Access::read(true)),
-            Err(ShadowError::OutsideRam { guest_phys }) if guest_phys.0 == 0x4000_0000 + 0x48 * 4
+            Err(ShadowError::Memory(btvmm_core::MemFault::OutsideRam { guest_phys })) if guest_phys.0 == 0x4000_0000 + 0x48 * 4
         ));
         let cr3_outside = PagingRegs {
             cr3: 0x8000_0000,
@@ -1041,7 +1039,7 @@ mod tests {
             pse in any::<bool>(),
             access in any_access(),
         ) {
-            let mut mem = VecMemory::new(RAM);
+            let mut mem = VecPhysMemory::new(RAM);
             let pde = if pde_points_into_ram { (pde & 0xfff) | (table_page << 12) } else { pde };
             write(&mut mem, pde_at(guest_virt), pde);
             let pte_location = pte_at(pde & 0xffff_f000, guest_virt);

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 
 use btvmm_core::descriptor::Descriptor;
 use btvmm_core::{
-    Action, AddressSpaces, CodeAliases, Exit, GuestVirt, HostRegisters, Reply, Trap, WorldServices,
+    Action, AddressSpaces, CodeAliases, Exit, GuestPhys, GuestVirt, HostRegisters, MemFault,
+    PhysMemory, Reply, ServiceError, Trap, WorldServices,
 };
 
 use crate::WorldError;
@@ -406,54 +407,72 @@ fn enable_cpuid_faulting() -> bool {
     unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0 }
 }
 
-impl WorldServices for World {
-    fn read_phys(&self, phys: u32, buf: &mut [u8]) -> bool {
-        self.ram.read(phys, buf)
+impl PhysMemory for World {
+    fn read_phys(&self, guest_phys: GuestPhys, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.ram
+            .read(guest_phys.0, buf)
+            .then_some(())
+            .ok_or(MemFault::OutsideRam { guest_phys })
     }
 
-    fn write_phys(&mut self, phys: u32, data: &[u8]) -> bool {
-        self.ram.write(phys, data)
+    fn write_phys(&mut self, guest_phys: GuestPhys, data: &[u8]) -> Result<(), MemFault> {
+        self.ram
+            .write(guest_phys.0, data)
+            .then_some(())
+            .ok_or(MemFault::OutsideRam { guest_phys })
     }
 
     fn ram_size(&self) -> u32 {
         u32::try_from(self.ram.size()).unwrap_or(u32::MAX)
     }
+}
 
+impl WorldServices for World {
     fn map_guest(
         &mut self,
         guest_virt: u32,
         guest_phys: u32,
         len: u32,
         writable: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ServiceError> {
         self.ram
             .map_at(guest_virt, guest_phys, len, writable)
-            .map_err(|error| error.to_string())
+            .map_err(|error| ServiceError::new("mapping guest memory", error))
     }
 
-    fn protect_guest(&mut self, guest_virt: u32, len: u32, writable: bool) -> Result<(), String> {
+    fn protect_guest(
+        &mut self,
+        guest_virt: u32,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), ServiceError> {
         self.ram
             .protect_at(guest_virt, len, writable)
-            .map_err(|error| error.to_string())
+            .map_err(|error| ServiceError::new("protecting guest memory", error))
     }
 
-    fn unmap_guest(&mut self, guest_virt: u32, len: u32) -> Result<(), String> {
+    fn unmap_guest(&mut self, guest_virt: u32, len: u32) -> Result<(), ServiceError> {
         self.ram
             .unmap_at(guest_virt, len)
-            .map_err(|error| error.to_string())
+            .map_err(|error| ServiceError::new("unmapping guest memory", error))
     }
 
-    fn write_ldt(&mut self, index: u16, descriptor: Option<&Descriptor>) -> Result<(), String> {
+    fn write_ldt(
+        &mut self,
+        index: u16,
+        descriptor: Option<&Descriptor>,
+    ) -> Result<(), ServiceError> {
         let entry = descriptor
             .and_then(LdtEntry::shadow)
             .unwrap_or(LdtEntry::EMPTY);
-        ldt::write_entry(index, &entry).map_err(|error| error.to_string())
+        ldt::write_entry(index, &entry)
+            .map_err(|error| ServiceError::new("writing the host LDT", error))
     }
 
-    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), String> {
+    fn arm_breakpoints(&mut self, addresses: &[GuestVirt]) -> Result<(), ServiceError> {
         self.breakpoints
             .arm(addresses)
-            .map_err(|error| error.to_string())
+            .map_err(|error| ServiceError::new("arming hardware breakpoints", error))
     }
 
     fn irq_levels(&self) -> u16 {
@@ -473,11 +492,11 @@ impl WorldServices for World {
         now.saturating_sub(self.channel.epoch_ns())
     }
 
-    fn set_timer_deadline(&mut self, deadline_ns: Option<u64>) -> Result<(), String> {
+    fn set_timer_deadline(&mut self, deadline_ns: Option<u64>) -> Result<(), ServiceError> {
         let epoch = self.channel.epoch_ns();
         self.timer
             .arm(deadline_ns.map(|deadline| deadline.saturating_add(epoch)))
-            .map_err(|error| error.to_string())
+            .map_err(|error| ServiceError::new("arming the world's timer", error))
     }
 
     fn wait_for_kick(&mut self) {
@@ -512,8 +531,9 @@ impl WorldServices for World {
         }
     }
 
-    fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), String> {
-        set_tsc_faulting(faulting)?;
+    fn set_timestamp_faulting(&mut self, faulting: bool) -> Result<(), ServiceError> {
+        set_tsc_faulting(faulting)
+            .map_err(|error| ServiceError::new("making RDTSC fault or run", error))?;
         self.timestamp_faulting = faulting;
         Ok(())
     }
@@ -522,10 +542,13 @@ impl WorldServices for World {
         self.fpu.current.map(|image| image.to_vec())
     }
 
-    fn set_guest_fpu(&mut self, image: &[u8]) -> Result<(), String> {
-        let image: [u8; crate::sys::signal::FXSAVE_BYTES] = image
-            .try_into()
-            .map_err(|_| format!("an FPU image of {} bytes", image.len()))?;
+    fn set_guest_fpu(&mut self, image: &[u8]) -> Result<(), ServiceError> {
+        let image: [u8; crate::sys::signal::FXSAVE_BYTES] = image.try_into().map_err(|_| {
+            ServiceError::new(
+                "loading the guest's FPU state",
+                format!("an FPU image of {} bytes", image.len()),
+            )
+        })?;
         self.fpu.replacement = Some(image);
         self.fpu.current = Some(image);
         Ok(())
@@ -579,9 +602,9 @@ impl CodeAliases for AliasMemory {
         AliasMemory::read(self, guest_phys_page, offset as usize, buf)
     }
 
-    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), String> {
+    fn map(&mut self, linear: u32, guest_phys_page: u32) -> Result<(), ServiceError> {
         self.map_at(linear, guest_phys_page)
-            .map_err(|error| error.to_string())
+            .map_err(|error| ServiceError::new("mapping a code alias", error))
     }
 }
 
