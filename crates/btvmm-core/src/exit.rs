@@ -20,6 +20,27 @@ pub enum Exit {
         /// The value (low `size` bytes).
         value: u32,
     },
+    /// REP INS from a port the host's devices serve: `count` items of
+    /// `size` bytes (at most [`STRING_EXIT_BYTES`] in all), which the host
+    /// sends back with the reply.
+    PortInString {
+        /// The port.
+        port: u16,
+        /// 1, 2 or 4 bytes an item.
+        size: u8,
+        /// Items.
+        count: u16,
+    },
+    /// REP OUTS to such a port: `count` items of `size` bytes that go
+    /// with the exit.
+    PortOutString {
+        /// The port.
+        port: u16,
+        /// 1, 2 or 4 bytes an item.
+        size: u8,
+        /// Items.
+        count: u16,
+    },
     /// The guest executed HLT and nothing can wake it (the world sleeps
     /// through HLTs an interrupt can end without exiting).
     Halt {
@@ -29,6 +50,10 @@ pub enum Exit {
     /// The VM cannot go on.
     Stop(StopReason),
 }
+
+/// Most bytes one string exit ([`Exit::PortInString`],
+/// [`Exit::PortOutString`]) moves: a sector.
+pub const STRING_EXIT_BYTES: usize = 512;
 
 /// Why a VM stopped on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]

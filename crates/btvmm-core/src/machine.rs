@@ -71,6 +71,28 @@ pub trait Machine {
     /// OUT to an I/O port; `size` is 1, 2 or 4.
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Stop>;
 
+    /// INS of `buf.len() / size` items from one port, in order (a REP
+    /// INS's stretch within one page). By default one [`Machine::port_in`]
+    /// each; a machine whose devices sit across an exit moves them in one.
+    fn port_in_string(&mut self, port: u16, size: u8, buf: &mut [u8]) -> Result<(), Stop> {
+        for item in buf.chunks_exact_mut(usize::from(size)) {
+            let value = self.port_in(port, size)?;
+            item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+        }
+        Ok(())
+    }
+
+    /// OUTS of `data.len() / size` items to one port, in order (see
+    /// [`Machine::port_in_string`]).
+    fn port_out_string(&mut self, port: u16, size: u8, data: &[u8]) -> Result<(), Stop> {
+        for item in data.chunks_exact(usize::from(size)) {
+            let mut value = [0u8; 4];
+            value[..item.len()].copy_from_slice(item);
+            self.port_out(port, size, u32::from_le_bytes(value))?;
+        }
+        Ok(())
+    }
+
     /// The guest's time-stamp counter.
     fn timestamp(&mut self) -> u64;
 

@@ -188,6 +188,39 @@ pub trait WorldServices: PhysMemory {
     fn breakpoint_count(&self) -> usize;
     /// Hands an exit to the host and waits for its reply.
     fn exit(&mut self, exit: Exit) -> Reply;
+    /// Hands a string exit ([`Exit::PortInString`] or
+    /// [`Exit::PortOutString`], `data` its `count * size` bytes, at most
+    /// [`crate::exit::STRING_EXIT_BYTES`]) to the host: the data goes with
+    /// an OUTS and comes back into `data` with an INS's reply. By default
+    /// one port exit an item.
+    fn exit_string(&mut self, exit: Exit, data: &mut [u8]) -> Reply {
+        let (port, size, input) = match exit {
+            Exit::PortInString { port, size, .. } => (port, size, true),
+            Exit::PortOutString { port, size, .. } => (port, size, false),
+            other => return self.exit(other),
+        };
+        for item in data.chunks_exact_mut(usize::from(size)) {
+            let reply = if input {
+                self.exit(Exit::PortIn { port, size })
+            } else {
+                let mut value = [0u8; 4];
+                value[..item.len()].copy_from_slice(item);
+                self.exit(Exit::PortOut {
+                    port,
+                    size,
+                    value: u32::from_le_bytes(value),
+                })
+            };
+            match reply {
+                Reply::Terminate => return Reply::Terminate,
+                Reply::Value(value) if input => {
+                    item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+                }
+                _ => {}
+            }
+        }
+        Reply::Continue
+    }
     /// Levels of the host devices' interrupt lines (bit n = IRQ n). See
     /// world-switch's channel for why a change is never missed.
     fn irq_levels(&self) -> u16;

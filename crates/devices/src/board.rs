@@ -11,6 +11,7 @@
 //! | 0xcf8, 0xcfc   | PCI configuration, an empty bus          |     |
 //! | 0xf4           | QEMU's debug-exit device (test kernels)  |     |
 //! | 0x508-0x50b    | btvmm's counter marks ([`crate::counter_mark`]) |  |
+//! | 0x1f0-0x1f7, 0x3f6 | ATA disk on the primary channel ([`crate::ata`]), with `--disk` | 14 |
 //!
 //! Every other port floats: reads give all ones, writes go nowhere, and
 //! each access is counted by port so that what a guest probes is visible.
@@ -18,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use crate::ata::{AtaDisk, PRIMARY_COMMAND, PRIMARY_IRQ};
 use crate::bus::{Bus, BusEffect, OverlapError, PortDevice};
 use crate::counter_mark::CounterMark;
 use crate::debug_exit::DebugExit;
@@ -61,6 +63,8 @@ pub struct Board {
     pub com1: Uart<Box<dyn Write>>,
     /// The keyboard controller.
     pub kbc: I8042,
+    /// The disk on the primary ATA channel, if the VM has one.
+    pub disk: Option<AtaDisk>,
     pci: EmptyPciBus,
     system_port_a: SystemPortA,
     unclaimed: BTreeMap<u16, Unclaimed>,
@@ -78,6 +82,7 @@ impl Board {
             bus,
             com1: Uart::new(Box::new(console), InterruptCount::default()),
             kbc: I8042::new(),
+            disk: None,
             pci: EmptyPciBus::default(),
             system_port_a: SystemPortA::new(),
             unclaimed: BTreeMap::new(),
@@ -95,6 +100,10 @@ impl Board {
                 u32::from(value)
             }
             SYSTEM_PORT_A if size == 1 => u32::from(self.system_port_a.read()),
+            _ if AtaDisk::claims(port) && self.disk.is_some() => self
+                .disk
+                .as_mut()
+                .map_or(u32::MAX, |disk| disk.read(port, size)),
             _ if EmptyPciBus::claims(port, size) => self.pci.read(port, size),
             _ if self.bus.claims(port) => self.bus.read(port, size),
             _ => {
@@ -125,6 +134,12 @@ impl Board {
                     BusEffect::None
                 }
             }
+            _ if AtaDisk::claims(port) && self.disk.is_some() => {
+                if let Some(disk) = self.disk.as_mut() {
+                    disk.write(port, size, value);
+                }
+                BusEffect::None
+            }
             _ if EmptyPciBus::claims(port, size) => {
                 self.pci.write(port, size, value);
                 BusEffect::None
@@ -137,6 +152,41 @@ impl Board {
         }
     }
 
+    /// REP INS of `buf.len() / size` items from `port`: the disk's data
+    /// register moves them at once, other ports one IN each.
+    pub fn read_string(&mut self, port: u16, size: u8, buf: &mut [u8]) {
+        if port == PRIMARY_COMMAND
+            && let Some(disk) = self.disk.as_mut()
+        {
+            disk.read_data(buf);
+            return;
+        }
+        for item in buf.chunks_exact_mut(usize::from(size.clamp(1, 4))) {
+            let value = self.read(port, size);
+            item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+        }
+    }
+
+    /// REP OUTS of `data.len() / size` items to `port` (see
+    /// [`Board::read_string`]): the first effect other than none ends it.
+    pub fn write_string(&mut self, port: u16, size: u8, data: &[u8]) -> BusEffect {
+        if port == PRIMARY_COMMAND
+            && let Some(disk) = self.disk.as_mut()
+        {
+            disk.write_data(data);
+            return BusEffect::None;
+        }
+        for item in data.chunks_exact(usize::from(size.clamp(1, 4))) {
+            let mut value = [0u8; 4];
+            value[..item.len()].copy_from_slice(item);
+            let effect = self.write(port, size, u32::from_le_bytes(value));
+            if effect != BusEffect::None {
+                return effect;
+            }
+        }
+        BusEffect::None
+    }
+
     /// Levels of the board's interrupt lines (bit n = IRQ n), for the
     /// world's interrupt controller.
     #[must_use]
@@ -144,6 +194,7 @@ impl Board {
         (u16::from(self.com1.interrupt_level()) << COM1_IRQ)
             | (u16::from(self.kbc.irq1_level()) << KEYBOARD_IRQ)
             | (u16::from(self.kbc.irq12_level()) << AUX_IRQ)
+            | (u16::from(self.disk.as_ref().is_some_and(AtaDisk::irq_level)) << PRIMARY_IRQ)
     }
 
     /// Lines that dropped and rose again within one access since the last
@@ -178,6 +229,9 @@ impl Board {
         self.pulses = 0;
         self.pci = EmptyPciBus::default();
         self.system_port_a = SystemPortA::new();
+        if let Some(disk) = self.disk.as_mut() {
+            disk.power_on();
+        }
     }
 }
 

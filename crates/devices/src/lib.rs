@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ata;
 pub mod board;
 pub mod bus;
 pub mod chipset;

@@ -1082,6 +1082,7 @@ fn process_handoffs(
             // The partner stands for the launcher: the one child waited for.
             launcher_pid: child.as_raw(),
             pid: nix::unistd::getpid().as_raw(),
+            disk: None,
         })?;
     }
     let measurement = rounds_of(iterations, rounds, || {

@@ -49,6 +49,10 @@ pub enum Counter {
     PortIn,
     /// Port writes through the host.
     PortOut,
+    /// Exits for a stretch of a REP INS (up to a sector's bytes each).
+    PortInString,
+    /// Exits for a stretch of a REP OUTS.
+    PortOutString,
     /// HLTs waited out (the world sleeps until its timer or a host kick).
     Halts,
     /// Segment registers repaired after native loads of host GDT selectors.
@@ -161,7 +165,7 @@ impl Counter {
     }
 
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 62] = [
+    pub const ALL: [Counter; 64] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -183,6 +187,8 @@ impl Counter {
         Counter::Exits,
         Counter::PortIn,
         Counter::PortOut,
+        Counter::PortInString,
+        Counter::PortOutString,
         Counter::Halts,
         Counter::SelectorRepairs,
         Counter::LdtWrites,
@@ -251,6 +257,8 @@ impl Counter {
             Self::Exits => "exits to the host",
             Self::PortIn => "exit: port in",
             Self::PortOut => "exit: port out",
+            Self::PortInString => "exit: string port in",
+            Self::PortOutString => "exit: string port out",
             Self::Halts => "hlt: waits for an interrupt",
             Self::SelectorRepairs => "selector repairs",
             Self::LdtWrites => "shadow LDT writes",

@@ -155,7 +155,9 @@ impl WorldServices for FakeWorld {
     fn exit(&mut self, exit: Exit) -> Reply {
         let reply = match exit {
             Exit::PortIn { .. } => Reply::Value(u32::MAX),
-            Exit::PortOut { .. } => Reply::Continue,
+            Exit::PortOut { .. } | Exit::PortInString { .. } | Exit::PortOutString { .. } => {
+                Reply::Continue
+            }
             // The host ends the VM at these.
             Exit::Halt { .. } | Exit::Stop(_) => Reply::Terminate,
         };

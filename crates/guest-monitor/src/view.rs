@@ -3,7 +3,7 @@
 //! software walk of the guest's page tables when paging is on ([`Mmu`]);
 //! port I/O to the world's chipset or through exits to the host.
 
-use btvmm_core::exit::{Exit, Reply};
+use btvmm_core::exit::{Exit, Reply, STRING_EXIT_BYTES};
 use std::cell::RefCell;
 
 use btvmm_core::machine::{Access, Event, Machine};
@@ -54,6 +54,11 @@ pub fn read_physical(world: &dyn WorldServices, phys: u32, buf: &mut [u8]) {
 
 impl GuestView<'_> {
     fn exit(&mut self, exit: Exit) -> Result<Reply, Stop> {
+        self.exit_with_data(exit, &mut [])
+    }
+
+    /// An exit with the data of a string exit.
+    fn exit_with_data(&mut self, exit: Exit, data: &mut [u8]) -> Result<Reply, Stop> {
         self.counters.bump(Counter::Exits);
         // The host may end the VM at this exit: it reads the counters then.
         let stats = self.planner.stats();
@@ -67,7 +72,12 @@ impl GuestView<'_> {
         );
         self.world.publish_counters(self.counters.as_slice());
         let asked = self.world.now_ns();
-        let reply = self.world.exit(exit);
+        let reply = match exit {
+            Exit::PortInString { .. } | Exit::PortOutString { .. } => {
+                self.world.exit_string(exit, data)
+            }
+            other => self.world.exit(other),
+        };
         self.counters.add(
             Counter::ExitWaitNs,
             self.world.now_ns().saturating_sub(asked),
@@ -208,6 +218,42 @@ impl Machine for GuestView<'_> {
         }
         self.counters.bump(Counter::PortOut);
         self.exit(Exit::PortOut { port, size, value }).map(|_| ())
+    }
+
+    fn port_in_string(&mut self, port: u16, size: u8, buf: &mut [u8]) -> Result<(), Stop> {
+        if Chipset::claims(port) {
+            for item in buf.chunks_exact_mut(usize::from(size)) {
+                let value = self.port_in(port, size)?;
+                item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+            }
+            return Ok(());
+        }
+        for chunk in buf.chunks_mut(STRING_EXIT_BYTES) {
+            self.counters.bump(Counter::PortInString);
+            let count = u16::try_from(chunk.len() / usize::from(size)).unwrap_or(u16::MAX);
+            self.exit_with_data(Exit::PortInString { port, size, count }, chunk)?;
+        }
+        Ok(())
+    }
+
+    fn port_out_string(&mut self, port: u16, size: u8, data: &[u8]) -> Result<(), Stop> {
+        if Chipset::claims(port) {
+            for item in data.chunks_exact(usize::from(size)) {
+                let mut value = [0u8; 4];
+                value[..item.len()].copy_from_slice(item);
+                self.port_out(port, size, u32::from_le_bytes(value))?;
+            }
+            return Ok(());
+        }
+        let mut copy = [0u8; STRING_EXIT_BYTES];
+        for chunk in data.chunks(STRING_EXIT_BYTES) {
+            self.counters.bump(Counter::PortOutString);
+            let count = u16::try_from(chunk.len() / usize::from(size)).unwrap_or(u16::MAX);
+            let copy = &mut copy[..chunk.len()];
+            copy.copy_from_slice(chunk);
+            self.exit_with_data(Exit::PortOutString { port, size, count }, copy)?;
+        }
+        Ok(())
     }
 
     fn timestamp(&mut self) -> u64 {

@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod console;
+pub mod disk;
 pub mod elf;
 pub mod image;
 pub mod linux;
@@ -28,6 +29,14 @@ pub enum LoaderError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// The `--disk` image cannot be used.
+    #[error("disk image {path}: {why}")]
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
     },
     /// Neither a bzImage nor an ELF kernel.
     #[error("not a Linux bzImage or 32-bit x86 ELF kernel: {reason}")]

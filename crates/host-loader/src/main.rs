@@ -88,6 +88,13 @@ enum Command {
         /// on the development host.
         #[arg(long, value_name = "FILE")]
         costs: Option<PathBuf>,
+        /// A raw disk image as the ATA disk on the primary IDE channel
+        /// (ports 0x1f0-0x1f7, 0x3f6, IRQ 14; Linux's pata_legacy finds
+        /// it): `FILE`, or `FILE,readonly`. Writes reach the file before
+        /// the guest sees them complete; the image is locked while btvmm
+        /// runs.
+        #[arg(long, value_name = "FILE[,readonly]", value_parser = host_loader::disk::DiskSpec::parse)]
+        disk: Option<host_loader::disk::DiskSpec>,
         /// For the attacker tests only: the first world writes the address
         /// of a `syscall; ret` in its own code to this guest-physical
         /// address, standing in for an attacker who broke ASLR.
@@ -427,6 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             breakpoints,
             exec,
             costs,
+            disk,
             test_leak_syscall_gadget,
             test_scribble,
             test_scribble_victim,
@@ -460,6 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 exec,
                 policy,
+                disk,
                 leak_syscall_gadget: test_leak_syscall_gadget,
                 scribble: test_scribble.zip(test_scribble_victim),
                 host_escape: test_host_escape,

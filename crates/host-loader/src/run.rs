@@ -73,6 +73,8 @@ pub struct RunRequest {
     pub exec: btvmm_core::ExecMode,
     /// How far it interprets under [`btvmm_core::ExecMode::Auto`].
     pub policy: guest_monitor::policy::Policy,
+    /// The image behind the ATA disk on the primary channel, if any.
+    pub disk: Option<crate::disk::DiskSpec>,
     /// Attacker tests only: the first world writes the address of a
     /// `syscall; ret` of its own code at this guest-physical address.
     pub leak_syscall_gadget: Option<u32>,
@@ -196,6 +198,7 @@ impl RunRequest {
             breakpoints: Breakpoints::DEFAULT,
             exec: btvmm_core::ExecMode::Auto,
             policy: guest_monitor::policy::Policy::TUNED,
+            disk: None,
             leak_syscall_gadget: None,
             scribble: None,
             host_escape: None,
@@ -548,7 +551,7 @@ fn serve_vm(
     // Its span passes mostly while the launcher starts.
     let tsc = world_switch::sys::tsc::host_tsc_invariant()
         .then(world_switch::sys::tsc::TscMeasurement::start);
-    let board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
+    let mut board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
     let signals = watch_signals();
     // Before any guest input is parsed: the only process that can start
     // worlds once btvmm is confined.
@@ -557,6 +560,17 @@ fn serve_vm(
         source,
     })?;
     let launcher = Launcher::start(&exe)?;
+    // After the launcher: no process but this one holds the image.
+    let disk_fd = match &request.disk {
+        Some(spec) => {
+            let image = crate::disk::DiskImage::open(spec)?;
+            let fd = image.raw_fd();
+            let serial = image.serial();
+            board.disk = Some(devices::ata::AtaDisk::new(Box::new(image), &serial));
+            Some(fd)
+        }
+        None => None,
+    };
     let tsc_khz = match tsc.map(world_switch::sys::tsc::TscMeasurement::finish) {
         Some(Some(khz)) => khz,
         Some(None) => {
@@ -582,7 +596,7 @@ fn serve_vm(
         None
     };
     if request.confine_host {
-        confine(&launcher)?;
+        confine(&launcher, disk_fd)?;
     }
     if let Some(escape) = request.host_escape {
         // Only reached when the filter let the attempt through.
@@ -633,11 +647,12 @@ fn serve_vm(
 }
 
 /// Puts this process under its own seccomp filter (sys::host_filter).
-fn confine(launcher: &Launcher) -> Result<(), LoaderError> {
+fn confine(launcher: &Launcher, disk: Option<std::os::fd::RawFd>) -> Result<(), LoaderError> {
     let allowed = world_switch::sys::host_filter::HostAllowed {
         launcher_socket: launcher.socket(),
         launcher_pid: launcher.pid(),
         pid: i32::try_from(std::process::id()).unwrap_or(-1),
+        disk,
     };
     world_switch::sys::host_filter::install(&allowed)?;
     Ok(())
@@ -733,6 +748,30 @@ impl Host<'_> {
             };
             let reply = match exit {
                 Exit::PortIn { port, size } => Reply::Value(self.board.read(port, size)),
+                Exit::PortInString { port, size, count } => {
+                    let mut data = [0u8; btvmm_core::exit::STRING_EXIT_BYTES];
+                    let data = &mut data[..usize::from(count) * usize::from(size)];
+                    self.board.read_string(port, size, data);
+                    self.channel.set_string_data(data);
+                    Reply::Continue
+                }
+                Exit::PortOutString { port, size, count } => {
+                    let mut data = [0u8; btvmm_core::exit::STRING_EXIT_BYTES];
+                    let data = &mut data[..usize::from(count) * usize::from(size)];
+                    self.channel.string_data(data);
+                    match self.board.write_string(port, size, data) {
+                        BusEffect::None => Reply::Continue,
+                        BusEffect::Reset => {
+                            self.channel.reply(Reply::Terminate);
+                            return Ending::Reset;
+                        }
+                        BusEffect::Exit(status) => {
+                            self.channel.reply(Reply::Terminate);
+                            return Ending::DebugExit(status);
+                        }
+                        BusEffect::Mark(_) => Reply::Continue,
+                    }
+                }
                 Exit::PortOut { port, size, value } => match self.board.write(port, size, value) {
                     BusEffect::Exit(status) => {
                         // Before the reply: the active world exits then.

@@ -76,71 +76,109 @@ impl Run {
     }
 }
 
+/// A btvmm run under way, its console collected by a thread.
+struct Running {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+    started: std::time::Instant,
+}
+
+impl Running {
+    fn start(extra_args: &[&str], append: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+            .args(["run", "--stats", "--kernel"])
+            .arg(kernel())
+            .arg("--initrd")
+            .arg(initrd())
+            .args(["--append", append])
+            .args(extra_args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start btvmm");
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("piped");
+        let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let reader = {
+            let console = std::sync::Arc::clone(&console);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = std::io::Read::read(&mut stdout, &mut buffer) {
+                    if read == 0 {
+                        break;
+                    }
+                    console
+                        .lock()
+                        .expect("console buffer")
+                        .extend_from_slice(&buffer[..read]);
+                }
+            })
+        };
+        Self {
+            child,
+            stdin,
+            console,
+            reader,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Waits until the console shows `text` `count` times (or the run
+    /// ended or timed out): whether it did.
+    fn wait_for(&mut self, text: &str, count: usize) -> bool {
+        loop {
+            let seen = String::from_utf8_lossy(&self.console.lock().expect("console buffer"))
+                .matches(text)
+                .count();
+            if seen >= count {
+                return true;
+            }
+            if self.started.elapsed() > TIMEOUT || self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn type_in(&mut self, input: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+    }
+
+    /// Closes the console's input and waits for the end.
+    fn finish(mut self) -> Run {
+        drop(self.stdin.take());
+        // At least a few seconds to end, even when the banner never came
+        // (the panic then shows what the run printed).
+        let left = TIMEOUT
+            .saturating_sub(self.started.elapsed())
+            .max(Duration::from_secs(5));
+        let output = common::wait_with_timeout(self.child, left);
+        let _ = self.reader.join();
+        let console = std::mem::take(&mut *self.console.lock().expect("console buffer"));
+        Run {
+            // The serial console ends lines with CR LF.
+            console: String::from_utf8_lossy(&console).replace("\r\n", "\n"),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            status: output.status.code(),
+        }
+    }
+}
+
 /// Boots and types each of `inputs` into the console once the banner has
 /// appeared that many times (the first after the first boot, the second
 /// after the kernel booted again, ...), then waits for the end.
 fn boot(extra_args: &[&str], append: &str, inputs: &[&str]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_btvmm"))
-        .args(["run", "--stats", "--kernel"])
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(initrd())
-        .args(["--append", append])
-        .args(extra_args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start btvmm");
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = child.stdout.take().expect("piped");
-    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let reader = {
-        let console = std::sync::Arc::clone(&console);
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(read) = std::io::Read::read(&mut stdout, &mut buffer) {
-                if read == 0 {
-                    break;
-                }
-                console
-                    .lock()
-                    .expect("console buffer")
-                    .extend_from_slice(&buffer[..read]);
-            }
-        })
-    };
-    let started = std::time::Instant::now();
+    let mut running = Running::start(extra_args, append);
     for (boots, input) in inputs.iter().enumerate() {
-        loop {
-            let seen = String::from_utf8_lossy(&console.lock().expect("console buffer"))
-                .matches(BANNER)
-                .count();
-            if seen > boots {
-                break;
-            }
-            if started.elapsed() > TIMEOUT || child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = stdin.write_all(input.as_bytes());
+        running.wait_for(BANNER, boots + 1);
+        running.type_in(input);
     }
-    drop(stdin);
-    // At least a few seconds to end, even when the banner never came (the
-    // panic then shows what the run printed).
-    let left = TIMEOUT
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_secs(5));
-    let output = common::wait_with_timeout(child, left);
-    let _ = reader.join();
-    let console = std::mem::take(&mut *console.lock().expect("console buffer"));
-    Run {
-        // The serial console ends lines with CR LF.
-        console: String::from_utf8_lossy(&console).replace("\r\n", "\n"),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        status: output.status.code(),
-    }
+    running.finish()
 }
 
 /// The lines between `@@name` and the next `@@` marker.
@@ -505,4 +543,128 @@ fn on_a_terminal_the_console_is_raw_ctrl_c_reaches_the_guest_and_ctrl_a_x_quits(
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A fresh, zeroed disk image of `mib` MiB for one test.
+fn disk_image(tag: &str, mib: u64) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("btvmm-{tag}-{}.img", std::process::id()));
+    let file = std::fs::File::create(&path).expect("create the image");
+    file.set_len(mib << 20).expect("size the image");
+    path
+}
+
+/// The shell commands that load the disk's modules and mount the disk's
+/// file system at /mnt (after `mkfs` when `make` is set).
+fn mount_disk(make: bool) -> String {
+    let mkfs = if make { "mke2fs -q /dev/sda && " } else { "" };
+    format!("disk-modules && {mkfs}mkdir -p /mnt && mount -t ext4 /dev/sda /mnt && echo MOUNTED\n")
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_and_sigterm() {
+    let image = disk_image("persist", 64);
+    let disk = format!("--disk={}", image.display());
+    let append = "console=ttyS0 quiet btvmm.echo=off";
+    // Boot 1: a file system and a file on it, its checksum, power off.
+    let first = boot(
+        &[&disk],
+        append,
+        &[&(mount_disk(true)
+            + "dd if=/dev/urandom of=/mnt/a bs=1k count=768 2>/dev/null && cd /mnt && \
+               md5sum a > a.md5 && cd / && sync && umount /mnt && echo WROTE-A\nexit\n")],
+    );
+    let shell = first.after_banner();
+    assert!(shell.contains("MOUNTED"), "{}", first.context());
+    assert!(shell.contains("WROTE-A"), "{}", first.context());
+    assert_eq!(first.status, Some(0), "{}", first.context());
+    assert!(
+        common::counter(&first.stderr, "exit: string port out").unwrap_or(0) > 0,
+        "sectors went out through string exits\n{}",
+        first.context()
+    );
+    // The host sees an ext2 superblock (magic 0xef53 at byte 1080).
+    let bytes = std::fs::read(&image).expect("read the image");
+    assert_eq!(&bytes[1080..1082], &[0x53, 0xef], "the superblock's magic");
+    // Boot 2: the file reads back; another is written, synced, and btvmm
+    // is killed with SIGTERM the moment the guest's sync returned.
+    let mut second = Running::start(&[&disk], append);
+    assert!(second.wait_for(BANNER, 1), "no banner");
+    second.type_in(
+        &(mount_disk(false)
+            + "cd /mnt && md5sum -c a.md5 && dd if=/dev/urandom of=b bs=1k count=256 \
+               2>/dev/null && md5sum b > b.md5 && sync && echo SYNCED-B\n"),
+    );
+    let synced = second.wait_for("SYNCED-B", 1);
+    Command::new("kill")
+        .args(["-TERM", &second.child.id().to_string()])
+        .status()
+        .expect("kill");
+    let second = second.finish();
+    assert!(synced, "{}", second.context());
+    let shell = second.after_banner();
+    assert!(shell.contains("a: OK"), "{}", second.context());
+    assert_eq!(second.status, Some(143), "{}", second.context());
+    // The image was closed and its lock given up: the next run opens it.
+    // Boot 3: the second file reads back after the SIGTERM (a file system
+    // not unmounted: ext4 checks nothing on ext2 and mounts it).
+    let third = boot(
+        &[&disk],
+        append,
+        &[&(mount_disk(false)
+            + "cd /mnt && md5sum -c a.md5 b.md5 && cd / && echo CHECKED\nexit\n")],
+    );
+    let shell = third.after_banner();
+    assert!(shell.contains("a: OK"), "{}", third.context());
+    assert!(shell.contains("b: OK"), "{}", third.context());
+    assert!(shell.contains("CHECKED"), "{}", third.context());
+    let _ = std::fs::remove_file(&image);
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn a_disk_image_in_use_or_unusable_stops_btvmm_with_one_line() {
+    let image = disk_image("locked", 1);
+    let disk = format!("--disk={}", image.display());
+    let mut holder = Running::start(&[&disk], "console=ttyS0 quiet");
+    assert!(holder.wait_for(BANNER, 1), "the first run started");
+    let second = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+        .args(["run", "--kernel"])
+        .arg(kernel())
+        .arg(&disk)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run btvmm");
+    let _ = holder.child.kill();
+    let _ = holder.finish();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    std::fs::write(&image, [0u8; 1000]).expect("an odd size");
+    for (spec, says) in [
+        (format!("--disk={}", image.display()), "not a whole"),
+        ("--disk=/nonexistent/disk.img".to_string(), "No such file"),
+        (
+            format!("--disk={},cache=none", image.display()),
+            "unknown disk option",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
+            .args(["run", "--kernel"])
+            .arg(kernel())
+            .arg(&spec)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run btvmm");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{spec}: {stderr}");
+        assert!(stderr.contains(says), "{spec}: {stderr}");
+        // Files: one line; a malformed option: clap's usage error.
+        assert!(
+            stderr.lines().count() == 1 || stderr.contains("--help"),
+            "{spec}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&image);
 }

@@ -28,6 +28,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use btvmm_core::exit::STRING_EXIT_BYTES;
 use btvmm_core::{Exit, Reply, StopReason};
 
 use crate::WorldError;
@@ -40,6 +41,8 @@ const EXIT: u32 = 1;
 const EXIT_PORT_IN: u32 = 1;
 const EXIT_PORT_OUT: u32 = 2;
 const EXIT_HALT: u32 = 3;
+const EXIT_PORT_IN_STRING: u32 = 4;
+const EXIT_PORT_OUT_STRING: u32 = 5;
 const EXIT_STOP_TRIPLE: u32 = 10;
 const EXIT_STOP_UNSUPPORTED: u32 = 11;
 const EXIT_STOP_ESCAPE: u32 = 12;
@@ -75,6 +78,8 @@ pub struct BootState {
 
 /// Words of the monitor's interpretation policy in the channel page.
 pub const POLICY_WORDS: usize = 5;
+
+const _: () = assert!(MESSAGE_WORDS * 4 >= STRING_EXIT_BYTES);
 
 /// Words of [`BootState`] in the channel page.
 const BOOT_WORDS: usize = 12;
@@ -198,6 +203,16 @@ impl Channel {
                 [u32::from(*port), u32::from(*size), *value],
                 None,
             ),
+            Exit::PortInString { port, size, count } => (
+                EXIT_PORT_IN_STRING,
+                [u32::from(*port), u32::from(*size), u32::from(*count)],
+                None,
+            ),
+            Exit::PortOutString { port, size, count } => (
+                EXIT_PORT_OUT_STRING,
+                [u32::from(*port), u32::from(*size), u32::from(*count)],
+                None,
+            ),
             Exit::Halt { interrupts_enabled } => {
                 (EXIT_HALT, [u32::from(*interrupts_enabled), 0, 0], None)
             }
@@ -225,6 +240,34 @@ impl Channel {
             REPLY_TERMINATE => Reply::Terminate,
             _ => Reply::Continue,
         }
+    }
+
+    /// World: hands a string exit to the host with its data (see
+    /// `WorldServices::exit_string`): an OUTS's bytes go in the message
+    /// area with the exit, an INS's come back there with the reply.
+    pub fn exit_string(&self, exit: &Exit, data: &mut [u8]) -> Reply {
+        let len = data.len().min(STRING_EXIT_BYTES);
+        if matches!(exit, Exit::PortOutString { .. }) {
+            write_bytes(self.page(), &data[..len]);
+        }
+        let reply = self.exit(exit);
+        if matches!(exit, Exit::PortInString { .. }) {
+            read_bytes(self.page(), &mut data[..len]);
+        }
+        reply
+    }
+
+    /// Host: the data of the pending [`Exit::PortOutString`] (its
+    /// `count * size` bytes, checked by [`Channel::wait_exit`]).
+    pub fn string_data(&self, buf: &mut [u8]) {
+        let len = buf.len().min(STRING_EXIT_BYTES);
+        read_bytes(self.page(), &mut buf[..len]);
+    }
+
+    /// Host: the data that answers the pending [`Exit::PortInString`],
+    /// before [`Channel::reply`].
+    pub fn set_string_data(&self, data: &[u8]) {
+        write_bytes(self.page(), &data[..data.len().min(STRING_EXIT_BYTES)]);
     }
 
     /// Host: waits up to `timeout` for an exit. Fields come from the
@@ -268,6 +311,22 @@ impl Channel {
                 },
                 _ => malformed(),
             },
+            EXIT_PORT_IN_STRING | EXIT_PORT_OUT_STRING => {
+                let count = u16::try_from(args[2]).ok().filter(|&count| {
+                    size.is_some_and(|size| {
+                        count > 0 && usize::from(count) * usize::from(size) <= STRING_EXIT_BYTES
+                    })
+                });
+                match (port, size, count) {
+                    (Some(port), Some(size), Some(count)) if kind == EXIT_PORT_IN_STRING => {
+                        Exit::PortInString { port, size, count }
+                    }
+                    (Some(port), Some(size), Some(count)) => {
+                        Exit::PortOutString { port, size, count }
+                    }
+                    _ => malformed(),
+                }
+            }
             EXIT_HALT => Exit::Halt {
                 interrupts_enabled: args[0] != 0,
             },
@@ -471,6 +530,23 @@ fn write_message(page: &Page, text: &str) {
     // Bounded by MESSAGE_WORDS * 4.
     #[allow(clippy::cast_possible_truncation)]
     page.message_len.store(len as u32, Ordering::Relaxed);
+}
+
+/// Raw bytes into the message area (a string exit's data).
+fn write_bytes(page: &Page, bytes: &[u8]) {
+    for (word, chunk) in page.message.iter().zip(bytes.chunks(4)) {
+        let mut value = [0u8; 4];
+        value[..chunk.len()].copy_from_slice(chunk);
+        word.store(u32::from_le_bytes(value), Ordering::Relaxed);
+    }
+}
+
+/// Raw bytes from the message area.
+fn read_bytes(page: &Page, bytes: &mut [u8]) {
+    for (word, chunk) in page.message.iter().zip(bytes.chunks_mut(4)) {
+        let value = word.load(Ordering::Relaxed).to_le_bytes();
+        chunk.copy_from_slice(&value[..chunk.len()]);
+    }
 }
 
 fn read_message(page: &Page) -> String {

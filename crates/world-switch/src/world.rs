@@ -511,6 +511,10 @@ impl WorldServices for World {
         self.channel.exit(&exit)
     }
 
+    fn exit_string(&mut self, exit: Exit, data: &mut [u8]) -> Reply {
+        self.channel.exit_string(&exit, data)
+    }
+
     fn publish_counters(&mut self, counters: &[u64]) {
         self.channel.publish_counters(counters);
     }

@@ -121,6 +121,24 @@ fn string_io(ctx: &mut Ctx<'_>, input: bool) -> Result<(), Stop> {
     };
     let mut done = 0;
     while count > 0 && done < REP_BATCH {
+        if rep && step == size {
+            // Forward: whole stretches within a page at once.
+            let moved = string_io_batch(
+                ctx,
+                input,
+                port,
+                size,
+                segment,
+                index_register,
+                address_mask,
+                count.min(REP_BATCH - done),
+            )?;
+            if moved > 0 {
+                count -= moved;
+                done += moved;
+                continue;
+            }
+        }
         let index = ctx.cpu.gpr[index_register as usize] & address_mask;
         #[allow(clippy::cast_possible_truncation)] // 1, 2 or 4
         let port_size = size as u8;
@@ -151,6 +169,74 @@ fn string_io(ctx: &mut Ctx<'_>, input: bool) -> Result<(), Stop> {
         ctx.next_eip = ctx.cpu.eip;
     }
     Ok(())
+}
+
+/// A forward REP INS or OUTS's items up to the end of the page its next
+/// one lies on (at most [`REP_BATCH`]), moved through one
+/// [`Machine::port_in_string`] or [`Machine::port_out_string`]: how many.
+/// 0 when the next item straddles a page or the index would wrap, which
+/// the one-by-one loop handles. As there, the memory is checked first, so
+/// a faulting INS consumes no device data: the destination is translated
+/// for writing (and read) before the port is.
+///
+/// [`Machine::port_in_string`]: crate::machine::Machine::port_in_string
+/// [`Machine::port_out_string`]: crate::machine::Machine::port_out_string
+#[allow(clippy::too_many_arguments)]
+fn string_io_batch(
+    ctx: &mut Ctx<'_>,
+    input: bool,
+    port: u16,
+    size: u32,
+    segment: SegReg,
+    index_register: Gpr,
+    address_mask: u32,
+    count: u32,
+) -> Result<u32, Stop> {
+    let index = ctx.cpu.gpr[index_register as usize] & address_mask;
+    let kind = if input {
+        AccessKind::Write
+    } else {
+        AccessKind::Read
+    };
+    let first = ctx.linear(segment, index, size, kind)?;
+    let to_page_end = crate::PAGE_SIZE - first % crate::PAGE_SIZE;
+    // Items before the index would wrap around its address size.
+    let room = (u64::from(address_mask) - u64::from(index) + 1) / u64::from(size);
+    let items = (to_page_end / size)
+        .min(count)
+        .min(REP_BATCH)
+        .min(u32::try_from(room).unwrap_or(u32::MAX));
+    if items < 2 {
+        return Ok(0);
+    }
+    let len = items * size;
+    // The segment limit for the whole stretch; a fault here is the first
+    // item's fault only if the first item is out, which the check above
+    // passed: leave the rest to the loop, which faults where the CPU does.
+    let Ok(linear) = ctx.linear(segment, index, len, kind) else {
+        return Ok(0);
+    };
+    let mut buf = [0u8; crate::PAGE_SIZE as usize];
+    let bytes = &mut buf[..len as usize];
+    let access = ctx.data_access(kind);
+    #[allow(clippy::cast_possible_truncation)] // 1, 2 or 4
+    let port_size = size as u8;
+    if input {
+        // Translated for the write (with its faults and A/D bits) before
+        // any device data moves.
+        ctx.machine.read_linear(linear, bytes, access)?;
+        ctx.machine.port_in_string(port, port_size, bytes)?;
+        ctx.machine.write_linear(linear, bytes, access)?;
+    } else {
+        ctx.machine.read_linear(linear, bytes, access)?;
+        ctx.machine.port_out_string(port, port_size, bytes)?;
+    }
+    let next = index.wrapping_add(len) & address_mask;
+    let register = &mut ctx.cpu.gpr[index_register as usize];
+    *register = (*register & !address_mask) | next;
+    let ecx = &mut ctx.cpu.gpr[Gpr::Ecx as usize];
+    *ecx = (*ecx & !address_mask) | ((*ecx & address_mask) - items);
+    Ok(items)
 }
 
 /// INS/OUTS have no ModRM; their address size is the code segment's,
@@ -217,6 +303,52 @@ mod tests {
         assert_eq!(machine.u16_at(0x3104), 0x1111);
         assert_eq!(machine.u16_at(0x3102), 0x2222);
         assert_eq!(cpu.gpr[Gpr::Edi as usize], 0x3100);
+    }
+
+    #[test]
+    fn forward_rep_ins_and_outs_move_page_stretches_at_once() {
+        let mut machine = TestMachine::default();
+        let mut cpu = cpu();
+        // 6 dwords from 0x3ff8: two to the end of the page in one
+        // transfer, the four on the next page in another.
+        machine.port_input.extend(1..=6);
+        cpu.gpr[Gpr::Edi as usize] = 0x3ff8;
+        cpu.gpr[Gpr::Ecx as usize] = 6;
+        cpu.gpr[Gpr::Edx as usize] = 0x1f0;
+        run(&mut cpu, &mut machine, &[0xf3, 0x6d]).expect("rep insl");
+        assert_eq!(machine.string_transfers, [8, 16]);
+        for (n, at) in (1u32..).zip((0x3ff8..0x4010).step_by(4)) {
+            assert_eq!(
+                u32::from_le_bytes(machine.memory[at..at + 4].try_into().expect("4")),
+                n
+            );
+        }
+        assert_eq!(cpu.gpr[Gpr::Ecx as usize], 0);
+        assert_eq!(cpu.gpr[Gpr::Edi as usize], 0x4010);
+        // OUTS the same bytes back, words this time.
+        cpu.gpr[Gpr::Esi as usize] = 0x3ff8;
+        cpu.gpr[Gpr::Ecx as usize] = 12;
+        run(&mut cpu, &mut machine, &[0xf3, 0x66, 0x6f]).expect("rep outsw");
+        assert_eq!(machine.string_transfers[2..], [-8, -16]);
+        assert_eq!(machine.port_output.len(), 12);
+        assert_eq!(machine.port_output[2], (0x1f0, 2, 2));
+    }
+
+    #[test]
+    fn a_rep_ins_into_an_unmapped_page_consumes_no_device_data() {
+        let mut machine = TestMachine::default();
+        let mut cpu = cpu();
+        machine.unmapped_pages.push(0x5);
+        machine.port_input.extend(1..=4);
+        cpu.gpr[Gpr::Edi as usize] = 0x5000;
+        cpu.gpr[Gpr::Ecx as usize] = 4;
+        cpu.gpr[Gpr::Edx as usize] = 0x1f0;
+        assert!(matches!(
+            run(&mut cpu, &mut machine, &[0xf3, 0x6d]),
+            Err(Stop::Exception(_))
+        ));
+        assert_eq!(machine.port_input.len(), 4);
+        assert_eq!(cpu.gpr[Gpr::Ecx as usize], 4);
     }
 
     #[test]

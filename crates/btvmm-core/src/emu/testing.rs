@@ -31,6 +31,8 @@ pub struct TestMachine {
     pub tsc: u64,
     /// Linear pages (address >> 12) whose accesses raise #PF.
     pub unmapped_pages: Vec<u32>,
+    /// Bytes of each string port transfer (INS positive, OUTS negative).
+    pub string_transfers: Vec<i64>,
 }
 
 impl Default for TestMachine {
@@ -43,6 +45,7 @@ impl Default for TestMachine {
             events: Vec::new(),
             tsc: 0x1234_5678_9abc,
             unmapped_pages: Vec::new(),
+            string_transfers: Vec::new(),
         }
     }
 }
@@ -108,6 +111,25 @@ impl Machine for TestMachine {
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) -> Result<(), Stop> {
         self.port_output.push((port, size, value));
+        Ok(())
+    }
+
+    fn port_in_string(&mut self, port: u16, size: u8, buf: &mut [u8]) -> Result<(), Stop> {
+        self.string_transfers.push(buf.len() as i64);
+        for item in buf.chunks_exact_mut(usize::from(size)) {
+            let value = self.port_in(port, size)?;
+            item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+        }
+        Ok(())
+    }
+
+    fn port_out_string(&mut self, port: u16, size: u8, data: &[u8]) -> Result<(), Stop> {
+        self.string_transfers.push(-(data.len() as i64));
+        for item in data.chunks_exact(usize::from(size)) {
+            let mut value = [0u8; 4];
+            value[..item.len()].copy_from_slice(item);
+            self.port_out(port, size, u32::from_le_bytes(value))?;
+        }
         Ok(())
     }
 

@@ -28,6 +28,8 @@ pub struct HostAllowed {
     pub launcher_pid: libc::pid_t,
     /// This process.
     pub pid: libc::pid_t,
+    /// The disk image the ATA disk reads and writes (`--disk`), if any.
+    pub disk: Option<RawFd>,
 }
 
 /// `FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME`: not part of the operation.
@@ -133,7 +135,8 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
             "ftruncate",
             libc::SYS_ftruncate,
             vec![],
-            "sizing those memfds (btvmm has no writable file open)",
+            "sizing those memfds (btvmm's only writable file is the guest's disk image, \
+             whose contents the guest owns anyway)",
         ),
         rule(
             "mmap",
@@ -254,6 +257,30 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
             "btvmm ends with the VM's exit status",
         ),
     ];
+    if let Some(disk) = allowed.disk {
+        let on_disk = vec![(0, INT, Eq(int(disk)))];
+        list.extend([
+            rule(
+                "pread64",
+                libc::SYS_pread64,
+                on_disk.clone(),
+                "the ATA disk's reads from its image (--disk)",
+            ),
+            rule(
+                "pwrite64",
+                libc::SYS_pwrite64,
+                on_disk.clone(),
+                "the ATA disk's writes to its image, before the guest sees them complete",
+            ),
+            rule(
+                "fsync",
+                libc::SYS_fsync,
+                on_disk,
+                "FLUSH CACHE, and the image flushed at the end of the run",
+            ),
+        ]);
+    }
+
     for (operation, needed_by) in [
         (
             libc::FUTEX_WAIT,
@@ -436,7 +463,26 @@ mod tests {
             launcher_socket: 7,
             launcher_pid: 4000,
             pid: 3999,
+            disk: None,
         }
+    }
+
+    /// With a disk image, its reads, writes and flushes, on its
+    /// descriptor only.
+    #[test]
+    fn a_disk_adds_io_on_its_descriptor_only() {
+        let list = rules(&HostAllowed {
+            disk: Some(9),
+            ..allowed()
+        });
+        for name in ["pread64", "pwrite64", "fsync"] {
+            let rule = list
+                .iter()
+                .find(|rule| rule.name == name)
+                .unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(rule.conditions, vec![(0, INT, Check::Eq(9))], "{name}");
+        }
+        assert!(!rules(&allowed()).iter().any(|rule| rule.name == "pwrite64"));
     }
 
     /// Every rule names the host path that needs it, and nothing that
