@@ -239,7 +239,7 @@ impl AtaDisk {
             block_sectors: 1,
             write_cache: true,
         };
-        disk.reset();
+        disk.power_on();
         disk
     }
 
@@ -250,10 +250,15 @@ impl AtaDisk {
     }
 
     /// Power-on (a reset of the PC): as after a software reset, with the
-    /// channel's interrupts enabled and the write cache on.
+    /// channel's interrupts enabled, the write cache on and READ/WRITE
+    /// MULTIPLE moving 16 sectors a block (IDENTIFY word 59 says so, and
+    /// Linux's libata then uses them: one interrupt per 8 KiB instead of
+    /// per sector; QEMU's IDE disk powers up the same way). A software
+    /// reset keeps the multiple setting.
     pub fn power_on(&mut self) {
         self.control = 0;
         self.write_cache = true;
+        self.multiple = MAX_MULTIPLE;
         self.reset();
     }
 
@@ -277,7 +282,6 @@ impl AtaDisk {
         self.transfer = Transfer::None;
         self.len = 0;
         self.pos = 0;
-        self.multiple = 0;
         self.interrupt = false;
     }
 
@@ -604,9 +608,7 @@ impl AtaDisk {
             0x10..=0x1f => self.complete(),
             // EXECUTE DEVICE DIAGNOSTIC: passed, signature in place.
             0x90 => {
-                let multiple = self.multiple;
                 self.reset();
-                self.multiple = multiple;
                 self.interrupt = true;
             }
             // STANDBY IMMEDIATE, IDLE IMMEDIATE, STANDBY, IDLE, SLEEP:
@@ -884,11 +886,20 @@ mod tests {
     }
 
     #[test]
-    fn multiple_mode_moves_blocks_of_sectors_and_needs_setting_first() {
+    fn multiple_mode_moves_blocks_of_sectors_and_can_be_turned_off() {
         let mut disk = disk();
+        assert_eq!(disk.identify_words()[59], 0x0110, "16 at power-on");
+        disk.write(0x1f2, 1, 0);
+        disk.write(0x1f7, 1, 0xc6);
+        assert_eq!(status(&mut disk), 0x50);
+        assert_eq!(disk.identify_words()[59], 0);
         lba28(&mut disk, 0, 5);
         disk.write(0x1f7, 1, 0xc4);
-        assert_eq!(status(&mut disk), 0x51, "READ MULTIPLE before SET MULTIPLE");
+        assert_eq!(
+            status(&mut disk),
+            0x51,
+            "READ MULTIPLE with multiple mode off"
+        );
         assert_eq!(disk.read(0x1f1, 1), 0x04);
         disk.write(0x1f2, 1, 4);
         disk.write(0x1f7, 1, 0xc6);

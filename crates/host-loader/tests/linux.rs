@@ -78,11 +78,22 @@ impl Run {
 
 /// A btvmm run under way, its console collected by a thread.
 struct Running {
-    child: std::process::Child,
+    /// None once [`Running::finish`] took it.
+    child: Option<std::process::Child>,
     stdin: Option<std::process::ChildStdin>,
     console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
     started: std::time::Instant,
+}
+
+impl Drop for Running {
+    /// A test that fails midway leaves no VM running behind it.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Running {
@@ -118,10 +129,10 @@ impl Running {
             })
         };
         Self {
-            child,
+            child: Some(child),
             stdin,
             console,
-            reader,
+            reader: Some(reader),
             started: std::time::Instant::now(),
         }
     }
@@ -136,7 +147,11 @@ impl Running {
             if seen >= count {
                 return true;
             }
-            if self.started.elapsed() > TIMEOUT || self.child.try_wait().ok().flatten().is_some() {
+            let ended = self
+                .child
+                .as_mut()
+                .is_none_or(|child| child.try_wait().ok().flatten().is_some());
+            if self.started.elapsed() > TIMEOUT || ended {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -157,8 +172,11 @@ impl Running {
         let left = TIMEOUT
             .saturating_sub(self.started.elapsed())
             .max(Duration::from_secs(5));
-        let output = common::wait_with_timeout(self.child, left);
-        let _ = self.reader.join();
+        let child = self.child.take().expect("finish takes the child once");
+        let output = common::wait_with_timeout(child, left);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         let console = std::mem::take(&mut *self.console.lock().expect("console buffer"));
         Run {
             // The serial console ends lines with CR LF.
@@ -596,8 +614,9 @@ fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_and_sigterm() {
                2>/dev/null && md5sum b > b.md5 && sync && echo SYNCED-B\n"),
     );
     let synced = second.wait_for("SYNCED-B", 1);
+    let pid = second.child.as_ref().map_or(0, std::process::Child::id);
     Command::new("kill")
-        .args(["-TERM", &second.child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .expect("kill");
     let second = second.finish();
@@ -635,8 +654,7 @@ fn a_disk_image_in_use_or_unusable_stops_btvmm_with_one_line() {
         .stdin(Stdio::null())
         .output()
         .expect("run btvmm");
-    let _ = holder.child.kill();
-    let _ = holder.finish();
+    drop(holder);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("in use by another process"), "{stderr}");
