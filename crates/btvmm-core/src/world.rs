@@ -316,6 +316,18 @@ pub enum PoolEvent {
         /// Guest-physical page frame.
         page: u32,
     },
+    /// No address space may track `page` any more: it is none of their
+    /// page directories nor named by one, so whatever an address space
+    /// tracked it for (a page table it walked once, code it decoded) is
+    /// gone and the page holds anything now. Its author stopped trapping
+    /// writes to it at once; every other member drops what it derived from
+    /// the page (shadow entries made through it as a table, decoded code)
+    /// and its tracking of it before it runs the guest again, as if the
+    /// whole page had been written.
+    Released {
+        /// Guest-physical page frame.
+        page: u32,
+    },
     /// An emulated write of `len` bytes at `guest_phys`, to a page some
     /// address space tracks.
     Written {
@@ -337,6 +349,7 @@ impl PoolEvent {
             Self::Tracked { page } => (1u64, page, 0),
             Self::Untracked { page } => (2, page, 0),
             Self::Written { guest_phys, len } => (3, guest_phys, len),
+            Self::Released { page } => (4, page, 0),
         };
         u64::from(low)
             | u64::from(len) << 32
@@ -360,6 +373,7 @@ impl PoolEvent {
                 guest_phys: low,
                 len,
             },
+            4 => Self::Released { page: low },
             _ => return None,
         };
         Some((author, event))
@@ -408,6 +422,10 @@ pub trait AddressSpaces {
     fn count_tracking(&self, page: u32, tracked: bool) -> bool;
     /// Whether any address space tracks `page`.
     fn tracked_anywhere(&self, page: u32) -> bool;
+    /// No address space counts as tracking `page` any more (the author of
+    /// a [`PoolEvent::Released`] clears the count for all of them; they
+    /// drop their tracking when they replay the event, without counting).
+    fn release_everywhere(&self, page: u32);
 }
 
 /// Layout of the host LDT: the last eight entries are register slots (one
@@ -464,6 +482,7 @@ mod pool_event_tests {
         for (author, event) in [
             (0, PoolEvent::Tracked { page: 0xf_ffff }),
             (7, PoolEvent::Untracked { page: 1 }),
+            (3, PoolEvent::Released { page: 0x1234 }),
             (
                 3,
                 PoolEvent::Written {

@@ -89,6 +89,9 @@ pub enum Counter {
     /// Pages tracked as page tables that no page directory names any more
     /// (freed and reused), released at a write.
     TablesReleased,
+    /// Pages other members tracked (a table or code once, data now)
+    /// released pool-wide at a write.
+    ForeignReleased,
     /// Guest-virtual pages shadow-mapped now (a level, not a count).
     ShadowPages,
     /// CR3 loads that handed the vCPU to another world process of the
@@ -165,7 +168,7 @@ impl Counter {
     }
 
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 64] = [
+    pub const ALL: [Counter; 65] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -204,6 +207,7 @@ impl Counter {
         Counter::TrackedWrites,
         Counter::RepeatedHiddenFaults,
         Counter::TablesReleased,
+        Counter::ForeignReleased,
         Counter::ShadowPages,
         Counter::AddressSpaceSwitches,
         Counter::PoolEventsReplayed,
@@ -274,6 +278,7 @@ impl Counter {
             Self::TrackedWrites => "shadow: writes to tracked pages emulated",
             Self::RepeatedHiddenFaults => "shadow: repeated hidden faults emulated",
             Self::TablesReleased => "shadow: stale table tracking released",
+            Self::ForeignReleased => "pool: stale tracking of other members released",
             Self::ShadowPages => "shadow: pages mapped now",
             Self::AddressSpaceSwitches => "pool: address-space switches",
             Self::PoolEventsReplayed => "pool: events replayed",

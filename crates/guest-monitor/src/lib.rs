@@ -751,6 +751,7 @@ impl Monitor {
             fetch: error_code & 0x10 != 0,
         };
         let released = self.mmu.tables_released();
+        let foreign_released = self.mmu.foreign_released();
         let outcome = self.mmu.handle_fault(world, address, access).map_err(
             |error| match error {
                 shadow_mmu::ShadowError::Memory(_) => StopReason::Unsupported(format!(
@@ -762,6 +763,10 @@ impl Monitor {
         self.counters.add(
             Counter::TablesReleased,
             self.mmu.tables_released() - released,
+        );
+        self.counters.add(
+            Counter::ForeignReleased,
+            self.mmu.foreign_released() - foreign_released,
         );
         match outcome {
             Some(shadow_mmu::FaultOutcome::Mapped { .. }) => {

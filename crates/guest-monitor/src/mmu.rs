@@ -315,6 +315,9 @@ pub struct Mmu {
     live_tables: rustc_hash::FxHashSet<u32>,
     /// Pages whose stale table tracking was released so far.
     tables_released: u64,
+    /// Pages whose stale tracking by other members was released pool-wide
+    /// so far.
+    foreign_released: u64,
 }
 
 /// What a member must catch up on when it takes the vCPU over.
@@ -332,6 +335,7 @@ enum Replay {
     Tracked(u32),
     Untracked { page: u32, still_tracked: bool },
     Written { guest_phys: u32, len: u32 },
+    Released(u32),
 }
 
 impl Mmu {
@@ -847,6 +851,7 @@ impl Mmu {
                             guest_phys,
                             len: u32::from(len),
                         },
+                        btvmm_core::PoolEvent::Released { page } => Replay::Released(page),
                     });
                 });
                 match next {
@@ -914,6 +919,12 @@ impl Mmu {
                     still_tracked: false,
                 } => shadow.untrack_foreign(GuestPhys(page * PAGE_SIZE)),
                 Replay::Untracked { .. } => {}
+                Replay::Released(page) => {
+                    // The author reset the alias page already.
+                    let guest_phys = GuestPhys(page * PAGE_SIZE);
+                    planner.invalidate_phys_page(guest_phys);
+                    shadow.release_everywhere(guest_phys);
+                }
                 Replay::Written { guest_phys, len } => {
                     // The author reset the alias pages already.
                     planner.invalidate_phys_page(GuestPhys(guest_phys & !(PAGE_SIZE - 1)));
@@ -1003,7 +1014,7 @@ impl Mmu {
     /// first, which a member that never runs again cannot do.
     fn tracked_write_seen(
         &mut self,
-        world: &dyn WorldServices,
+        world: &mut dyn WorldServices,
         guest_phys: GuestPhys,
         reasons: TrackReasons,
     ) {
@@ -1011,6 +1022,10 @@ impl Mmu {
         let directories = self.directory_pages(world);
         if directories.contains(&page) {
             self.live_tables.clear();
+            return;
+        }
+        if reasons == TrackReasons::FOREIGN {
+            self.release_foreign(world, &directories, guest_phys);
             return;
         }
         // Only this address space's own table tracking: what another
@@ -1025,6 +1040,51 @@ impl Mmu {
             shadow.release_table(guest_phys);
             self.tables_released += 1;
         }
+    }
+
+    /// A native write hit a page only other members of the pool track
+    /// (FOREIGN). If no directory of the pool names it, no member can be
+    /// using it as a page table now: it is a table of an address space
+    /// that changed or ended, or code decoded once, reused as data, and
+    /// every write to it would trap for as long as those members live.
+    /// The tracking is released pool-wide ([`btvmm_core::PoolEvent::Released`]):
+    /// this member stops trapping at once, the others drop what they
+    /// derived from the page before they run again (they run only after
+    /// replaying the log, or start afresh when they missed it), so the
+    /// writes they do not see cannot leave them stale.
+    fn release_foreign(
+        &mut self,
+        world: &mut dyn WorldServices,
+        directories: &[u32],
+        guest_phys: GuestPhys,
+    ) {
+        let page = guest_phys.page();
+        if self.live_tables.contains(&page) {
+            return;
+        }
+        if named_by(&*world, directories, page) {
+            self.live_tables.insert(page);
+            return;
+        }
+        let Some(shadow) = &mut self.shadow else {
+            return;
+        };
+        if let Some(pool) = world.address_spaces() {
+            pool.release_everywhere(page);
+            pool.publish(btvmm_core::PoolEvent::Released { page });
+        }
+        shadow.untrack_foreign(guest_phys);
+        if let Some(aliases) = world.code_aliases() {
+            aliases.reset(page);
+        }
+        self.foreign_released += 1;
+    }
+
+    /// Pages whose stale tracking by other members was released
+    /// pool-wide so far.
+    #[must_use]
+    pub fn foreign_released(&self) -> u64 {
+        self.foreign_released
     }
 
     /// The guest-physical page numbers of the page directories of the pool

@@ -666,6 +666,32 @@ impl Shadow {
         std::mem::take(&mut self.journal)
     }
 
+    /// The pool released the page holding `guest_phys` (no address space
+    /// may track it any more, and none counts as tracking it): everything
+    /// derived from it goes, as if the whole page had been written, with
+    /// every reason this address space tracked it for but the current
+    /// directory's, and no tracking change is journaled for it (the pool's
+    /// count is already zero). Returns whether it held decoded code.
+    pub fn release_everywhere(&mut self, guest_phys: GuestPhys) -> bool {
+        let page = guest_phys.page();
+        let reasons = self.tracker.reasons(guest_phys);
+        if reasons.contains(TrackReasons::PAGE_DIRECTORY) {
+            // Its author checked it was nobody's directory; this one still
+            // is (a later CR3 load): keep what the directory needs.
+            return false;
+        }
+        if reasons.contains(TrackReasons::PAGE_TABLE) {
+            self.after_tracked_write(GuestPhys(page * PAGE_SIZE), PAGE_SIZE);
+            self.tables.remove(&page);
+        }
+        self.tracker.remove(
+            guest_phys,
+            TrackReasons::PAGE_TABLE | TrackReasons::CODE | TrackReasons::FOREIGN,
+        );
+        self.journal.retain(|&(journaled, _)| journaled != page);
+        reasons.contains(TrackReasons::CODE)
+    }
+
     /// A write from guest user mode through a user-writable translation
     /// hit a tracked page: the guest kernel gave the page to user space,
     /// so it is no longer a page table of this address space unless a PDE
@@ -1621,6 +1647,49 @@ mod tests {
             FaultOutcome::Mapped { .. }
         ));
         assert!(!rig.shadow.tracker().is_tracked(GuestPhys(0x0040_0000)));
+    }
+
+    #[test]
+    fn a_page_released_everywhere_loses_every_reason_without_a_journal_entry() {
+        let mut rig = Rig::new();
+        const OLD_TABLE: u32 = 0x0030_0000;
+        map_4k(
+            &mut rig.mem,
+            OLD_TABLE,
+            P | RW | US,
+            0x4000_0000,
+            DATA_PHYS | P | RW | US | A | D,
+        );
+        rig.fault(0x4000_0000, Access::read(false));
+        rig.shadow
+            .track_foreign(&mut rig.mapper, GuestPhys(OLD_TABLE))
+            .expect("protect");
+        let _ = rig.shadow.take_tracking_changes();
+        // Another member released it pool-wide: the pool's count is zero
+        // already, so this space's untracking is not journaled.
+        assert!(
+            !rig.shadow.release_everywhere(GuestPhys(OLD_TABLE)),
+            "no code"
+        );
+        assert_eq!(
+            rig.shadow.tracker().reasons(GuestPhys(OLD_TABLE)),
+            TrackReasons::NONE
+        );
+        assert!(
+            rig.shadow
+                .entry(GuestVirt(0x4000_0000))
+                .is_some_and(|entry| entry.stale),
+            "what was mapped through it is stale"
+        );
+        assert_eq!(rig.shadow.take_tracking_changes(), vec![]);
+        // This space's own directory is never released from under it.
+        assert!(!rig.shadow.release_everywhere(GuestPhys(DIR)));
+        assert!(
+            rig.shadow
+                .tracker()
+                .reasons(GuestPhys(DIR))
+                .contains(TrackReasons::PAGE_DIRECTORY)
+        );
     }
 
     #[test]

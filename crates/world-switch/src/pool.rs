@@ -376,6 +376,12 @@ impl AddressSpaces for Pool {
     fn tracked_anywhere(&self, page: u32) -> bool {
         self.count(page).is_some_and(|count| count.load(SeqCst) > 0)
     }
+
+    fn release_everywhere(&self, page: u32) {
+        if let Some(count) = self.count(page) {
+            count.store(0, SeqCst);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +477,15 @@ mod tests {
         assert!(!host.tracked_anywhere(5));
         assert!(!host.count_tracking(5, false), "never below zero");
         assert!(!host.count_tracking(99, true), "outside RAM: ignored");
+        // Released pool-wide: nobody counts; the owners' later untracking
+        // does not go below zero, and a new tracker counts from one.
+        assert!(host.count_tracking(6, true));
+        assert!(!host.count_tracking(6, true));
+        host.release_everywhere(6);
+        assert!(!host.tracked_anywhere(6));
+        assert!(!host.count_tracking(6, false));
+        assert!(host.count_tracking(6, true));
+        host.release_everywhere(99);
     }
 
     #[test]
