@@ -1002,16 +1002,13 @@ impl Mmu {
     /// is tracked again by the walk that uses it. Pages found still named
     /// are remembered until a directory changes.
     ///
-    /// Tracking for other members of the pool (FOREIGN) stays, although
-    /// it goes stale the same way (a dead process's member keeps it until
-    /// the member is reused): the member that walked the table may load a
-    /// directory naming it again at the same index, and its `set_cr3` keeps
+    /// A page only other members track (FOREIGN) is released pool-wide
+    /// under the same check ([`Mmu::release_foreign`]). Dropping only this
+    /// member's protection, without telling the owners, was tried once and
+    /// broke a fork-exec run (ECHILD in the parent's wait): an owner that
+    /// loads a directory naming the table again at the same index keeps
     /// the entries of a region whose directory entry did not change, which
-    /// is right only while every write to the table reached it. Dropping
-    /// the protection here on the directory check alone was tried and
-    /// broke a fork-exec run (ECHILD in the parent's wait; that path is
-    /// the likely cause). Releasing it needs the owners to release theirs
-    /// first, which a member that never runs again cannot do.
+    /// is right only while every write to the table reached it.
     fn tracked_write_seen(
         &mut self,
         world: &mut dyn WorldServices,

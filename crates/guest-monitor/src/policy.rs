@@ -100,7 +100,7 @@ impl Policy {
 
     /// The settings for a host with `costs`: the tuned ones scaled by how
     /// many interpreted instructions a trap is worth there against the
-    /// tuning host (at most [`MAX_SCALE`] times more or fewer).
+    /// tuning host (at most 4 times more or fewer).
     ///
     /// # Errors
     ///

@@ -254,7 +254,7 @@ impl SplitView {
 
     /// Maps the alias of guest-physical page `phys_page` for guest-virtual
     /// page `virt_page` (the window must admit it: see
-    /// [`SplitView::window_for`]).
+    /// [`SplitView::decide`] and [`SplitView::adopt`]).
     pub fn map(
         &mut self,
         world: &mut dyn WorldServices,
