@@ -580,7 +580,7 @@ fn mount_disk(make: bool) -> String {
 
 #[test]
 #[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
-fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_and_sigterm() {
+fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_sigterm_and_reset() {
     let image = disk_image("persist", 64);
     let disk = format!("--disk={}", image.display());
     let append = "console=ttyS0 quiet btvmm.echo=off";
@@ -626,17 +626,34 @@ fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_and_sigterm() {
     assert_eq!(second.status, Some(143), "{}", second.context());
     // The image was closed and its lock given up: the next run opens it.
     // Boot 3: the second file reads back after the SIGTERM (a file system
-    // not unmounted: ext4 checks nothing on ext2 and mounts it).
+    // not unmounted: ext4 checks nothing on ext2 and mounts it). Then a
+    // third file, synced, and the guest resets (the PC's reset: btvmm boots
+    // it again in the same run, the disk powered on afresh): boot 4 reads
+    // it back.
     let third = boot(
         &[&disk],
         append,
-        &[&(mount_disk(false)
-            + "cd /mnt && md5sum -c a.md5 b.md5 && cd / && echo CHECKED\nexit\n")],
+        &[
+            &(mount_disk(false)
+                + "cd /mnt && md5sum -c a.md5 b.md5 && echo CHECKED && \
+                   dd if=/dev/urandom of=c bs=1k count=128 2>/dev/null && md5sum c > c.md5 \
+                   && sync && reboot -f\n"),
+            &(mount_disk(false) + "cd /mnt && md5sum -c c.md5 && cd / && echo AFTER-RESET\nexit\n"),
+        ],
     );
     let shell = third.after_banner();
     assert!(shell.contains("a: OK"), "{}", third.context());
     assert!(shell.contains("b: OK"), "{}", third.context());
     assert!(shell.contains("CHECKED"), "{}", third.context());
+    assert_eq!(
+        third.console.matches(BANNER).count(),
+        2,
+        "{}",
+        third.context()
+    );
+    assert!(shell.contains("c: OK"), "{}", third.context());
+    assert!(shell.contains("AFTER-RESET"), "{}", third.context());
+    assert_eq!(third.status, Some(0), "{}", third.context());
     let _ = std::fs::remove_file(&image);
 }
 
