@@ -572,9 +572,14 @@ fn disk_image(tag: &str, mib: u64) -> PathBuf {
 }
 
 /// The shell commands that load the disk's modules and mount the disk's
-/// file system at /mnt (after `mkfs` when `make` is set).
+/// file system at /mnt (after making an ext4 on it with Debian's
+/// mkfs.ext4 when `make` is set).
 fn mount_disk(make: bool) -> String {
-    let mkfs = if make { "mke2fs -q /dev/sda && " } else { "" };
+    let mkfs = if make {
+        "mkfs.ext4 -q /dev/sda && "
+    } else {
+        ""
+    };
     format!("disk-modules && {mkfs}mkdir -p /mnt && mount -t ext4 /dev/sda /mnt && echo MOUNTED\n")
 }
 
@@ -601,9 +606,18 @@ fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_sigterm_and_reset() {
         "sectors went out through string exits\n{}",
         first.context()
     );
-    // The host sees an ext2 superblock (magic 0xef53 at byte 1080).
+    // The host sees an ext4 superblock at byte 1024: its magic 0xef53,
+    // a journal (compatible feature 0x4) and extents (incompatible 0x40).
     let bytes = std::fs::read(&image).expect("read the image");
-    assert_eq!(&bytes[1080..1082], &[0x53, 0xef], "the superblock's magic");
+    let superblock = &bytes[1024..2048];
+    assert_eq!(
+        &superblock[0x38..0x3a],
+        &[0x53, 0xef],
+        "the superblock's magic"
+    );
+    let feature = |at: usize| u32::from_le_bytes(superblock[at..at + 4].try_into().expect("4"));
+    assert_ne!(feature(0x5c) & 0x4, 0, "a journal");
+    assert_ne!(feature(0x60) & 0x40, 0, "extents");
     // Boot 2: the file reads back; another is written, synced, and btvmm
     // is killed with SIGTERM the moment the guest's sync returned.
     let mut second = Running::start(&[&disk], append);
@@ -626,7 +640,7 @@ fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_sigterm_and_reset() {
     assert_eq!(second.status, Some(143), "{}", second.context());
     // The image was closed and its lock given up: the next run opens it.
     // Boot 3: the second file reads back after the SIGTERM (a file system
-    // not unmounted: ext4 checks nothing on ext2 and mounts it). Then a
+    // not unmounted: ext4 replays its journal). Then a
     // third file, synced, and the guest resets (the PC's reset: btvmm boots
     // it again in the same run, the disk powered on afresh): boot 4 reads
     // it back.
