@@ -75,22 +75,13 @@ pub trait Machine {
     /// INS's stretch within one page). By default one [`Machine::port_in`]
     /// each; a machine whose devices sit across an exit moves them in one.
     fn port_in_string(&mut self, port: u16, size: u8, buf: &mut [u8]) -> Result<(), Stop> {
-        for item in buf.chunks_exact_mut(usize::from(size)) {
-            let value = self.port_in(port, size)?;
-            item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
-        }
-        Ok(())
+        read_items(size, buf, || self.port_in(port, size))
     }
 
     /// OUTS of `data.len() / size` items to one port, in order (see
     /// [`Machine::port_in_string`]).
     fn port_out_string(&mut self, port: u16, size: u8, data: &[u8]) -> Result<(), Stop> {
-        for item in data.chunks_exact(usize::from(size)) {
-            let mut value = [0u8; 4];
-            value[..item.len()].copy_from_slice(item);
-            self.port_out(port, size, u32::from_le_bytes(value))?;
-        }
-        Ok(())
+        write_items(size, data, |value| self.port_out(port, size, value))
     }
 
     /// The guest's time-stamp counter.
@@ -106,4 +97,41 @@ pub trait Machine {
     fn notify(&mut self, event: Event) {
         let _ = event;
     }
+}
+
+/// A string port transfer done one item at a time: `buf` filled with the
+/// values `read` gives, `size` bytes each, little-endian.
+///
+/// # Errors
+///
+/// The first error of `read`.
+pub fn read_items<E>(
+    size: u8,
+    buf: &mut [u8],
+    mut read: impl FnMut() -> Result<u32, E>,
+) -> Result<(), E> {
+    for item in buf.chunks_exact_mut(usize::from(size.clamp(1, 4))) {
+        let value = read()?;
+        item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+    }
+    Ok(())
+}
+
+/// A string port transfer done one item at a time: each `size` bytes of
+/// `data` (little-endian) handed to `write`.
+///
+/// # Errors
+///
+/// The first error of `write`.
+pub fn write_items<E>(
+    size: u8,
+    data: &[u8],
+    mut write: impl FnMut(u32) -> Result<(), E>,
+) -> Result<(), E> {
+    for item in data.chunks_exact(usize::from(size.clamp(1, 4))) {
+        let mut value = [0u8; 4];
+        value[..item.len()].copy_from_slice(item);
+        write(u32::from_le_bytes(value))?;
+    }
+    Ok(())
 }

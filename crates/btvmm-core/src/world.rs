@@ -199,27 +199,27 @@ pub trait WorldServices: PhysMemory {
             Exit::PortOutString { port, size, .. } => (port, size, false),
             other => return self.exit(other),
         };
-        for item in data.chunks_exact_mut(usize::from(size)) {
-            let reply = if input {
-                self.exit(Exit::PortIn { port, size })
-            } else {
-                let mut value = [0u8; 4];
-                value[..item.len()].copy_from_slice(item);
-                self.exit(Exit::PortOut {
-                    port,
-                    size,
-                    value: u32::from_le_bytes(value),
-                })
-            };
-            match reply {
-                Reply::Terminate => return Reply::Terminate,
-                Reply::Value(value) if input => {
-                    item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
+        // Err: the host ended the VM.
+        let done = if input {
+            crate::machine::read_items(size, data, || {
+                match self.exit(Exit::PortIn { port, size }) {
+                    Reply::Terminate => Err(()),
+                    Reply::Value(value) => Ok(value),
+                    Reply::Continue => Ok(u32::MAX),
                 }
-                _ => {}
-            }
+            })
+        } else {
+            crate::machine::write_items(size, data, |value| {
+                match self.exit(Exit::PortOut { port, size, value }) {
+                    Reply::Terminate => Err(()),
+                    _ => Ok(()),
+                }
+            })
+        };
+        match done {
+            Ok(()) => Reply::Continue,
+            Err(()) => Reply::Terminate,
         }
-        Reply::Continue
     }
     /// Levels of the host devices' interrupt lines (bit n = IRQ n). See
     /// world-switch's channel for why a change is never missed.

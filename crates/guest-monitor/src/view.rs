@@ -222,11 +222,7 @@ impl Machine for GuestView<'_> {
 
     fn port_in_string(&mut self, port: u16, size: u8, buf: &mut [u8]) -> Result<(), Stop> {
         if Chipset::claims(port) {
-            for item in buf.chunks_exact_mut(usize::from(size)) {
-                let value = self.port_in(port, size)?;
-                item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
-            }
-            return Ok(());
+            return btvmm_core::machine::read_items(size, buf, || self.port_in(port, size));
         }
         for chunk in buf.chunks_mut(STRING_EXIT_BYTES) {
             self.counters.bump(Counter::PortInString);
@@ -238,12 +234,9 @@ impl Machine for GuestView<'_> {
 
     fn port_out_string(&mut self, port: u16, size: u8, data: &[u8]) -> Result<(), Stop> {
         if Chipset::claims(port) {
-            for item in data.chunks_exact(usize::from(size)) {
-                let mut value = [0u8; 4];
-                value[..item.len()].copy_from_slice(item);
-                self.port_out(port, size, u32::from_le_bytes(value))?;
-            }
-            return Ok(());
+            return btvmm_core::machine::write_items(size, data, |value| {
+                self.port_out(port, size, value)
+            });
         }
         let mut copy = [0u8; STRING_EXIT_BYTES];
         for chunk in data.chunks(STRING_EXIT_BYTES) {

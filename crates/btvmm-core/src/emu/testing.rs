@@ -116,21 +116,12 @@ impl Machine for TestMachine {
 
     fn port_in_string(&mut self, port: u16, size: u8, buf: &mut [u8]) -> Result<(), Stop> {
         self.string_transfers.push(buf.len() as i64);
-        for item in buf.chunks_exact_mut(usize::from(size)) {
-            let value = self.port_in(port, size)?;
-            item.copy_from_slice(&value.to_le_bytes()[..item.len()]);
-        }
-        Ok(())
+        crate::machine::read_items(size, buf, || self.port_in(port, size))
     }
 
     fn port_out_string(&mut self, port: u16, size: u8, data: &[u8]) -> Result<(), Stop> {
         self.string_transfers.push(-(data.len() as i64));
-        for item in data.chunks_exact(usize::from(size)) {
-            let mut value = [0u8; 4];
-            value[..item.len()].copy_from_slice(item);
-            self.port_out(port, size, u32::from_le_bytes(value))?;
-        }
-        Ok(())
+        crate::machine::write_items(size, data, |value| self.port_out(port, size, value))
     }
 
     fn timestamp(&mut self) -> u64 {
