@@ -12,6 +12,7 @@
 //! | 0xf4           | QEMU's debug-exit device (test kernels)  |     |
 //! | 0x508-0x50b    | btvmm's counter marks ([`crate::counter_mark`]) |  |
 //! | 0x1f0-0x1f7, 0x3f6 | ATA disk on the primary channel ([`crate::ata`]), with `--disk` | 14 |
+//! | 0x3b0-0x3df    | VGA registers ([`crate::vga`]; the text buffer at 0xB8000 is guest RAM) |  |
 //!
 //! Every other port floats: reads give all ones, writes go nowhere, and
 //! each access is counted by port so that what a guest probes is visible.
@@ -27,6 +28,7 @@ use crate::i8042::{I8042, I8042Effect};
 use crate::pci::EmptyPciBus;
 use crate::system_port::SystemPortA;
 use crate::uart::{InterruptCount, Uart};
+use crate::vga::Vga;
 
 /// COM1.
 pub const COM1: u16 = 0x3f8;
@@ -65,6 +67,8 @@ pub struct Board {
     pub kbc: I8042,
     /// The disk on the primary ATA channel, if the VM has one.
     pub disk: Option<AtaDisk>,
+    /// The VGA's registers.
+    pub vga: Vga,
     pci: EmptyPciBus,
     system_port_a: SystemPortA,
     unclaimed: BTreeMap<u16, Unclaimed>,
@@ -83,6 +87,7 @@ impl Board {
             com1: Uart::new(Box::new(console), InterruptCount::default()),
             kbc: I8042::new(),
             disk: None,
+            vga: Vga::new(),
             pci: EmptyPciBus::default(),
             system_port_a: SystemPortA::new(),
             unclaimed: BTreeMap::new(),
@@ -104,6 +109,7 @@ impl Board {
                 .disk
                 .as_mut()
                 .map_or(u32::MAX, |disk| disk.read(port, size)),
+            _ if Vga::claims(port) => self.vga.read(port, size),
             _ if EmptyPciBus::claims(port, size) => self.pci.read(port, size),
             _ if self.bus.claims(port) => self.bus.read(port, size),
             _ => {
@@ -138,6 +144,10 @@ impl Board {
                 if let Some(disk) = self.disk.as_mut() {
                     disk.write(port, size, value);
                 }
+                BusEffect::None
+            }
+            _ if Vga::claims(port) => {
+                self.vga.write(port, size, value);
                 BusEffect::None
             }
             _ if EmptyPciBus::claims(port, size) => {
@@ -187,6 +197,15 @@ impl Board {
         BusEffect::None
     }
 
+    /// Hands a key event (set 2 bytes, see [`I8042::push_scancodes`]) to
+    /// the keyboard. The line to the PIC may have dropped and risen again
+    /// since the host last published it (the guest just read the previous
+    /// event's last byte): that edge is kept as a pulse.
+    pub fn push_key(&mut self, scancodes: &[u8]) {
+        self.kbc.push_scancodes(scancodes);
+        self.note_kbc_edges();
+    }
+
     /// Levels of the board's interrupt lines (bit n = IRQ n), for the
     /// world's interrupt controller.
     #[must_use]
@@ -229,6 +248,7 @@ impl Board {
         self.pulses = 0;
         self.pci = EmptyPciBus::default();
         self.system_port_a = SystemPortA::new();
+        self.vga.reset();
         if let Some(disk) = self.disk.as_mut() {
             disk.power_on();
         }
@@ -290,6 +310,43 @@ mod tests {
         );
         assert_eq!(board.read(0x60, 1), 0xab);
         assert_eq!(board.write(0x64, 1, 0xfe), BusEffect::Reset);
+    }
+
+    #[test]
+    fn the_vga_answers_and_resets_to_mode_3() {
+        let mut board = Board::new(Vec::new()).expect("board");
+        board.write(0x3d4, 1, 0x0f);
+        board.write(0x3d5, 1, 0x42);
+        assert_eq!(board.read(0x3d5, 1), 0x42);
+        assert_eq!(board.vga.text_layout().cursor.map(|c| c.column), Some(0x42));
+        assert!(board.unclaimed().is_empty());
+        board.reset();
+        board.write(0x3d4, 1, 0x0f);
+        assert_eq!(board.read(0x3d5, 1), 0x00);
+    }
+
+    #[test]
+    fn an_extended_key_reaches_the_guest_in_set_1() {
+        use crate::keyboard::{Key, Keystroke};
+        let mut board = Board::new(Vec::new()).expect("board");
+        let mut bytes = Vec::new();
+        let _ = board.take_pulses();
+        for event in Keystroke::plain(Key::Left).events() {
+            assert!(board.kbc.keyboard_idle());
+            board.push_key(&event);
+            // Each byte comes with its own edge: the first as the event
+            // arrives, the next as the guest reads the one before.
+            assert_eq!(board.take_pulses(), 1 << KEYBOARD_IRQ);
+            while board.read(0x64, 1) & 1 != 0 {
+                assert_ne!(board.interrupt_levels() & (1 << KEYBOARD_IRQ), 0);
+                bytes.push(board.read(0x60, 1));
+                if board.read(0x64, 1) & 1 != 0 {
+                    assert_eq!(board.take_pulses(), 1 << KEYBOARD_IRQ);
+                }
+            }
+        }
+        assert_eq!(bytes, [0xe0, 0x4b, 0xe0, 0xcb]);
+        assert!(board.kbc.keyboard_idle());
     }
 
     #[test]

@@ -609,6 +609,14 @@ impl I8042 {
         self.fill_output_buffer();
     }
 
+    /// Whether the keyboard and the controller hold no key bytes the guest
+    /// has not read: a host that types pushes its next key event then, so
+    /// that typing goes at the pace the guest reads and nothing overruns.
+    #[must_use]
+    pub fn keyboard_idle(&self) -> bool {
+        self.output_buffer.is_none() && self.keyboard.scancodes.is_empty()
+    }
+
     /// Register read at `offset`: the output buffer (0) or the status
     /// register (4); other offsets float.
     pub fn read(&mut self, offset: u16) -> u8 {
@@ -965,8 +973,11 @@ mod tests {
         assert_eq!(kbc.read(COMMAND_OFFSET) & (STATUS_OBF | STATUS_TIMEOUT), 0);
 
         // A key: A pressed and released (set 2 0x1C, set 1 0x1E).
+        assert!(kbc.keyboard_idle());
         kbc.push_scancodes(&[0x1c]);
+        assert!(!kbc.keyboard_idle(), "a byte the guest has not read");
         assert_eq!(irq1_bytes(&mut kbc), [0x1e]);
+        assert!(kbc.keyboard_idle());
         kbc.push_scancodes(&[SET2_BREAK, 0x1c]);
         assert_eq!(irq1_bytes(&mut kbc), [0x9e]);
         // LED updates as atkbd sends them.

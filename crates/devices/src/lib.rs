@@ -14,10 +14,12 @@ pub mod cmos;
 pub mod counter_mark;
 pub mod debug_exit;
 pub mod i8042;
+pub mod keyboard;
 pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod system_port;
 pub mod uart;
+pub mod vga;
 
 pub use bus::{Bus, BusEffect, PortDevice};

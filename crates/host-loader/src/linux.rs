@@ -188,6 +188,16 @@ pub fn load(
             params.hdr.ramdisk_size = initrd.len() as u32;
         }
     }
+    // The screen as a VGA BIOS leaves it after mode 3: 80x25 colour text
+    // with a 16-line font, the cursor at the top left (devices::vga's
+    // power-on state). vgacon takes the VGA from this; EGA_BX's low byte
+    // is not 0x10 (an EGA or better answered INT 10h AH=12h: 256 KiB).
+    params.screen_info.orig_video_mode = 3;
+    params.screen_info.orig_video_cols = 80;
+    params.screen_info.orig_video_lines = 25;
+    params.screen_info.orig_video_isVGA = 1;
+    params.screen_info.orig_video_points = 16;
+    params.screen_info.orig_video_ega_bx = 0x0003;
     let e820 = e820_map(ram);
     for (slot, entry) in params.e820_table.iter_mut().zip(&e820) {
         *slot = *entry;
@@ -388,6 +398,19 @@ mod tests {
         assert_eq!(line, CMDLINE);
         assert_eq!(loader, 0xff);
         assert_eq!(&memory[&CMDLINE], b"console=ttyS0\0");
+        // A VGA in 80x25 colour text mode, as vgacon checks it.
+        let screen = params.screen_info;
+        assert_eq!(
+            (
+                screen.orig_video_mode,
+                screen.orig_video_cols,
+                screen.orig_video_lines,
+                screen.orig_video_isVGA,
+                screen.orig_video_points,
+                screen.orig_video_ega_bx & 0xff != 0x10
+            ),
+            (3, 80, 25, 1, 16, true)
+        );
         assert_eq!(params.e820_entries, 3);
         let map: Vec<(u64, u64, u32)> = params.e820_table[..3]
             .iter()
