@@ -47,8 +47,80 @@ pub enum Exit {
         /// Whether an interrupt could ever wake it (virtual IF set).
         interrupts_enabled: bool,
     },
+    /// The host asked the vCPU to pause (its monitor menu): the world
+    /// waits between two guest instructions until the host replies
+    /// (Continue resumes, Terminate ends the VM).
+    Paused(Box<VcpuRegisters>),
     /// The VM cannot go on.
     Stop(StopReason),
+}
+
+/// The vCPU's registers as the guest sees them, between two of its
+/// instructions (what a paused vCPU shows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuRegisters {
+    /// EAX..EDI in encoding order.
+    pub gpr: [u32; 8],
+    /// EIP.
+    pub eip: u32,
+    /// EFLAGS as the guest sees them (its IF and IOPL, not the host's).
+    pub eflags: u32,
+    /// ES, CS, SS, DS, FS, GS selectors.
+    pub selectors: [u16; 6],
+    /// CR0, CR2, CR3, CR4.
+    pub cr: [u32; 4],
+    /// Current privilege level.
+    pub cpl: u8,
+    /// Whether the vCPU is in a HLT, waiting for an interrupt.
+    pub halted: bool,
+}
+
+impl VcpuRegisters {
+    /// 32-bit words the registers take (see [`VcpuRegisters::to_words`]).
+    pub const WORDS: usize = 18;
+
+    /// The registers as words, for a channel.
+    #[must_use]
+    pub fn to_words(&self) -> [u32; Self::WORDS] {
+        let mut words = [0; Self::WORDS];
+        words[..8].copy_from_slice(&self.gpr);
+        words[8] = self.eip;
+        words[9] = self.eflags;
+        for (slot, pair) in words[10..13].iter_mut().zip(self.selectors.chunks(2)) {
+            *slot = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+        }
+        words[13..17].copy_from_slice(&self.cr);
+        words[17] = u32::from(self.cpl) | (u32::from(self.halted) << 8);
+        words
+    }
+
+    /// The registers from [`VcpuRegisters::to_words`]'s words (any words
+    /// are some registers: an untrusted sender cannot make this fail).
+    #[must_use]
+    pub fn from_words(words: &[u32; Self::WORDS]) -> Self {
+        let mut gpr = [0; 8];
+        gpr.copy_from_slice(&words[..8]);
+        let mut selectors = [0; 6];
+        for (pair, word) in selectors.chunks_mut(2).zip(&words[10..13]) {
+            #[allow(clippy::cast_possible_truncation)] // two selectors a word
+            {
+                pair[0] = *word as u16;
+                pair[1] = (*word >> 16) as u16;
+            }
+        }
+        let mut cr = [0; 4];
+        cr.copy_from_slice(&words[13..17]);
+        #[allow(clippy::cast_possible_truncation)] // the low byte
+        Self {
+            gpr,
+            eip: words[8],
+            eflags: words[9],
+            selectors,
+            cr,
+            cpl: (words[17] & 3) as u8,
+            halted: words[17] & 0x100 != 0,
+        }
+    }
 }
 
 /// Most bytes one string exit ([`Exit::PortInString`],
@@ -91,4 +163,27 @@ pub enum Reply {
     Value(u32),
     /// End the VM: the world process exits.
     Terminate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_survive_words() {
+        let registers = VcpuRegisters {
+            gpr: [1, 2, 3, 4, 5, 6, 7, 8],
+            eip: 0xc100_0000,
+            eflags: 0x246,
+            selectors: [0x7b, 0x60, 0x68, 0x7b, 0xd8, 0xe0],
+            cr: [0x8005_003b, 0xb7f0_0000, 0x01c0_4000, 0x690],
+            cpl: 0,
+            halted: true,
+        };
+        assert_eq!(VcpuRegisters::from_words(&registers.to_words()), registers);
+        // Words from an untrusted sender still make registers.
+        let odd = VcpuRegisters::from_words(&[u32::MAX; VcpuRegisters::WORDS]);
+        assert_eq!(odd.cpl, 3);
+        assert!(odd.halted);
+    }
 }

@@ -20,7 +20,7 @@ pub mod world;
 pub use addr::{GuestPhys, GuestVirt, PAGE_SIZE};
 pub use cpu::{Cpu, CpuView, Cr0, Eflags, Gpr, SegReg, Segment, TableRegister};
 pub use exception::{Exception, Stop};
-pub use exit::{Exit, Reply, StopReason};
+pub use exit::{Exit, Reply, StopReason, VcpuRegisters};
 pub use machine::{Access, AccessKind, Event, Machine};
 pub use mem::{GuestMemory, MemFault, PhysMemory, RegionMemory, VecPhysMemory};
 pub use world::{

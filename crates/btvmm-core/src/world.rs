@@ -224,6 +224,12 @@ pub trait WorldServices: PhysMemory {
     /// Levels of the host devices' interrupt lines (bit n = IRQ n). See
     /// world-switch's channel for why a change is never missed.
     fn irq_levels(&self) -> u16;
+    /// Whether the host wants the vCPU paused: the monitor then makes an
+    /// [`crate::Exit::Paused`] exit between two guest instructions. The
+    /// host kicks the world after asking, as for a line change.
+    fn pause_requested(&self) -> bool {
+        false
+    }
     /// Host devices' lines that dropped and rose again since the last call
     /// (bit n = IRQ n): the PIC must latch a new edge for them.
     fn take_irq_pulses(&mut self) -> u16 {

@@ -1083,6 +1083,8 @@ fn process_handoffs(
             launcher_pid: child.as_raw(),
             pid: nix::unistd::getpid().as_raw(),
             disk: None,
+            serial: None,
+            display: false,
         })?;
     }
     let measurement = rounds_of(iterations, rounds, || {

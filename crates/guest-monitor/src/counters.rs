@@ -155,6 +155,10 @@ pub enum Counter {
     /// Guest-physical accesses outside RAM (open bus: reads give all ones,
     /// writes are dropped).
     OpenBus,
+    /// Guest writes of CR3 (address-space switches and TLB flushes).
+    Cr3Loads,
+    /// Pauses the host asked for (its display's menu).
+    Pauses,
 }
 
 impl Counter {
@@ -168,7 +172,7 @@ impl Counter {
     }
 
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 65] = [
+    pub const ALL: [Counter; 67] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -234,6 +238,8 @@ impl Counter {
         Counter::ExitWaitNs,
         Counter::HaltNs,
         Counter::OpenBus,
+        Counter::Cr3Loads,
+        Counter::Pauses,
     ];
 
     /// Name for reports.
@@ -305,6 +311,8 @@ impl Counter {
             Self::ExitWaitNs => "time: waiting for the host (ns)",
             Self::HaltNs => "time: guest HLT sleeps (ns)",
             Self::OpenBus => "memory: open-bus accesses outside RAM",
+            Self::Cr3Loads => "emulated: CR3 loads",
+            Self::Pauses => "host: pauses",
         }
     }
 }

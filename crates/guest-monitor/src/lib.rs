@@ -550,6 +550,10 @@ impl Monitor {
             Trap::Enter | Trap::Kick => {
                 if trap == Trap::Kick {
                     self.counters.bump(Counter::Kicks);
+                    // The host's live figures (its display's status line)
+                    // come from here when no exit publishes them: a
+                    // busy guest has a timer kick at each of its ticks.
+                    world.publish_counters(self.counters.as_slice());
                 }
                 Ok(())
             }
@@ -1074,6 +1078,9 @@ impl Monitor {
             world.wait_for_kick();
             self.counters
                 .add(Counter::HaltNs, world.now_ns().saturating_sub(slept));
+            // An idle guest's timer ticks end here, not in a kick trap:
+            // the host's live figures come from here then.
+            world.publish_counters(self.counters.as_slice());
             self.update_chipset(world);
             return Ok(());
         }
@@ -1083,6 +1090,33 @@ impl Monitor {
             interrupts_enabled: false,
         });
         Err(Failure::Terminated)
+    }
+
+    /// The host asked for a pause: show it the registers and wait for its
+    /// reply, between two guest instructions (the vCPU state is whole
+    /// here). The guest's clocks run on meanwhile, as the host's do.
+    fn pause(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
+        let registers = btvmm_core::VcpuRegisters {
+            gpr: self.cpu.gpr,
+            eip: self.cpu.eip,
+            eflags: self.cpu.eflags,
+            selectors: std::array::from_fn(|index| self.cpu.segments[index].selector),
+            cr: [self.cpu.cr0, self.cpu.cr2, self.cpu.cr3, self.cpu.cr4],
+            cpl: self.cpu.cpl,
+            halted: self.halted,
+        };
+        self.counters.bump(Counter::Pauses);
+        self.counters.bump(Counter::Exits);
+        world.publish_counters(self.counters.as_slice());
+        let asked = world.now_ns();
+        let reply = world.exit(Exit::Paused(Box::new(registers)));
+        self.counters
+            .add(Counter::ExitWaitNs, world.now_ns().saturating_sub(asked));
+        if reply == btvmm_core::Reply::Terminate {
+            return Err(Failure::Terminated);
+        }
+        self.update_chipset(world);
+        Ok(())
     }
 
     /// Brings the chipset to now: timer edges, and the host devices' lines.
@@ -1213,6 +1247,9 @@ impl Monitor {
             if let Some(target) = self.mmu.take_pending_switch() {
                 self.switch_address_space(world, target)?;
                 continue;
+            }
+            if world.pause_requested() {
+                self.pause(world)?;
             }
             if self.try_inject(world)? {
                 continue;

@@ -34,6 +34,9 @@ struct FakeWorld {
     now: u64,
     /// The split code view's alias pages, when the test turns it on.
     aliases: Option<FakeAliases>,
+    /// The host asks for a pause (its menu); the pause exit's reply takes
+    /// it back, as the user's resume does.
+    pause: bool,
 }
 
 /// Alias pages by guest-physical page frame (INT3 until written), and the
@@ -158,6 +161,10 @@ impl WorldServices for FakeWorld {
             Exit::PortOut { .. } | Exit::PortInString { .. } | Exit::PortOutString { .. } => {
                 Reply::Continue
             }
+            Exit::Paused(_) => {
+                self.pause = false;
+                Reply::Continue
+            }
             // The host ends the VM at these.
             Exit::Halt { .. } | Exit::Stop(_) => Reply::Terminate,
         };
@@ -167,6 +174,10 @@ impl WorldServices for FakeWorld {
 
     fn irq_levels(&self) -> u16 {
         0
+    }
+
+    fn pause_requested(&self) -> bool {
+        self.pause
     }
 
     fn now_ns(&self) -> u64 {
@@ -276,6 +287,35 @@ fn a_silent_sensitive_instruction_gets_a_breakpoint_and_is_emulated_there() {
             interrupts_enabled: false
         }]
     );
+}
+
+#[test]
+fn a_pause_the_host_asks_for_shows_the_registers_between_instructions() {
+    // The host asked for a pause before a kick: the monitor stops between
+    // two guest instructions, shows the registers and goes on after the
+    // reply.
+    let mut world = FakeWorld::with_code(&cli_then_nops_then(&[0xf4]));
+    let mut monitor = monitor();
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    assert!(world.exits.is_empty());
+    world.pause = true;
+    let kicked = HostRegisters {
+        eip: CODE + 5,
+        gpr: [0x11, 0x22, 0x33, 0x44, STACK, 0x66, 0x77, 0x88],
+        ..registers
+    };
+    let resumed_at = resumed(monitor.handle(Trap::Kick, kicked, &mut world));
+    assert_eq!(resumed_at.eip, CODE + 5, "the guest goes on where it was");
+    let [Exit::Paused(shown)] = world.exits.as_slice() else {
+        panic!("exits {:?}", world.exits);
+    };
+    assert_eq!(shown.eip, CODE + 5);
+    assert_eq!(shown.gpr, kicked.gpr);
+    assert_eq!(shown.cpl, 0);
+    assert_eq!(shown.selectors[1], 0x08, "the guest's CS");
+    assert_eq!(shown.eflags & Eflags::IF, 0, "the guest's IF (CLI ran)");
+    assert!(!shown.halted);
+    assert_eq!(monitor.counters().get(crate::counters::Counter::Pauses), 1);
 }
 
 #[test]

@@ -188,6 +188,9 @@ impl Machine for GuestView<'_> {
     fn notify(&mut self, event: Event) {
         let result = match event {
             Event::ControlRegisterWritten { register, value } => {
+                if register == 3 {
+                    self.counters.bump(Counter::Cr3Loads);
+                }
                 self.mmu
                     .control_written(self.world, self.planner, register, value)
             }

@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod console;
 pub mod disk;
+pub mod display;
 pub mod elf;
 pub mod image;
 pub mod linux;

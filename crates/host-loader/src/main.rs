@@ -95,6 +95,19 @@ enum Command {
         /// runs.
         #[arg(long, value_name = "FILE[,readonly]", value_parser = host_loader::disk::DiskSpec::parse)]
         disk: Option<host_loader::disk::DiskSpec>,
+        /// Where the guest's screen goes: `none`, or `curses`, the VGA's
+        /// text screen in this terminal with its colours and cursor, keys
+        /// typed going to the guest's AT keyboard, and a status line of
+        /// live monitor figures (Ctrl-A m: menu to pause and resume, show
+        /// the registers and counters, send Ctrl-Alt-Delete, quit; Ctrl-A
+        /// x quits). With `curses` standard input feeds no serial port and
+        /// COM1's output goes to --serial FILE or nowhere.
+        #[arg(long, value_enum, default_value_t = DisplayArg::None)]
+        display: DisplayArg,
+        /// COM1's output to this file (created or truncated) instead of
+        /// standard output.
+        #[arg(long, value_name = "FILE")]
+        serial: Option<PathBuf>,
         /// For the attacker tests only: the first world writes the address
         /// of a `syscall; ret` in its own code to this guest-physical
         /// address, standing in for an attacker who broke ASLR.
@@ -275,6 +288,15 @@ enum BreakpointsArg {
     Split,
 }
 
+/// `--display`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DisplayArg {
+    /// No screen shown (the VGA is there all the same).
+    None,
+    /// The text screen in this terminal.
+    Curses,
+}
+
 /// The world process: attach to what the host passed, build the monitor
 /// and enter the guest. Returns only on a set-up error.
 /// The world's test-only behaviours (attacker tests).
@@ -406,6 +428,7 @@ fn main() -> ExitCode {
     // A panic is a bug in btvmm; report it in one line, never as a trace.
     std::panic::set_hook(Box::new(|info| {
         host_loader::console::restore_terminal();
+        host_loader::display::restore_terminal();
         eprintln!("btvmm: internal error: {info}");
         std::process::exit(EXIT_INTERNAL);
     }));
@@ -435,6 +458,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             exec,
             costs,
             disk,
+            display,
+            serial,
             test_leak_syscall_gadget,
             test_scribble,
             test_scribble_victim,
@@ -469,6 +494,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 exec,
                 policy,
                 disk,
+                display: match display {
+                    DisplayArg::None => host_loader::run::DisplayMode::None,
+                    DisplayArg::Curses => host_loader::run::DisplayMode::Curses,
+                },
+                serial,
                 leak_syscall_gadget: test_leak_syscall_gadget,
                 scribble: test_scribble.zip(test_scribble_victim),
                 host_escape: test_host_escape,
@@ -478,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let outcome = host_loader::run::run(&request, std::io::stdout());
             let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             host_loader::console::restore_terminal();
+            host_loader::display::restore_terminal();
             let outcome = outcome?;
             let _ = std::io::stdout().flush();
             if request.stats {

@@ -30,6 +30,7 @@ use world_switch::sys::memory::{GuestRam, SharedRegion};
 use crate::LoaderError;
 use crate::boot::{Handover, KernelKind};
 use crate::console::{Console, ConsoleEvent};
+use crate::display::{Display, DisplayEvent, Frame};
 use crate::{linux, multiboot};
 
 /// Exit status of `btvmm run` when the VM stopped for a reason other than
@@ -75,6 +76,11 @@ pub struct RunRequest {
     pub policy: guest_monitor::policy::Policy,
     /// The image behind the ATA disk on the primary channel, if any.
     pub disk: Option<crate::disk::DiskSpec>,
+    /// Show the VGA screen in the terminal and take keys for the keyboard
+    /// (`--display curses`; standard input then feeds no serial port).
+    pub display: DisplayMode,
+    /// COM1's output to this file instead of the run's console writer.
+    pub serial: Option<PathBuf>,
     /// Attacker tests only: the first world writes the address of a
     /// `syscall; ret` of its own code at this guest-physical address.
     pub leak_syscall_gadget: Option<u32>,
@@ -156,6 +162,16 @@ impl HostEscape {
     }
 }
 
+/// Where the guest's screen goes (`--display`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DisplayMode {
+    /// Nowhere: the VGA is there, nobody looks at it.
+    #[default]
+    None,
+    /// The terminal, through curses (crate::display).
+    Curses,
+}
+
 /// How guest kernel code is traced (`--breakpoints`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Breakpoints {
@@ -199,6 +215,8 @@ impl RunRequest {
             exec: btvmm_core::ExecMode::Auto,
             policy: guest_monitor::policy::Policy::TUNED,
             disk: None,
+            display: DisplayMode::None,
+            serial: None,
             leak_syscall_gadget: None,
             scribble: None,
             host_escape: None,
@@ -551,6 +569,20 @@ fn serve_vm(
     // Its span passes mostly while the launcher starts.
     let tsc = world_switch::sys::tsc::host_tsc_invariant()
         .then(world_switch::sys::tsc::TscMeasurement::start);
+    // COM1's output: the file asked for, else the console writer, which
+    // the display's terminal takes from it.
+    let (console, serial_fd): (Box<dyn Write>, _) = match &request.serial {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|source| LoaderError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let fd = file.as_raw_fd();
+            (Box::new(file), Some(fd))
+        }
+        None if request.display == DisplayMode::Curses => (Box::new(std::io::sink()), None),
+        None => (Box::new(console), None),
+    };
     let mut board = Board::new(console).map_err(|error| LoaderError::Option(error.to_string()))?;
     let signals = watch_signals();
     // Before any guest input is parsed: the only process that can start
@@ -589,14 +621,21 @@ fn serve_vm(
         // Capabilities are per thread: before the console reader starts.
         world_switch::sys::host_filter::keep_only_kill_capability()?;
     }
-    let console_input = if request.console_input {
+    let display = if request.display == DisplayMode::Curses {
+        let waker = channel.reopen()?;
+        Some(Display::start(move || waker.wake_host())?)
+    } else {
+        None
+    };
+    // With the display the terminal's keys go to the keyboard.
+    let console_input = if request.console_input && display.is_none() {
         let waker = channel.reopen()?;
         Some(Console::start(move || waker.wake_host()))
     } else {
         None
     };
     if request.confine_host {
-        confine(&launcher, disk_fd)?;
+        confine(&launcher, disk_fd, serial_fd, display.is_some())?;
     }
     if let Some(escape) = request.host_escape {
         // Only reached when the filter let the attempt through.
@@ -615,6 +654,11 @@ fn serve_vm(
         input: VecDeque::new(),
         signals: &signals,
         marks: Vec::new(),
+        display: display.as_ref(),
+        keys: VecDeque::new(),
+        paused: None,
+        pause_wanted: false,
+        last_frame: None,
     };
     let mut resets = 0;
     let ending = loop {
@@ -647,12 +691,19 @@ fn serve_vm(
 }
 
 /// Puts this process under its own seccomp filter (sys::host_filter).
-fn confine(launcher: &Launcher, disk: Option<std::os::fd::RawFd>) -> Result<(), LoaderError> {
+fn confine(
+    launcher: &Launcher,
+    disk: Option<std::os::fd::RawFd>,
+    serial: Option<std::os::fd::RawFd>,
+    display: bool,
+) -> Result<(), LoaderError> {
     let allowed = world_switch::sys::host_filter::HostAllowed {
         launcher_socket: launcher.socket(),
         launcher_pid: launcher.pid(),
         pid: i32::try_from(std::process::id()).unwrap_or(-1),
         disk,
+        serial,
+        display,
     };
     world_switch::sys::host_filter::install(&allowed)?;
     Ok(())
@@ -681,6 +732,17 @@ struct Host<'a> {
     signals: &'a AtomicUsize,
     /// Counter marks so far.
     marks: Vec<(u32, Counters)>,
+    /// The screen and keyboard in the terminal, with `--display curses`.
+    display: Option<&'a Display>,
+    /// Key events (set 2 bytes each) the keyboard has not taken yet.
+    keys: VecDeque<Vec<u8>>,
+    /// The vCPU's registers while it is paused: the world waits for the
+    /// reply to its pause exit.
+    paused: Option<Box<btvmm_core::VcpuRegisters>>,
+    /// The user asked for a pause and has not resumed.
+    pause_wanted: bool,
+    /// When the display got its last frame.
+    last_frame: Option<std::time::Instant>,
 }
 
 impl Host<'_> {
@@ -706,7 +768,7 @@ impl Host<'_> {
 
     /// Console events and signals since the last look; an ending if one
     /// of them ends the VM.
-    fn outside_events(&mut self) -> Option<Ending> {
+    fn outside_events(&mut self, machine: &Machine<'_>) -> Option<Ending> {
         let signal = self.signals.swap(0, Ordering::Relaxed);
         if signal != 0 {
             return Some(Ending::Signal(i32::try_from(signal).unwrap_or(0)));
@@ -721,8 +783,94 @@ impl Host<'_> {
                 }
             }
         }
+        if let Some(display) = self.display {
+            for event in display.take_events() {
+                if let Some(ending) = self.display_event(machine, event) {
+                    return Some(ending);
+                }
+            }
+        }
         self.feed_input();
         None
+    }
+
+    /// What the user did at the display.
+    fn display_event(&mut self, machine: &Machine<'_>, event: DisplayEvent) -> Option<Ending> {
+        match event {
+            DisplayEvent::Key(keystroke) => self.keys.extend(keystroke.events()),
+            DisplayEvent::Quit => return Some(Ending::Quit),
+            DisplayEvent::Pause => {
+                self.pause_wanted = true;
+                self.channel.request_pause(true);
+                // Kicked whether or not the world owns the page now: a
+                // kick it need not have is one look and a resume.
+                if let Some(world) = machine.active() {
+                    let _ = world.signal(world_switch::trap::KICK_SIGNAL);
+                }
+            }
+            DisplayEvent::Resume => {
+                self.pause_wanted = false;
+                self.channel.request_pause(false);
+                if self.paused.take().is_some() {
+                    self.update_levels(machine);
+                    self.channel.reply(Reply::Continue);
+                }
+            }
+        }
+        self.show_frame(machine, true);
+        None
+    }
+
+    /// Hands the next key event to the keyboard once it holds nothing the
+    /// guest has not read.
+    fn feed_keys(&mut self) {
+        if self.board.kbc.keyboard_idle()
+            && let Some(event) = self.keys.pop_front()
+        {
+            self.board.push_key(&event);
+        }
+    }
+
+    /// Gives the display a new frame, at most every FRAME_INTERVAL unless
+    /// `now` (something the user asked for changed).
+    fn show_frame(&mut self, machine: &Machine<'_>, now: bool) {
+        let Some(display) = self.display else {
+            return;
+        };
+        let at = std::time::Instant::now();
+        if !now
+            && self
+                .last_frame
+                .is_some_and(|last| at.duration_since(last) < crate::display::FRAME_INTERVAL)
+        {
+            return;
+        }
+        self.last_frame = Some(at);
+        let layout = self.board.vga.text_layout();
+        // The whole window at once (32 KiB in text modes): cells wrap in it.
+        let mut window = vec![0u8; layout.window_bytes as usize];
+        if !machine.ram.read(layout.window_guest_phys, &mut window) {
+            window.fill(0);
+        }
+        let mut cells = Vec::with_capacity(usize::from(layout.rows) * usize::from(layout.columns));
+        for row in 0..layout.rows {
+            for column in 0..layout.columns {
+                let offset = layout.cell_offset(row, column) as usize;
+                let cell = window
+                    .get(offset..offset + 2)
+                    .map_or(0, |bytes| u16::from_le_bytes([bytes[0], bytes[1]]));
+                cells.push(cell);
+            }
+        }
+        display.show(Frame {
+            layout,
+            cells,
+            palette: self.board.vga.palette(),
+            counters: self.channel.counters(),
+            paused: self.paused.as_deref().copied(),
+            pausing: self.pause_wanted && self.paused.is_none(),
+            at,
+        });
     }
 
     /// Hands waiting console bytes to COM1 as its FIFO has room, once the
@@ -736,11 +884,29 @@ impl Host<'_> {
     /// The loop: serve exits until the VM ends.
     fn serve(&mut self, machine: &mut Machine<'_>) -> Ending {
         loop {
-            if let Some(ending) = self.outside_events() {
+            if let Some(ending) = self.outside_events(machine) {
                 return ending;
             }
+            self.feed_keys();
             self.update_levels(machine);
-            let Some(exit) = self.channel.wait_exit(POLL) else {
+            self.show_frame(machine, false);
+            if self.paused.is_some() {
+                // The world waits for the reply to its pause: only the
+                // user (or a signal) changes anything now.
+                if let Some(display) = self.display
+                    && let Some(event) = display.wait_event(crate::display::FRAME_INTERVAL)
+                    && let Some(ending) = self.display_event(machine, event)
+                {
+                    return ending;
+                }
+                continue;
+            }
+            let poll = if self.display.is_some() {
+                crate::display::FRAME_INTERVAL
+            } else {
+                POLL
+            };
+            let Some(exit) = self.channel.wait_exit(poll) else {
                 if let Some(ending) = machine.world_died() {
                     return ending;
                 }
@@ -810,6 +976,16 @@ impl Host<'_> {
                     }
                     return Ending::PowerOff;
                 }
+                Exit::Paused(registers) => {
+                    if self.pause_wanted {
+                        // No reply until the user resumes.
+                        self.paused = Some(registers);
+                        self.show_frame(machine, true);
+                        continue;
+                    }
+                    // Resumed before the pause arrived.
+                    Reply::Continue
+                }
                 Exit::Stop(StopReason::TripleFault) => {
                     // A PC resets on a triple fault (the shutdown cycle).
                     self.channel.reply(Reply::Terminate);
@@ -821,8 +997,10 @@ impl Host<'_> {
                 }
             };
             // A read of COM1's receiver makes room for waiting input, a
-            // write of its MCR may ask for it.
+            // write of its MCR may ask for it; a read of the keyboard's
+            // output buffer for the next key.
             self.feed_input();
+            self.feed_keys();
             // The world reads the levels after the reply: publish first.
             self.update_levels(machine);
             self.channel.reply(reply);

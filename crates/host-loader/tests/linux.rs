@@ -483,13 +483,17 @@ fn world_processes(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// What a tmux pane shows now.
+/// What a tmux pane shows now, each line without its trailing blanks (a
+/// curses screen fills whole rows).
 fn capture(session: &str) -> String {
     let output = Command::new("tmux")
         .args(["capture-pane", "-p", "-J", "-S", "-200", "-t", session])
         .output()
         .expect("tmux capture-pane");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| format!("{}\n", line.trim_end()))
+        .collect()
 }
 
 /// Waits until the pane shows `text` (`count` times at least).
@@ -535,7 +539,7 @@ fn on_a_terminal_the_console_is_raw_ctrl_c_reaches_the_guest_and_ctrl_a_x_quits(
     assert!(started.success(), "tmux new-session");
     let outcome = std::panic::catch_unwind(|| {
         wait_for(&session, BANNER, 1);
-        wait_for(&session, "~ # ", 1);
+        wait_for(&session, "~ #", 1);
         // Typing works, and the guest's shell echoes and computes.
         keys(&session, &["echo $((6*7))", "Enter"]);
         wait_for(&session, "\n42\n", 1);
@@ -558,6 +562,154 @@ fn on_a_terminal_the_console_is_raw_ctrl_c_reaches_the_guest_and_ctrl_a_x_quits(
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
         .status();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// What a tmux pane shows now, with its colours as escape sequences.
+fn capture_colours(session: &str) -> String {
+    let output = Command::new("tmux")
+        .args(["capture-pane", "-p", "-e", "-t", session])
+        .output()
+        .expect("tmux capture-pane");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits until the pane no longer shows `text`.
+fn wait_gone(session: &str, text: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let screen = capture(session);
+        if !screen.contains(text) {
+            return screen;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the terminal still shows {text:?}:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn the_curses_display_shows_the_vga_console_takes_keys_pauses_and_reboots() {
+    let session = format!("btvmm-display-{}", std::process::id());
+    let serial = std::env::temp_dir().join(format!("btvmm-display-{}.log", std::process::id()));
+    let command = format!(
+        "{} run --display curses --serial {} --kernel {} --initrd {} \
+         --append 'console=tty0 console=ttyS0 quiet'; echo EXIT=$?; stty -a; sleep 600",
+        env!("CARGO_BIN_EXE_btvmm"),
+        serial.display(),
+        kernel().display(),
+        initrd().display()
+    );
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "100", "-y", "30"])
+        .arg(command)
+        .status()
+        .expect("tmux (scripts/install-deps --tests installs it)");
+    assert!(started.success(), "tmux new-session");
+    let outcome = std::panic::catch_unwind(|| {
+        // The shell on tty1 (guests/linux/init), on the VGA text screen,
+        // and the status line under it.
+        wait_for(&session, "built-in shell (ash)", 1);
+        let screen = wait_for(&session, "~ #", 1);
+        assert!(
+            screen.contains("btvmm running") && screen.contains("C-a m menu"),
+            "no status line:\n{screen}"
+        );
+        // A command typed at the terminal runs and shows its output.
+        keys(&session, &["echo $((6*7))", "Enter"]);
+        wait_for(&session, "\n42\n", 1);
+        // Extended keys: the cursor moves left in the shell's line editor.
+        keys(&session, &["echo abc", "Left", "Left", "X", "Enter"]);
+        wait_for(&session, "\naXbc\n", 1);
+        // The kernel's console is the screen too.
+        keys(
+            &session,
+            &["echo '<1>kernel-says-hello' >/dev/kmsg", "Enter"],
+        );
+        wait_for(&session, "] kernel-says-hello", 1);
+        // Colours: the VGA attribute of red text becomes a red terminal
+        // colour.
+        keys(
+            &session,
+            &["printf '\\033[31mRED-TEXT\\033[0m\\n'", "Enter"],
+        );
+        wait_for(&session, "\nRED-TEXT\n", 1);
+        let colours = capture_colours(&session);
+        assert!(
+            colours.contains("\u{1b}[31mRED-TEXT") || colours.contains(";31mRED-TEXT"),
+            "RED-TEXT is not red:\n{colours:?}"
+        );
+        // Ctrl-C goes to the guest's foreground process.
+        keys(&session, &["sleep 100", "Enter"]);
+        std::thread::sleep(Duration::from_secs(2));
+        keys(&session, &["C-c"]);
+        keys(&session, &["echo after-ctrl-c", "Enter"]);
+        wait_for(&session, "\nafter-ctrl-c\n", 1);
+
+        // The menu: pause; keys typed meanwhile wait for the resume.
+        keys(&session, &["C-a", "m"]);
+        wait_for(&session, "btvmm menu", 1);
+        keys(&session, &["p"]);
+        wait_for(&session, "btvmm PAUSED", 1);
+        keys(&session, &["echo while-paused", "Enter"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let screen = capture(&session);
+        assert!(
+            !screen.contains("\nwhile-paused\n") && screen.contains("btvmm PAUSED"),
+            "the paused guest ran a command:\n{screen}"
+        );
+        // The paused vCPU's registers.
+        keys(&session, &["C-a", "m", "r"]);
+        let screen = wait_for(&session, "vCPU registers", 1);
+        assert!(
+            screen.contains("EIP ") && screen.contains("CR3 ") && screen.contains("CS 0060"),
+            "registers:\n{screen}"
+        );
+        keys(&session, &["Escape"]);
+        wait_gone(&session, "vCPU registers");
+        keys(&session, &["C-a", "m", "p"]);
+        wait_for(&session, "\nwhile-paused\n", 1);
+        wait_for(&session, "btvmm running", 1);
+        // The counters panel.
+        keys(&session, &["C-a", "m", "c"]);
+        wait_for(&session, "monitor counters", 1);
+        keys(&session, &["Escape"]);
+        wait_gone(&session, "monitor counters");
+
+        // Ctrl-Alt-Delete from the menu: with ctrl-alt-del set the kernel
+        // restarts at once, and the machine boots again.
+        keys(
+            &session,
+            &["echo 1 >/proc/sys/kernel/ctrl-alt-del; clear", "Enter"],
+        );
+        wait_gone(&session, "built-in shell (ash)");
+        keys(&session, &["C-a", "m", "d"]);
+        wait_for(&session, "built-in shell (ash)", 1);
+        wait_for(&session, "~ #", 1);
+
+        // Ctrl-A x ends btvmm with status 0 and gives the terminal back.
+        keys(&session, &["C-a", "x"]);
+        let screen = wait_for(&session, "EXIT=0", 1);
+        assert!(
+            screen.contains(" icanon ") && screen.contains(" echo "),
+            "the terminal was not restored:\n{screen}"
+        );
+        // COM1 went to its file meanwhile.
+        let serial = std::fs::read_to_string(&serial).unwrap_or_default();
+        assert!(
+            serial.contains(BANNER),
+            "the serial console's output is not in its file:\n{serial}"
+        );
+    });
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let _ = std::fs::remove_file(&serial);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use btvmm_core::exit::STRING_EXIT_BYTES;
-use btvmm_core::{Exit, Reply, StopReason};
+use btvmm_core::{Exit, Reply, StopReason, VcpuRegisters};
 
 use crate::WorldError;
 use crate::sys::futex;
@@ -43,6 +43,7 @@ const EXIT_PORT_OUT: u32 = 2;
 const EXIT_HALT: u32 = 3;
 const EXIT_PORT_IN_STRING: u32 = 4;
 const EXIT_PORT_OUT_STRING: u32 = 5;
+const EXIT_PAUSED: u32 = 6;
 const EXIT_STOP_TRIPLE: u32 = 10;
 const EXIT_STOP_UNSUPPORTED: u32 = 11;
 const EXIT_STOP_ESCAPE: u32 = 12;
@@ -80,6 +81,7 @@ pub struct BootState {
 pub const POLICY_WORDS: usize = 5;
 
 const _: () = assert!(MESSAGE_WORDS * 4 >= STRING_EXIT_BYTES);
+const _: () = assert!(MESSAGE_WORDS >= VcpuRegisters::WORDS);
 
 /// Words of [`BootState`] in the channel page.
 const BOOT_WORDS: usize = 12;
@@ -115,6 +117,10 @@ struct Page {
     state: AtomicU32,
     irq_levels: AtomicU32,
     irq_pulses: AtomicU32,
+    /// Host -> world, outside the ownership rule like the levels: the host
+    /// wants the vCPU paused (set before the kick that makes the monitor
+    /// look).
+    pause: AtomicU32,
     epoch_ns: AtomicU64,
     wall_clock_ns: AtomicU64,
     tsc_khz: AtomicU32,
@@ -215,6 +221,12 @@ impl Channel {
             ),
             Exit::Halt { interrupts_enabled } => {
                 (EXIT_HALT, [u32::from(*interrupts_enabled), 0, 0], None)
+            }
+            Exit::Paused(registers) => {
+                for (slot, word) in page.message.iter().zip(registers.to_words()) {
+                    slot.store(word, Ordering::Relaxed);
+                }
+                (EXIT_PAUSED, [0; 3], None)
             }
             Exit::Stop(reason) => match reason {
                 StopReason::TripleFault => (EXIT_STOP_TRIPLE, [0; 3], None),
@@ -330,6 +342,11 @@ impl Channel {
             EXIT_HALT => Exit::Halt {
                 interrupts_enabled: args[0] != 0,
             },
+            EXIT_PAUSED => {
+                let words =
+                    std::array::from_fn(|index| page.message[index].load(Ordering::Relaxed));
+                Exit::Paused(Box::new(VcpuRegisters::from_words(&words)))
+            }
             EXIT_STOP_TRIPLE => Exit::Stop(StopReason::TripleFault),
             EXIT_STOP_UNSUPPORTED => Exit::Stop(StopReason::Unsupported(read_message(page))),
             EXIT_STOP_ESCAPE => Exit::Stop(StopReason::GuestEscape(read_message(page))),
@@ -362,6 +379,7 @@ impl Channel {
         page.wall_clock_ns.store(wall_clock_ns, Ordering::Relaxed);
         page.irq_levels.store(0, Ordering::SeqCst);
         page.irq_pulses.store(0, Ordering::SeqCst);
+        page.pause.store(0, Ordering::SeqCst);
         for counter in &page.counters {
             counter.store(0, Ordering::Relaxed);
         }
@@ -429,6 +447,21 @@ impl Channel {
         #[allow(clippy::cast_possible_truncation)] // only 16 lines exist
         let pulses = self.page().irq_pulses.swap(0, Ordering::SeqCst) as u16;
         pulses
+    }
+
+    /// Host: asks the world to pause the vCPU (true) or lets it go on
+    /// pausing no more; returns whether the world owns the page, i.e.
+    /// whether it needs a kick to look (as [`Channel::set_irq_levels`]).
+    pub fn request_pause(&self, pause: bool) -> bool {
+        let page = self.page();
+        page.pause.store(u32::from(pause), Ordering::SeqCst);
+        page.state.load(Ordering::SeqCst) == RUNNING
+    }
+
+    /// World: whether the host wants the vCPU paused.
+    #[must_use]
+    pub fn pause_requested(&self) -> bool {
+        self.page().pause.load(Ordering::Relaxed) != 0
     }
 
     /// World: the levels of the host devices' interrupt lines.
@@ -602,15 +635,31 @@ mod tests {
         assert_eq!(world.boot(), boot);
         assert_eq!(host.wait_exit(Duration::from_millis(10)), None);
 
+        assert!(host.request_pause(true), "the world owns the page");
+        assert!(world.pause_requested());
+        let registers = btvmm_core::VcpuRegisters {
+            eip: 0xc10a_2b3c,
+            cpl: 3,
+            ..btvmm_core::VcpuRegisters::default()
+        };
         let world_thread = std::thread::spawn(move || {
+            let paused = world.exit(&Exit::Paused(Box::new(registers)));
             let first = world.exit(&Exit::PortIn {
                 port: 0x3fd,
                 size: 1,
             });
             let second = world.exit(&Exit::Stop(StopReason::Unsupported("task gates".into())));
             world.publish_counters(&[1, 2, 3]);
-            (first, second, world)
+            (paused, first, second, world)
         });
+        let exit = loop {
+            if let Some(exit) = host.wait_exit(Duration::from_millis(100)) {
+                break exit;
+            }
+        };
+        assert_eq!(exit, Exit::Paused(Box::new(registers)));
+        assert!(!host.request_pause(false), "the host owns the page");
+        host.reply(Reply::Continue);
         let exit = loop {
             if let Some(exit) = host.wait_exit(Duration::from_millis(100)) {
                 break exit;
@@ -634,7 +683,9 @@ mod tests {
             Exit::Stop(StopReason::Unsupported("task gates".into()))
         );
         host.reply(Reply::Terminate);
-        let (first, second, _world) = world_thread.join().expect("world thread");
+        let (paused, first, second, world) = world_thread.join().expect("world thread");
+        assert_eq!(paused, Reply::Continue);
+        assert!(!world.pause_requested());
         assert_eq!(first, Reply::Value(0x60));
         assert_eq!(second, Reply::Terminate);
         assert_eq!(&host.counters()[..3], &[1, 2, 3]);

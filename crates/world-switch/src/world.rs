@@ -479,6 +479,10 @@ impl WorldServices for World {
         self.channel.irq_levels()
     }
 
+    fn pause_requested(&self) -> bool {
+        self.channel.pause_requested()
+    }
+
     fn take_irq_pulses(&mut self) -> u16 {
         self.channel.take_irq_pulses()
     }

@@ -30,6 +30,11 @@ pub struct HostAllowed {
     pub pid: libc::pid_t,
     /// The disk image the ATA disk reads and writes (`--disk`), if any.
     pub disk: Option<RawFd>,
+    /// The file COM1's output goes to (`--serial`), if any.
+    pub serial: Option<RawFd>,
+    /// Whether the curses display runs (`--display curses`): the terminal
+    /// calls its thread makes.
+    pub display: bool,
 }
 
 /// `FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME`: not part of the operation.
@@ -257,6 +262,17 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
             "btvmm ends with the VM's exit status",
         ),
     ];
+    if let Some(serial) = allowed.serial {
+        list.push(rule(
+            "write",
+            libc::SYS_write,
+            vec![(0, INT, Eq(int(serial)))],
+            "COM1's output to its file (--serial)",
+        ));
+    }
+    if allowed.display {
+        list.extend(display_rules());
+    }
     if let Some(disk) = allowed.disk {
         let on_disk = vec![(0, INT, Eq(int(disk)))];
         list.extend([
@@ -307,6 +323,48 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
                     value: int(operation),
                 },
             )],
+            needed_by,
+        ));
+    }
+    list
+}
+
+/// What the curses display thread calls on the terminal once confined:
+/// it reads standard input and writes standard output, which the rules
+/// above allow already, and these.
+fn display_rules() -> Vec<Rule> {
+    use Check::Eq;
+    let mut list = vec![rule(
+        "poll",
+        libc::SYS_poll,
+        vec![],
+        "ncurses waits for a key with a timeout (the display's frame interval)",
+    )];
+    list.push(rule(
+        "rt_sigaction",
+        libc::SYS_rt_sigaction,
+        vec![(0, INT, Eq(int(libc::SIGTSTP)))],
+        "ncurses holds off SIGTSTP while it updates the screen (its handler, then back)",
+    ));
+    for fd in [0, 1] {
+        list.push(rule(
+            "ioctl",
+            libc::SYS_ioctl,
+            vec![(0, INT, Eq(fd)), (1, INT, Eq(libc::TIOCGWINSZ))],
+            "ncurses reads the terminal's size after it changed (SIGWINCH)",
+        ));
+    }
+    for (request, needed_by) in [
+        (libc::TCGETS, "ncurses reads the terminal's modes (endwin)"),
+        (
+            libc::TCSETSW,
+            "ncurses gives the terminal its modes back at the end (endwin)",
+        ),
+    ] {
+        list.push(rule(
+            "ioctl",
+            libc::SYS_ioctl,
+            vec![(0, INT, Eq(1)), (1, INT, Eq(request))],
             needed_by,
         ));
     }
@@ -464,6 +522,8 @@ mod tests {
             launcher_pid: 4000,
             pid: 3999,
             disk: None,
+            serial: None,
+            display: false,
         }
     }
 
@@ -473,6 +533,8 @@ mod tests {
     fn a_disk_adds_io_on_its_descriptor_only() {
         let list = rules(&HostAllowed {
             disk: Some(9),
+            serial: None,
+            display: false,
             ..allowed()
         });
         for name in ["pread64", "pwrite64", "fsync"] {
