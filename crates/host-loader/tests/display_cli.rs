@@ -8,10 +8,7 @@ const LOAD: u32 = 0x0010_0000;
 
 /// A kernel that would halt at once (never reached here).
 fn kernel(tag: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "btvmm-display-{tag}-{}.bin",
-        std::process::id()
-    ));
+    let path = std::env::temp_dir().join(format!("btvmm-display-{tag}-{}.bin", std::process::id()));
     std::fs::write(
         &path,
         experiments::image::aout_kludge_image(LOAD, &[0xfa, 0xf4], LOAD + 32),
@@ -48,10 +45,7 @@ fn the_display_needs_a_terminal() {
 
 #[test]
 fn a_serial_file_that_cannot_be_made_stops_btvmm() {
-    let stderr = one_line_failure(
-        &["--serial", "/nonexistent-directory/serial.log"],
-        "serial",
-    );
+    let stderr = one_line_failure(&["--serial", "/nonexistent-directory/serial.log"], "serial");
     assert!(
         stderr.contains("/nonexistent-directory/serial.log"),
         "{stderr}"
