@@ -13,6 +13,8 @@
 //! | 0x508-0x50b    | btvmm's counter marks ([`crate::counter_mark`]) |  |
 //! | 0x1f0-0x1f7, 0x3f6 | ATA disk on the primary channel ([`crate::ata`]), with `--disk` | 14 |
 //! | 0x3b0-0x3df    | VGA registers ([`crate::vga`]; the text buffer at 0xB8000 is guest RAM) |  |
+//! | 0x00-0x0f, 0x81-0x8f, 0xc0-0xdf | ISA DMA controllers and page registers ([`crate::dma`]) |  |
+//! | 0x3f0-0x3f5, 0x3f7 | floppy disk controller ([`crate::floppy`], DMA channel 2), with `--floppy` | 6 |
 //!
 //! Every other port floats: reads give all ones, writes go nowhere, and
 //! each access is counted by port so that what a guest probes is visible.
@@ -24,6 +26,8 @@ use crate::ata::{AtaDisk, PRIMARY_COMMAND, PRIMARY_IRQ};
 use crate::bus::{Bus, BusEffect, OverlapError, PortDevice};
 use crate::counter_mark::CounterMark;
 use crate::debug_exit::DebugExit;
+use crate::dma::{DmaMemory, IsaDma};
+use crate::floppy::Fdc;
 use crate::i8042::{I8042, I8042Effect};
 use crate::pci::EmptyPciBus;
 use crate::system_port::SystemPortA;
@@ -69,6 +73,10 @@ pub struct Board {
     pub disk: Option<AtaDisk>,
     /// The VGA's registers.
     pub vga: Vga,
+    /// The ISA DMA controllers.
+    pub dma: IsaDma,
+    /// The floppy disk controller with its drive, if the VM has one.
+    pub floppy: Option<Fdc>,
     pci: EmptyPciBus,
     system_port_a: SystemPortA,
     unclaimed: BTreeMap<u16, Unclaimed>,
@@ -88,6 +96,8 @@ impl Board {
             kbc: I8042::new(),
             disk: None,
             vga: Vga::new(),
+            dma: IsaDma::new(),
+            floppy: None,
             pci: EmptyPciBus::default(),
             system_port_a: SystemPortA::new(),
             unclaimed: BTreeMap::new(),
@@ -110,6 +120,11 @@ impl Board {
                 .as_mut()
                 .map_or(u32::MAX, |disk| disk.read(port, size)),
             _ if Vga::claims(port) => self.vga.read(port, size),
+            _ if IsaDma::claims(port) && size == 1 => u32::from(self.dma.read(port)),
+            _ if Fdc::claims(port) && size == 1 && self.floppy.is_some() => self
+                .floppy
+                .as_mut()
+                .map_or(u32::MAX, |floppy| u32::from(floppy.read(port))),
             _ if EmptyPciBus::claims(port, size) => self.pci.read(port, size),
             _ if self.bus.claims(port) => self.bus.read(port, size),
             _ => {
@@ -148,6 +163,18 @@ impl Board {
             }
             _ if Vga::claims(port) => {
                 self.vga.write(port, size, value);
+                BusEffect::None
+            }
+            _ if IsaDma::claims(port) && size == 1 => {
+                #[allow(clippy::cast_possible_truncation)] // a byte access
+                self.dma.write(port, value as u8);
+                BusEffect::None
+            }
+            _ if Fdc::claims(port) && size == 1 && self.floppy.is_some() => {
+                if let Some(floppy) = self.floppy.as_mut() {
+                    #[allow(clippy::cast_possible_truncation)] // a byte access
+                    floppy.write(port, value as u8);
+                }
                 BusEffect::None
             }
             _ if EmptyPciBus::claims(port, size) => {
@@ -197,6 +224,21 @@ impl Board {
         BusEffect::None
     }
 
+    /// Whether a device waits for a DMA transfer ([`Board::run_dma`]).
+    #[must_use]
+    pub fn dma_pending(&self) -> bool {
+        self.floppy.as_ref().is_some_and(Fdc::transfer_pending)
+    }
+
+    /// Runs the DMA transfers devices wait for, with guest memory: after
+    /// an access that may have started one (a command, or the guest
+    /// programming the channel).
+    pub fn run_dma(&mut self, memory: &mut dyn DmaMemory) {
+        if let Some(floppy) = self.floppy.as_mut() {
+            floppy.run_dma(&mut self.dma, memory);
+        }
+    }
+
     /// Hands a key event (set 2 bytes, see [`I8042::push_scancodes`]) to
     /// the keyboard. The line to the PIC may have dropped and risen again
     /// since the host last published it (the guest just read the previous
@@ -214,6 +256,7 @@ impl Board {
             | (u16::from(self.kbc.irq1_level()) << KEYBOARD_IRQ)
             | (u16::from(self.kbc.irq12_level()) << AUX_IRQ)
             | (u16::from(self.disk.as_ref().is_some_and(AtaDisk::irq_level)) << PRIMARY_IRQ)
+            | (u16::from(self.floppy.as_ref().is_some_and(Fdc::irq_level)) << crate::floppy::IRQ)
     }
 
     /// Lines that dropped and rose again within one access since the last
@@ -249,6 +292,10 @@ impl Board {
         self.pci = EmptyPciBus::default();
         self.system_port_a = SystemPortA::new();
         self.vga.reset();
+        self.dma.reset();
+        if let Some(floppy) = self.floppy.as_mut() {
+            floppy.power_on();
+        }
         if let Some(disk) = self.disk.as_mut() {
             disk.power_on();
         }
@@ -347,6 +394,69 @@ mod tests {
         }
         assert_eq!(bytes, [0xe0, 0x4b, 0xe0, 0xcb]);
         assert!(board.kbc.keyboard_idle());
+    }
+
+    #[test]
+    fn the_floppy_reads_over_dma_and_interrupts_on_irq_6() {
+        use crate::ata::MemoryBackend;
+        use crate::floppy::{DISK_SECTORS, Fdc};
+
+        struct Ram(Vec<u8>);
+        impl DmaMemory for Ram {
+            fn read(&self, guest_phys: u32, buf: &mut [u8]) -> bool {
+                let start = guest_phys as usize;
+                self.0
+                    .get(start..start + buf.len())
+                    .map(|bytes| buf.copy_from_slice(bytes))
+                    .is_some()
+            }
+            fn write(&mut self, guest_phys: u32, data: &[u8]) -> bool {
+                let start = guest_phys as usize;
+                self.0
+                    .get_mut(start..start + data.len())
+                    .map(|bytes| bytes.copy_from_slice(data))
+                    .is_some()
+            }
+        }
+
+        let mut board = Board::new(Vec::new()).expect("board");
+        assert_eq!(board.read(0x3f4, 1), 0xff, "no controller without a disk");
+        let mut image = vec![0u8; usize::try_from(DISK_SECTORS).expect("small") * 512];
+        image[..512].fill(0x5a);
+        board.floppy = Some(Fdc::new(Some(Box::new(MemoryBackend {
+            bytes: image,
+            read_only: false,
+        }))));
+        let mut ram = Ram(vec![0; 0x2_0000]);
+        // Channel 2: device to memory at 0x1_0000, 512 bytes.
+        for (port, value) in [
+            (0x0a, 0x06),
+            (0x0c, 0),
+            (0x0b, 0x46),
+            (0x04, 0x00),
+            (0x04, 0x00),
+            (0x81, 0x01),
+            (0x0c, 0),
+            (0x05, 0xff),
+            (0x05, 0x01),
+            (0x0a, 0x02),
+        ] {
+            board.write(port, 1, value);
+        }
+        board.write(0x3f2, 1, 0x1c);
+        board.write(0x3f7, 1, 0);
+        for byte in [0xe6, 0x00, 0, 0, 1, 2, 18, 0x1b, 0xff] {
+            board.write(0x3f5, 1, byte);
+        }
+        assert!(board.dma_pending());
+        board.run_dma(&mut ram);
+        assert!(!board.dma_pending());
+        assert_ne!(board.interrupt_levels() & (1 << crate::floppy::IRQ), 0);
+        assert!(ram.0[0x1_0000..0x1_0200].iter().all(|&byte| byte == 0x5a));
+        assert_eq!(board.read(0x3f5, 1), 0x00, "ST0: normal termination");
+        assert_eq!(board.interrupt_levels() & (1 << crate::floppy::IRQ), 0);
+        // DMA status: channel 2 reached terminal count.
+        assert_eq!(board.read(0x08, 1) & 0x04, 0x04);
     }
 
     #[test]

@@ -333,6 +333,25 @@ impl Cmos {
         cmos
     }
 
+    /// Records the floppy drives as a BIOS does: `drive_0_type` (the
+    /// CMOS type code: 4 is a 3.5" 1.44 MB drive, 0 none) in the high
+    /// nibble of 0x10, the equipment byte's floppy bit and drive count,
+    /// and the checksum again.
+    pub fn set_floppy_drive(&mut self, drive_0_type: u8) {
+        self.set_byte(CMOS_FLOPPY_TYPES, drive_0_type << 4);
+        let equipment = self.byte(CMOS_EQUIPMENT) & !(EQUIPMENT_FLOPPY | 0xc0);
+        let floppy = if drive_0_type == 0 {
+            0
+        } else {
+            // One drive: a count of 1 is 00 in bits 6-7.
+            EQUIPMENT_FLOPPY
+        };
+        self.set_byte(CMOS_EQUIPMENT, equipment | floppy);
+        let [high, low] = self.checksum().to_be_bytes();
+        self.set_byte(CMOS_CHECKSUM, high);
+        self.set_byte(CMOS_CHECKSUM + 1, low);
+    }
+
     /// The AT BIOS checksum: the sum of the bytes in [`CHECKSUM_RANGE`]
     /// (stored big-endian at [`CMOS_CHECKSUM`]).
     #[must_use]
@@ -886,6 +905,27 @@ mod tests {
         write(&mut cmos, 0x20, 0x11, 0);
         assert_eq!(cmos.checksum(), 0x0084 + 0x11);
         assert_eq!(read(&mut cmos, 0x2f, 0), 0x84);
+    }
+
+    #[test]
+    fn a_floppy_drive_is_recorded_with_the_checksum() {
+        let mut cmos = Cmos::new(wall(INSTANT), 32 << 20);
+        // A 1.44 MB drive 0, as --floppy gives it.
+        let sum = cmos.checksum();
+        cmos.set_floppy_drive(4);
+        assert_eq!(read(&mut cmos, CMOS_FLOPPY_TYPES, 0), 0x40);
+        assert_eq!(
+            read(&mut cmos, CMOS_EQUIPMENT, 0),
+            EQUIPMENT_FPU | EQUIPMENT_FLOPPY
+        );
+        assert_eq!(cmos.checksum(), sum + 0x41);
+        assert_eq!(
+            u16::from_be_bytes([
+                read(&mut cmos, CMOS_CHECKSUM, 0),
+                read(&mut cmos, CMOS_CHECKSUM + 1, 0)
+            ]),
+            sum + 0x41
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod chipset;
 pub mod cmos;
 pub mod counter_mark;
 pub mod debug_exit;
+pub mod dma;
+pub mod floppy;
 pub mod i8042;
 pub mod keyboard;
 pub mod pci;

@@ -1082,7 +1082,7 @@ fn process_handoffs(
             // The partner stands for the launcher: the one child waited for.
             launcher_pid: child.as_raw(),
             pid: nix::unistd::getpid().as_raw(),
-            disk: None,
+            images: Vec::new(),
             serial: None,
             display: false,
         })?;

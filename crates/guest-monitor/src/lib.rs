@@ -148,6 +148,8 @@ pub struct Boot {
     pub wall_clock_ns: i128,
     /// Bytes of guest RAM (the CMOS tells the guest).
     pub ram_bytes: u64,
+    /// The CMOS type of floppy drive 0 (4: 1.44 MB; 0: none).
+    pub floppy_drive_type: u8,
 }
 
 /// The monitor of one vCPU.
@@ -296,7 +298,13 @@ impl Monitor {
             resumed_eflags: 0,
             resumed_selectors: [0; 6],
             halted: false,
-            chipset: Chipset::new(boot.wall_clock_ns, boot.ram_bytes),
+            chipset: {
+                let mut chipset = Chipset::new(boot.wall_clock_ns, boot.ram_bytes);
+                if boot.floppy_drive_type != 0 {
+                    chipset.cmos.set_floppy_drive(boot.floppy_drive_type);
+                }
+                chipset
+            },
             published_deadline: None,
             mmu: Mmu::default(),
             last_hidden_fault: (0, 0, 0),

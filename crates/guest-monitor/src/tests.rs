@@ -225,6 +225,7 @@ fn monitor() -> Monitor {
         gdt: (0, 0),
         wall_clock_ns: 0,
         ram_bytes: RAM as u64,
+        floppy_drive_type: 0,
     };
     let mut monitor = Monitor::new(boot, false).expect("a monitor");
     monitor.set_split(false);

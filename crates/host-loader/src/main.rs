@@ -95,6 +95,12 @@ enum Command {
         /// runs.
         #[arg(long, value_name = "FILE[,readonly]", value_parser = host_loader::disk::DiskSpec::parse)]
         disk: Option<host_loader::disk::DiskSpec>,
+        /// A 1.44 MB floppy image (1474560 bytes) in drive 0 of the
+        /// floppy controller (ports 0x3f0-0x3f5, 0x3f7, IRQ 6, DMA channel
+        /// 2; Linux's floppy module finds it as fd0): `FILE`, or
+        /// `FILE,readonly` (write-protected). Locked while btvmm runs.
+        #[arg(long, value_name = "FILE[,readonly]", value_parser = host_loader::disk::DiskSpec::parse)]
+        floppy: Option<host_loader::disk::DiskSpec>,
         /// Where the guest's screen goes: `none`, or `curses`, the VGA's
         /// text screen in this terminal with its colours and cursor, keys
         /// typed going to the guest's AT keyboard, and a status line of
@@ -369,6 +375,7 @@ fn world_main(
         gdt: (boot.gdt_base, boot.gdt_limit),
         wall_clock_ns: i128::from(world.channel().wall_clock_ns()),
         ram_bytes: ram_size as u64,
+        floppy_drive_type: boot.floppy_drive_type,
     };
     let mut monitor = match guest_monitor::Monitor::new(boot, world.cpuid_faults()) {
         Ok(monitor) => monitor,
@@ -458,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             exec,
             costs,
             disk,
+            floppy,
             display,
             serial,
             test_leak_syscall_gadget,
@@ -494,6 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 exec,
                 policy,
                 disk,
+                floppy,
                 display: match display {
                     DisplayArg::None => host_loader::run::DisplayMode::None,
                     DisplayArg::Curses => host_loader::run::DisplayMode::Curses,

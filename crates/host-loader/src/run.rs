@@ -76,6 +76,8 @@ pub struct RunRequest {
     pub policy: guest_monitor::policy::Policy,
     /// The image behind the ATA disk on the primary channel, if any.
     pub disk: Option<crate::disk::DiskSpec>,
+    /// The 1.44 MB image in floppy drive 0, if any.
+    pub floppy: Option<crate::disk::DiskSpec>,
     /// Show the VGA screen in the terminal and take keys for the keyboard
     /// (`--display curses`; standard input then feeds no serial port).
     pub display: DisplayMode,
@@ -215,6 +217,7 @@ impl RunRequest {
             exec: btvmm_core::ExecMode::Auto,
             policy: guest_monitor::policy::Policy::TUNED,
             disk: None,
+            floppy: None,
             display: DisplayMode::None,
             serial: None,
             leak_syscall_gadget: None,
@@ -434,6 +437,11 @@ impl<'a> Machine<'a> {
             data_selector: handover.data_selector,
             gdt_base: handover.gdt_base,
             gdt_limit: handover.gdt_limit,
+            floppy_drive_type: if request.floppy.is_some() {
+                devices::floppy::CMOS_DRIVE_TYPE
+            } else {
+                0
+            },
         });
         let pool = if request.address_spaces > 1 {
             Some(world_switch::pool::Pool::create(
@@ -603,6 +611,26 @@ fn serve_vm(
         }
         None => None,
     };
+    let floppy_fd = match &request.floppy {
+        Some(spec) => {
+            let image = crate::disk::DiskImage::open(spec)?;
+            let sectors = devices::ata::BlockBackend::sectors(&image);
+            if sectors != devices::floppy::DISK_SECTORS {
+                return Err(LoaderError::Disk {
+                    path: spec.path.clone(),
+                    why: format!(
+                        "{} bytes: a 1.44 MB floppy image is {} bytes",
+                        sectors * devices::ata::SECTOR_BYTES as u64,
+                        devices::floppy::DISK_SECTORS * devices::ata::SECTOR_BYTES as u64
+                    ),
+                });
+            }
+            let fd = image.raw_fd();
+            board.floppy = Some(devices::floppy::Fdc::new(Some(Box::new(image))));
+            Some(fd)
+        }
+        None => None,
+    };
     let tsc_khz = match tsc.map(world_switch::sys::tsc::TscMeasurement::finish) {
         Some(Some(khz)) => khz,
         Some(None) => {
@@ -635,7 +663,12 @@ fn serve_vm(
         None
     };
     if request.confine_host {
-        confine(&launcher, disk_fd, serial_fd, display.is_some())?;
+        confine(
+            &launcher,
+            [disk_fd, floppy_fd],
+            serial_fd,
+            display.is_some(),
+        )?;
     }
     if let Some(escape) = request.host_escape {
         // Only reached when the filter let the attempt through.
@@ -693,7 +726,7 @@ fn serve_vm(
 /// Puts this process under its own seccomp filter (sys::host_filter).
 fn confine(
     launcher: &Launcher,
-    disk: Option<std::os::fd::RawFd>,
+    images: [Option<std::os::fd::RawFd>; 2],
     serial: Option<std::os::fd::RawFd>,
     display: bool,
 ) -> Result<(), LoaderError> {
@@ -701,12 +734,25 @@ fn confine(
         launcher_socket: launcher.socket(),
         launcher_pid: launcher.pid(),
         pid: i32::try_from(std::process::id()).unwrap_or(-1),
-        disk,
+        images: images.into_iter().flatten().collect(),
         serial,
         display,
     };
     world_switch::sys::host_filter::install(&allowed)?;
     Ok(())
+}
+
+/// Guest RAM as the ISA DMA controller reaches it.
+struct RamDma<'a>(&'a GuestRam);
+
+impl devices::dma::DmaMemory for RamDma<'_> {
+    fn read(&self, guest_phys: u32, buf: &mut [u8]) -> bool {
+        self.0.read(guest_phys, buf)
+    }
+
+    fn write(&mut self, guest_phys: u32, data: &[u8]) -> bool {
+        self.0.write(guest_phys, data)
+    }
 }
 
 /// Longest the host sleeps before looking at the world process again.
@@ -1001,6 +1047,10 @@ impl Host<'_> {
             // output buffer for the next key.
             self.feed_input();
             self.feed_keys();
+            // A floppy command or the DMA channel it waits for.
+            if self.board.dma_pending() {
+                self.board.run_dma(&mut RamDma(&machine.ram));
+            }
             // The world reads the levels after the reply: publish first.
             self.update_levels(machine);
             self.channel.reply(reply);

@@ -825,6 +825,98 @@ fn linux_keeps_what_it_wrote_to_the_disk_across_power_off_sigterm_and_reset() {
 
 #[test]
 #[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
+fn linux_reads_and_writes_a_floppy_image() {
+    // A 1.44 MB image whose sector n holds n's number throughout.
+    let image = std::env::temp_dir().join(format!("btvmm-floppy-{}.img", std::process::id()));
+    let mut bytes = vec![0u8; 1_474_560];
+    for (index, sector) in bytes.chunks_mut(512).enumerate() {
+        for (at, word) in sector.chunks_mut(4).enumerate() {
+            let value = u32::try_from(index * 1000 + at).expect("small");
+            word.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    std::fs::write(&image, &bytes).expect("write the floppy image");
+    let floppy = format!("--floppy={}", image.display());
+    // The whole disk read back, then 20 KiB written across a track
+    // boundary (sectors 30-69: cylinder 0 head 1 to cylinder 1 head 1).
+    let run = boot(
+        &[&floppy],
+        "console=ttyS0 quiet btvmm.echo=off",
+        &["insmod /lib/modules/floppy.ko && echo LOADED\n\
+           for _ in $(seq 50); do [ -b /dev/fd0 ] && break; sleep 0.1; done\n\
+           dd if=/dev/fd0 bs=18k count=80 2>/dev/null | md5sum | sed 's/ .*/ READ-ALL/'\n\
+           dd if=/dev/urandom of=/tmp/w bs=512 count=40 2>/dev/null && \
+           md5sum /tmp/w | sed 's/ .*/ WRITTEN/' && \
+           dd if=/tmp/w of=/dev/fd0 bs=512 seek=30 conv=fsync 2>/dev/null && echo WROTE\n\
+           echo 3 > /proc/sys/vm/drop_caches; \
+           dd if=/dev/fd0 bs=512 skip=30 count=40 2>/dev/null | md5sum | sed 's/ .*/ REREAD/'\n\
+           dmesg | grep -i -E 'floppy|fd0|FDC' | sed 's/^/DMESG /'\n\
+           exit\n"],
+    );
+    let after = std::fs::read(&image).expect("read the floppy image back");
+    let _ = std::fs::remove_file(&image);
+    let shell = run.after_banner();
+    assert!(shell.contains("LOADED"), "{}", run.context());
+    assert!(
+        shell.contains("is a post-1991 82077"),
+        "Linux's floppy driver identifies the controller\n{}",
+        run.context()
+    );
+    let md5 = |label: &str| -> String {
+        shell
+            .lines()
+            .find_map(|line| {
+                line.trim_start_matches("~ # ")
+                    .strip_suffix(&format!(" {label}"))
+            })
+            .unwrap_or_else(|| panic!("no {label} line\n{}", run.context()))
+            .to_owned()
+    };
+    let host_md5 = |data: &[u8]| -> String {
+        let mut child = Command::new("md5sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("md5sum");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(data)
+            .expect("md5sum input");
+        let output = child.wait_with_output().expect("md5sum");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        md5("READ-ALL"),
+        host_md5(&bytes),
+        "the whole disk read\n{}",
+        run.context()
+    );
+    assert!(shell.contains("WROTE"), "{}", run.context());
+    let written = md5("WRITTEN");
+    assert_eq!(
+        md5("REREAD"),
+        written,
+        "read back in the guest\n{}",
+        run.context()
+    );
+    assert_eq!(
+        host_md5(&after[30 * 512..70 * 512]),
+        written,
+        "the write is in the image file"
+    );
+    assert_eq!(after[..30 * 512], bytes[..30 * 512], "nothing else changed");
+    assert_eq!(after[70 * 512..], bytes[70 * 512..], "nothing else changed");
+    assert_eq!(run.status, Some(0), "{}", run.context());
+}
+
+#[test]
+#[ignore = "needs Debian's kernel and the system-test initramfs (see the module docs)"]
 fn a_disk_image_in_use_or_unusable_stops_btvmm_with_one_line() {
     let image = disk_image("locked", 1);
     let disk = format!("--disk={}", image.display());
@@ -843,12 +935,19 @@ fn a_disk_image_in_use_or_unusable_stops_btvmm_with_one_line() {
     assert!(stderr.contains("in use by another process"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     std::fs::write(&image, [0u8; 1000]).expect("an odd size");
+    let two_sectors = disk_image("two-sectors", 0);
+    std::fs::write(&two_sectors, [0u8; 1024]).expect("two sectors");
     for (spec, says) in [
         (format!("--disk={}", image.display()), "not a whole"),
         ("--disk=/nonexistent/disk.img".to_string(), "No such file"),
         (
             format!("--disk={},cache=none", image.display()),
             "unknown disk option",
+        ),
+        // A floppy image must be 1.44 MB (two sectors are not).
+        (
+            format!("--floppy={}", two_sectors.display()),
+            "a 1.44 MB floppy image is 1474560 bytes",
         ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_btvmm"))
@@ -868,4 +967,5 @@ fn a_disk_image_in_use_or_unusable_stops_btvmm_with_one_line() {
         );
     }
     let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_file(&two_sectors);
 }

@@ -75,6 +75,8 @@ pub struct BootState {
     pub gdt_base: u32,
     /// GDTR limit.
     pub gdt_limit: u16,
+    /// The CMOS type of floppy drive 0 (4: 1.44 MB; 0: none).
+    pub floppy_drive_type: u8,
 }
 
 /// Words of the monitor's interpretation policy in the channel page.
@@ -84,7 +86,7 @@ const _: () = assert!(MESSAGE_WORDS * 4 >= STRING_EXIT_BYTES);
 const _: () = assert!(MESSAGE_WORDS >= VcpuRegisters::WORDS);
 
 /// Words of [`BootState`] in the channel page.
-const BOOT_WORDS: usize = 12;
+const BOOT_WORDS: usize = 13;
 
 impl BootState {
     fn to_words(self) -> [u32; BOOT_WORDS] {
@@ -94,6 +96,7 @@ impl BootState {
         words[9] = u32::from(self.code_selector) | (u32::from(self.data_selector) << 16);
         words[10] = self.gdt_base;
         words[11] = u32::from(self.gdt_limit);
+        words[12] = u32::from(self.floppy_drive_type);
         words
     }
 
@@ -108,6 +111,7 @@ impl BootState {
             data_selector: (words[9] >> 16) as u16,
             gdt_base: words[10],
             gdt_limit: words[11] as u16,
+            floppy_drive_type: words[12] as u8,
         }
     }
 }
@@ -630,6 +634,7 @@ mod tests {
             data_selector: 0x18,
             gdt_base: 0x2_2000,
             gdt_limit: 0x1f,
+            floppy_drive_type: 4,
         };
         host.set_boot(boot);
         assert_eq!(world.boot(), boot);

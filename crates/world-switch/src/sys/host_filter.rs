@@ -28,8 +28,9 @@ pub struct HostAllowed {
     pub launcher_pid: libc::pid_t,
     /// This process.
     pub pid: libc::pid_t,
-    /// The disk image the ATA disk reads and writes (`--disk`), if any.
-    pub disk: Option<RawFd>,
+    /// The disk images the ATA disk and the floppy drive read and write
+    /// (`--disk`, `--floppy`).
+    pub images: Vec<RawFd>,
     /// The file COM1's output goes to (`--serial`), if any.
     pub serial: Option<RawFd>,
     /// Whether the curses display runs (`--display curses`): the terminal
@@ -273,26 +274,26 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
     if allowed.display {
         list.extend(display_rules());
     }
-    if let Some(disk) = allowed.disk {
-        let on_disk = vec![(0, INT, Eq(int(disk)))];
+    for &image in &allowed.images {
+        let on_image = vec![(0, INT, Eq(int(image)))];
         list.extend([
             rule(
                 "pread64",
                 libc::SYS_pread64,
-                on_disk.clone(),
-                "the ATA disk's reads from its image (--disk)",
+                on_image.clone(),
+                "the ATA disk's and floppy drive's reads from their images (--disk, --floppy)",
             ),
             rule(
                 "pwrite64",
                 libc::SYS_pwrite64,
-                on_disk.clone(),
-                "the ATA disk's writes to its image, before the guest sees them complete",
+                on_image.clone(),
+                "their writes to their images, before the guest sees them complete",
             ),
             rule(
                 "fsync",
                 libc::SYS_fsync,
-                on_disk,
-                "FLUSH CACHE, and the image flushed at the end of the run",
+                on_image,
+                "FLUSH CACHE, and the images flushed at the end of the run",
             ),
         ]);
     }
@@ -521,7 +522,7 @@ mod tests {
             launcher_socket: 7,
             launcher_pid: 4000,
             pid: 3999,
-            disk: None,
+            images: Vec::new(),
             serial: None,
             display: false,
         }
@@ -532,7 +533,7 @@ mod tests {
     #[test]
     fn a_disk_adds_io_on_its_descriptor_only() {
         let list = rules(&HostAllowed {
-            disk: Some(9),
+            images: vec![9],
             serial: None,
             display: false,
             ..allowed()
