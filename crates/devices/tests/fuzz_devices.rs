@@ -327,7 +327,7 @@ fn board_port(port: u16) -> bool {
             | 0x00..=0x0f
             | 0x81..=0x8f
             | 0x3b0..=0x3df
-    ) || (0xc0..=0xdf).contains(&port) && port % 2 == 0
+    ) || (0xc0..=0xdf).contains(&port) && port.is_multiple_of(2)
 }
 
 /// COM1's line and modem control registers, as far as they decide where a
