@@ -505,10 +505,17 @@ impl Display {
                 "--display curses needs a terminal on standard input and output".into(),
             ));
         }
-        if std::env::var("TERM").map_or(true, |term| term.is_empty() || term == "dumb") {
+        let term = std::env::var("TERM").unwrap_or_default();
+        if term.is_empty() || term == "dumb" {
             return Err(LoaderError::Option(
                 "--display curses needs a terminal type that can address the screen (TERM)".into(),
             ));
+        }
+        // ncurses would end the process with its own message otherwise.
+        if !terminfo_entry_exists(&term) {
+            return Err(LoaderError::Option(format!(
+                "--display curses: no terminfo entry for the terminal type TERM={term}"
+            )));
         }
         let (sender, events) = crossbeam_channel::unbounded();
         let frame = Arc::new(Mutex::new(None));
@@ -568,6 +575,38 @@ impl Drop for Display {
         }
         restore_terminal();
     }
+}
+
+/// Whether ncurses will find a terminfo entry for `term`, looking where
+/// terminfo(5) says it does: $TERMINFO, ~/.terminfo, $TERMINFO_DIRS, then
+/// the system directories, each under the name's first letter (or its
+/// hexadecimal code).
+fn terminfo_entry_exists(term: &str) -> bool {
+    let Some(first) = term.chars().next() else {
+        return false;
+    };
+    if term.contains('/') {
+        return false;
+    }
+    let mut directories: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("TERMINFO") {
+        directories.push(dir.into());
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        directories.push(std::path::Path::new(&home).join(".terminfo"));
+    }
+    if let Some(dirs) = std::env::var_os("TERMINFO_DIRS") {
+        directories.extend(std::env::split_paths(&dirs));
+    }
+    directories.extend(
+        ["/etc/terminfo", "/lib/terminfo", "/usr/share/terminfo"]
+            .iter()
+            .map(std::path::PathBuf::from),
+    );
+    let hex = format!("{:x}", u32::from(first));
+    directories.iter().any(|dir| {
+        dir.join(first.to_string()).join(term).is_file() || dir.join(&hex).join(term).is_file()
+    })
 }
 
 /// ncurses on the terminal: raw keys (Ctrl-C and Ctrl-Z go to the guest),
@@ -990,6 +1029,15 @@ mod tests {
         assert_eq!(vga_char(0x82, false), '?');
         assert_eq!(CP437_HIGH.chars().count(), 128);
         assert_eq!(CP437_LOW.chars().count(), 31);
+    }
+
+    #[test]
+    fn terminal_types_are_looked_up_in_terminfo() {
+        // Debian's ncurses-base has both; the display test runs in tmux.
+        assert!(terminfo_entry_exists("xterm") && terminfo_entry_exists("linux"));
+        assert!(!terminfo_entry_exists("no-such-terminal-type"));
+        assert!(!terminfo_entry_exists("../x/xterm"));
+        assert!(!terminfo_entry_exists(""));
     }
 
     #[test]

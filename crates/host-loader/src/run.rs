@@ -697,6 +697,9 @@ fn serve_vm(
     let ending = loop {
         let mut machine = Machine::boot(images, request, ram_size, &channel, &launcher, cpu)?;
         host.levels = 0;
+        // A pause the user asked for before the reset holds for the new
+        // boot too (the channel starts each boot without one).
+        channel.request_pause(host.pause_wanted);
         let ending = host.serve(&mut machine);
         machine.end_worlds();
         match ending {
@@ -938,11 +941,15 @@ impl Host<'_> {
             self.show_frame(machine, false);
             if self.paused.is_some() {
                 // The world waits for the reply to its pause: only the
-                // user (or a signal) changes anything now.
+                // user (or a signal, or the world's death) changes
+                // anything now.
                 if let Some(display) = self.display
                     && let Some(event) = display.wait_event(crate::display::FRAME_INTERVAL)
                     && let Some(ending) = self.display_event(machine, event)
                 {
+                    return ending;
+                }
+                if let Some(ending) = machine.world_died() {
                     return ending;
                 }
                 continue;
