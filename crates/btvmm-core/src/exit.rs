@@ -47,10 +47,21 @@ pub enum Exit {
         /// Whether an interrupt could ever wake it (virtual IF set).
         interrupts_enabled: bool,
     },
-    /// The host asked the vCPU to pause (its monitor menu): the world
-    /// waits between two guest instructions until the host replies
-    /// (Continue resumes, Terminate ends the VM).
-    Paused(Box<VcpuRegisters>),
+    /// The vCPU stopped between two guest instructions for the host (its
+    /// monitor menu asked, or a debugger's breakpoint, step or watchpoint):
+    /// the world waits until the host replies (Continue resumes, Terminate
+    /// ends the VM, a [`Reply::Debug`] command is carried out and answered
+    /// with [`Exit::DebugResult`], or resumes under the debugger).
+    Paused(Box<VcpuRegisters>, PauseCause),
+    /// The result of a debugger command ([`DebugCommand`]) other than a
+    /// resume; the world waits for the next command. Data read (memory,
+    /// the FPU image) goes with it, `len` bytes.
+    DebugResult {
+        /// The command succeeded (memory unmapped: no).
+        ok: bool,
+        /// Bytes of data that go with it.
+        len: u16,
+    },
     /// The VM cannot go on.
     Stop(StopReason),
 }
@@ -163,6 +174,97 @@ pub enum Reply {
     Value(u32),
     /// End the VM: the world process exits.
     Terminate,
+    /// A debugger's command to a paused vCPU ([`Exit::Paused`] or
+    /// [`Exit::DebugResult`] only).
+    Debug(DebugCommand),
+}
+
+/// Why the vCPU stopped for the host ([`Exit::Paused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseCause {
+    /// The host asked (its menu, a debugger's Ctrl-C or attach).
+    Requested,
+    /// EIP reached one of the debugger's breakpoints.
+    Breakpoint,
+    /// The debugger's single step is done.
+    Step,
+    /// A write changed bytes a debugger's watchpoint covers (the one at
+    /// this guest-virtual address); EIP is past the writing instruction.
+    Watchpoint {
+        /// The watchpoint's first byte.
+        guest_virt: u32,
+    },
+}
+
+/// What a debugger asks of a paused vCPU ([`Reply::Debug`]). Data that
+/// goes with a command (bytes to write, registers, an FPU image) is in the
+/// channel's data area, at most [`STRING_EXIT_BYTES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugCommand {
+    /// Run on under the debugger's current points
+    /// ([`DebugPoints`]); with `step`, one guest instruction (or the entry
+    /// of an exception it raises) and stop again.
+    Resume {
+        /// Stop after one instruction.
+        step: bool,
+    },
+    /// Read `len` bytes at a guest-virtual address through the guest's
+    /// page tables (no Accessed bits set).
+    ReadMemory {
+        /// First byte.
+        guest_virt: u32,
+        /// At most [`STRING_EXIT_BYTES`].
+        len: u16,
+    },
+    /// Write `len` bytes (the data) at a guest-virtual address: decoded
+    /// code there is dropped as after any guest write.
+    WriteMemory {
+        /// First byte.
+        guest_virt: u32,
+        /// At most [`STRING_EXIT_BYTES`].
+        len: u16,
+    },
+    /// Load the registers in the data ([`VcpuRegisters::to_words`]):
+    /// general registers, EIP and EFLAGS; selectors, control registers
+    /// and the rest must be as they were.
+    WriteRegisters,
+    /// Answer with the guest's FXSAVE image (512 bytes).
+    ReadFpu,
+    /// Load the FXSAVE image in the data.
+    WriteFpu,
+}
+
+/// A debugger's write watchpoint: `len` bytes from `guest_virt`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watchpoint {
+    /// First byte (guest-virtual).
+    pub guest_virt: u32,
+    /// Bytes covered (1 to [`Watchpoint::MAX_LEN`]).
+    pub len: u32,
+}
+
+impl Watchpoint {
+    /// The longest watched range.
+    pub const MAX_LEN: u32 = 64;
+}
+
+/// The debugger's points, which the host changes only while the vCPU is
+/// paused; `generation` changes with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DebugPoints {
+    /// Bumped at every change; 0: no debugger has set any.
+    pub generation: u32,
+    /// Breakpoints: guest-linear addresses of instructions.
+    pub breakpoints: Vec<u32>,
+    /// Write watchpoints.
+    pub watchpoints: Vec<Watchpoint>,
+}
+
+impl DebugPoints {
+    /// Most breakpoints at once.
+    pub const MAX_BREAKPOINTS: usize = 64;
+    /// Most watchpoints at once.
+    pub const MAX_WATCHPOINTS: usize = 4;
 }
 
 #[cfg(test)]

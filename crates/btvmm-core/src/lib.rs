@@ -20,7 +20,9 @@ pub mod world;
 pub use addr::{GuestPhys, GuestVirt, PAGE_SIZE};
 pub use cpu::{Cpu, CpuView, Cr0, Eflags, Gpr, SegReg, Segment, TableRegister};
 pub use exception::{Exception, Stop};
-pub use exit::{Exit, Reply, StopReason, VcpuRegisters};
+pub use exit::{
+    DebugCommand, DebugPoints, Exit, PauseCause, Reply, StopReason, VcpuRegisters, Watchpoint,
+};
 pub use machine::{Access, AccessKind, Event, Machine};
 pub use mem::{GuestMemory, MemFault, PhysMemory, RegionMemory, VecPhysMemory};
 pub use world::{

@@ -205,7 +205,7 @@ pub trait WorldServices: PhysMemory {
                 match self.exit(Exit::PortIn { port, size }) {
                     Reply::Terminate => Err(()),
                     Reply::Value(value) => Ok(value),
-                    Reply::Continue => Ok(u32::MAX),
+                    Reply::Continue | Reply::Debug(_) => Ok(u32::MAX),
                 }
             })
         } else {
@@ -229,6 +229,22 @@ pub trait WorldServices: PhysMemory {
     /// host kicks the world after asking, as for a line change.
     fn pause_requested(&self) -> bool {
         false
+    }
+    /// A debugger conversation's exit ([`crate::Exit::Paused`] or
+    /// [`crate::Exit::DebugResult`]): `data`'s first bytes go with the
+    /// exit (the result's `len`), and the data of the command that answers
+    /// it comes back into `data`. By default a plain exit (no debugger).
+    fn debug_exit(
+        &mut self,
+        exit: crate::Exit,
+        data: &mut [u8; crate::exit::STRING_EXIT_BYTES],
+    ) -> Reply {
+        let _ = data;
+        self.exit(exit)
+    }
+    /// The debugger's breakpoints and watchpoints (none without one).
+    fn debug_points(&self) -> crate::DebugPoints {
+        crate::DebugPoints::default()
     }
     /// Host devices' lines that dropped and rose again since the last call
     /// (bit n = IRQ n): the PIC must latch a new edge for them.

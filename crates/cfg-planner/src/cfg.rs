@@ -45,6 +45,8 @@ pub enum NodeKind {
     LongRun,
     /// Exploration stopped here (node budget reached): unknown code.
     Frontier,
+    /// A debugger's breakpoint: execution must stop here.
+    Breakpoint,
 }
 
 impl CfgNode {
@@ -74,7 +76,10 @@ impl CfgNode {
                 | PoiKind::PointerBranch(_)
                 | PoiKind::Unrecognized => Role::Stop,
             },
-            NodeKind::Unfetchable | NodeKind::LongRun | NodeKind::Frontier => Role::Stop,
+            NodeKind::Unfetchable
+            | NodeKind::LongRun
+            | NodeKind::Frontier
+            | NodeKind::Breakpoint => Role::Stop,
         }
     }
 }
@@ -187,6 +192,7 @@ impl Cfg {
         match *end {
             BlockEnd::Unfetchable(at) => self.add(at, NodeKind::Unfetchable),
             BlockEnd::TooLong(at) => self.add(at, NodeKind::LongRun),
+            BlockEnd::Breakpoint(at) => self.add(at, NodeKind::Breakpoint),
             BlockEnd::Poi(poi) => {
                 let node = self.add(poi.at, NodeKind::Poi(poi));
                 match poi.kind {

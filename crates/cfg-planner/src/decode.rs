@@ -74,6 +74,9 @@ pub enum BlockEnd {
     Unfetchable(GuestVirt),
     /// [`MAX_BLOCK_INSTRUCTIONS`] plain instructions; the run goes on here.
     TooLong(GuestVirt),
+    /// A debugger's breakpoint is on the instruction here (not included):
+    /// execution must stop before it.
+    Breakpoint(GuestVirt),
 }
 
 impl BlockEnd {
@@ -82,7 +85,7 @@ impl BlockEnd {
     pub fn at(&self) -> GuestVirt {
         match self {
             Self::Poi(poi) => poi.at,
-            Self::Unfetchable(at) | Self::TooLong(at) => *at,
+            Self::Unfetchable(at) | Self::TooLong(at) | Self::Breakpoint(at) => *at,
         }
     }
 }
@@ -116,6 +119,18 @@ pub struct Block {
 /// ([`BlockEnd::Unfetchable`], [`PoiKind::Unrecognized`]).
 #[must_use]
 pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConfig) -> Block {
+    scan_block_with_stops(mem, start, config, &[])
+}
+
+/// [`scan_block`] that also ends before any instruction whose address is
+/// in `stops` (sorted: a debugger's breakpoints), `start` included.
+#[must_use]
+pub fn scan_block_with_stops(
+    mem: &dyn GuestMemory,
+    start: GuestVirt,
+    config: &ClassifyConfig,
+    stops: &[GuestVirt],
+) -> Block {
     let mut pages = Vec::new();
     let mut instructions = 0u32;
     let mut cursor = start;
@@ -176,6 +191,9 @@ pub fn scan_block(mem: &dyn GuestMemory, start: GuestVirt, config: &ClassifyConf
                 break 'chunks BlockEnd::TooLong(instruction_at(&decoder, cursor));
             }
             let at = instruction_at(&decoder, cursor);
+            if !stops.is_empty() && stops.binary_search(&at).is_ok() {
+                break 'chunks BlockEnd::Breakpoint(at);
+            }
             decoder.decode_out(&mut instr);
             instructions += 1;
             if decoder.last_error() == DecoderError::NoMoreBytes {

@@ -11,7 +11,9 @@ use btvmm_core::{CpuView, GuestMemory, GuestPhys, GuestVirt, MemFault, SegReg};
 
 use crate::cfg::{Cfg, NodeKind};
 use crate::classify::{ClassifyConfig, PoiKind, PointerKind};
-use crate::decode::{Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault, scan_block};
+use crate::decode::{
+    Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault, scan_block_with_stops,
+};
 use crate::plan::choose_breakpoints;
 use crate::target::{branch_taken, pointer_target};
 
@@ -166,6 +168,8 @@ pub struct Planner {
     plans: PageKeyedCache<PlanKey, Plan>,
     evaluated_branches: u64,
     uncached_plans: u64,
+    /// A debugger's breakpoints (sorted): blocks end before them.
+    stops: Vec<GuestVirt>,
 }
 
 impl Planner {
@@ -183,6 +187,7 @@ impl Planner {
             config,
             evaluated_branches: 0,
             uncached_plans: 0,
+            stops: Vec::new(),
         })
     }
 
@@ -201,12 +206,29 @@ impl Planner {
         }
     }
 
+    /// Makes a debugger's breakpoints points where every plan stops:
+    /// blocks end before them ([`BlockEnd::Breakpoint`]). A change drops
+    /// every cached block and plan; none costs nothing.
+    pub fn set_debug_stops(&mut self, mut stops: Vec<GuestVirt>) {
+        stops.sort_unstable();
+        stops.dedup();
+        if stops != self.stops {
+            self.stops = stops;
+            self.invalidate_all();
+        }
+    }
+
     /// The block starting at `start`, decoded or from the cache.
     pub fn block(&mut self, mem: &dyn GuestMemory, start: GuestVirt) -> Arc<Block> {
         if let Some(block) = self.blocks.get(&start) {
             return block;
         }
-        let block = Arc::new(scan_block(mem, start, &self.config.classify));
+        let block = Arc::new(scan_block_with_stops(
+            mem,
+            start,
+            &self.config.classify,
+            &self.stops,
+        ));
         self.blocks.insert(start, Arc::clone(&block), &block.pages);
         block
     }
@@ -279,6 +301,9 @@ impl Planner {
                 return Step::Fault(fetch_fault(mem, at));
             }
             BlockEnd::Poi(poi) if poi.at == at => poi,
+            // The monitor passes a debugger's breakpoint itself before it
+            // asks; should it not, one native step is always safe.
+            BlockEnd::Breakpoint(stop) if stop == at => return Step::SingleStep,
             // Plain code first: the first POI can always be armed.
             _ => return self.resume_planned(mem, at, false, None),
         };

@@ -354,6 +354,7 @@ fn ending(end: &BlockEnd) -> Ending {
         }
         BlockEnd::Unfetchable(at) => Ending::Unfetchable(at.0),
         BlockEnd::TooLong(at) => Ending::TooLong(at.0),
+        BlockEnd::Breakpoint(at) => panic!("a breakpoint at {:#x} with none set", at.0),
     }
 }
 
@@ -427,7 +428,7 @@ fn check_cfg(
                 let (_, end, _) = reference_block(memory, at, config);
                 assert_eq!(end, Ending::Unfetchable(at.0), "unfetchable node {at:?}");
             }
-            NodeKind::Entry | NodeKind::LongRun | NodeKind::Frontier => {}
+            NodeKind::Entry | NodeKind::LongRun | NodeKind::Frontier | NodeKind::Breakpoint => {}
         }
     }
 }

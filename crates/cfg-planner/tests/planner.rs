@@ -428,3 +428,53 @@ fn exploration_limit_turns_the_rest_into_armed_frontier() {
     assert!(plan.explored_nodes <= 9 + 2);
     assert!(!breakpoints.is_empty());
 }
+
+#[test]
+fn a_debuggers_breakpoint_is_a_stop_every_plan_covers_and_costs_nothing_once_gone() {
+    // The counted loop: a debugger's breakpoint on its body (inc ecx), a
+    // block start, and inside it, where no block starts.
+    let mem = memory(&[
+        (0x2000, &[0x31, 0xc9]),       // xor ecx, ecx
+        (0x2002, &[0x41]),             // inc ecx
+        (0x2003, &[0x83, 0xf9, 0x0a]), // cmp ecx, 10
+        (0x2006, &[0x72, 0xfa]),       // jb 0x2002
+        (0x2008, &[0xc3]),             // ret
+    ]);
+    let mut planner = planner(4);
+    assert_eq!(
+        planner.plan(&mem, GuestVirt(0x2000), false).breakpoints,
+        virt(&[0x2008])
+    );
+    planner.set_debug_stops(vec![GuestVirt(0x2002)]);
+    assert_eq!(
+        planner.plan(&mem, GuestVirt(0x2000), false).breakpoints,
+        virt(&[0x2002]),
+        "a cached plan does not outlive the change"
+    );
+    // Resumed on the loop branch: the loop's way back reaches it.
+    let cpu = Cpu {
+        eip: 0x2006,
+        ..Cpu::default()
+    };
+    let Step::Resume { breakpoints } = planner.step(&cpu, &mem) else {
+        panic!("resume expected")
+    };
+    assert_eq!(Some(breakpoints), virt(&[0x2002, 0x2008]));
+    // At the breakpoint itself (the monitor passes it on its own): one
+    // native step is safe.
+    let at_stop = Cpu {
+        eip: 0x2002,
+        ..Cpu::default()
+    };
+    assert!(matches!(planner.step(&at_stop, &mem), Step::SingleStep));
+    planner.set_debug_stops(vec![GuestVirt(0x2003)]);
+    assert_eq!(
+        planner.plan(&mem, GuestVirt(0x2000), false).breakpoints,
+        virt(&[0x2003])
+    );
+    planner.set_debug_stops(Vec::new());
+    assert_eq!(
+        planner.plan(&mem, GuestVirt(0x2000), false).breakpoints,
+        virt(&[0x2008])
+    );
+}

@@ -1085,6 +1085,7 @@ fn process_handoffs(
             images: Vec::new(),
             serial: None,
             display: false,
+            gdb: None,
         })?;
     }
     let measurement = rounds_of(iterations, rounds, || {

@@ -157,8 +157,10 @@ pub enum Counter {
     OpenBus,
     /// Guest writes of CR3 (address-space switches and TLB flushes).
     Cr3Loads,
-    /// Pauses the host asked for (its display's menu).
+    /// Stops for the host: its display's menu, a debugger.
     Pauses,
+    /// Stops at a debugger's breakpoints.
+    DebugBreakpoints,
 }
 
 impl Counter {
@@ -172,7 +174,7 @@ impl Counter {
     }
 
     /// Every plain counter, in report order.
-    pub const ALL: [Counter; 67] = [
+    pub const ALL: [Counter; 68] = [
         Counter::Traps,
         Counter::BreakpointHits,
         Counter::SingleSteps,
@@ -240,6 +242,7 @@ impl Counter {
         Counter::OpenBus,
         Counter::Cr3Loads,
         Counter::Pauses,
+        Counter::DebugBreakpoints,
     ];
 
     /// Name for reports.
@@ -313,6 +316,7 @@ impl Counter {
             Self::OpenBus => "memory: open-bus accesses outside RAM",
             Self::Cr3Loads => "emulated: CR3 loads",
             Self::Pauses => "host: pauses",
+            Self::DebugBreakpoints => "host: debugger breakpoints hit",
         }
     }
 }

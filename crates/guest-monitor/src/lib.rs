@@ -34,6 +34,7 @@ macro_rules! guest_view {
 }
 
 pub mod counters;
+mod debug;
 pub mod mmu;
 pub mod policy;
 pub mod profile;
@@ -225,6 +226,11 @@ pub struct Monitor {
     /// fault that does not go away sends that code to hardware
     /// breakpoints instead of looping.
     last_alias_fault: (u32, u32),
+    /// A debugger's points and state (None: no debugger, no cost).
+    debug: Option<debug::Debugger>,
+    /// The generation of the debugger's points this process's planner,
+    /// split view and watched pages follow.
+    debug_applied: u32,
 }
 
 /// The vCPU as it travels between the world processes of the pool: the
@@ -242,6 +248,8 @@ struct VcpuState {
     /// The guest's x87/SSE registers (an FXSAVE image), which live in the
     /// host FPU of the process that runs the guest.
     fpu: Option<Vec<u8>>,
+    /// A debugger's points and state.
+    debug: Option<debug::Debugger>,
 }
 
 /// What went wrong while handling a trap.
@@ -319,6 +327,8 @@ impl Monitor {
             breakpoints_armed: false,
             work_started: (0, 0),
             last_alias_fault: (0, 0),
+            debug: None,
+            debug_applied: 0,
         })
     }
 
@@ -844,6 +854,7 @@ impl Monitor {
             halted: self.halted,
             stepping: self.stepping,
             fpu: world.guest_fpu(),
+            debug: self.debug.clone(),
         };
         let bytes = bincode::serialize(&state)
             .map_err(|error| StopReason::Internal(format!("packing the vCPU: {error}")))?;
@@ -871,6 +882,7 @@ impl Monitor {
         self.counters = Counters::from_slice(&state.counters);
         self.halted = state.halted;
         self.stepping = state.stepping;
+        self.debug = state.debug;
         self.published_deadline = None;
         if let Some(image) = &state.fpu {
             world.set_guest_fpu(image).map_err(|error| {
@@ -892,6 +904,7 @@ impl Monitor {
             self.counters.bump(Counter::PoolRestarts);
         }
         self.mmu.sync_pool(world);
+        self.sync_debug(world)?;
         // After `active` names this process (the pool's kick protocol).
         self.update_chipset(world);
         Ok(())
@@ -1100,33 +1113,6 @@ impl Monitor {
         Err(Failure::Terminated)
     }
 
-    /// The host asked for a pause: show it the registers and wait for its
-    /// reply, between two guest instructions (the vCPU state is whole
-    /// here). The guest's clocks run on meanwhile, as the host's do.
-    fn pause(&mut self, world: &mut dyn WorldServices) -> Result<(), Failure> {
-        let registers = btvmm_core::VcpuRegisters {
-            gpr: self.cpu.gpr,
-            eip: self.cpu.eip,
-            eflags: self.cpu.eflags,
-            selectors: std::array::from_fn(|index| self.cpu.segments[index].selector),
-            cr: [self.cpu.cr0, self.cpu.cr2, self.cpu.cr3, self.cpu.cr4],
-            cpl: self.cpu.cpl,
-            halted: self.halted,
-        };
-        self.counters.bump(Counter::Pauses);
-        self.counters.bump(Counter::Exits);
-        world.publish_counters(self.counters.as_slice());
-        let asked = world.now_ns();
-        let reply = world.exit(Exit::Paused(Box::new(registers)));
-        self.counters
-            .add(Counter::ExitWaitNs, world.now_ns().saturating_sub(asked));
-        if reply == btvmm_core::Reply::Terminate {
-            return Err(Failure::Terminated);
-        }
-        self.update_chipset(world);
-        Ok(())
-    }
-
     /// Brings the chipset to now: timer edges, and the host devices' lines.
     fn update_chipset(&mut self, world: &mut dyn WorldServices) {
         let now_ns = world.now_ns();
@@ -1256,10 +1242,18 @@ impl Monitor {
                 self.switch_address_space(world, target)?;
                 continue;
             }
-            if world.pause_requested() {
-                self.pause(world)?;
+            if self.debug.is_some() {
+                match self.debug_check(world)? {
+                    debug::Flow::Go => {}
+                    debug::Flow::Again => continue,
+                    debug::Flow::Return => return Ok(()),
+                }
             }
-            if self.try_inject(world)? {
+            if world.pause_requested() {
+                self.stop_for_host(world, btvmm_core::PauseCause::Requested)?;
+                continue;
+            }
+            if !self.debug_holds_interrupts() && self.try_inject(world)? {
                 continue;
             }
             if self.halted {
@@ -1487,6 +1481,7 @@ impl Monitor {
                 || self.cpu.eflags & Eflags::TF != 0
                 || !self.cpu.code_32bit()
                 || (self.cpu.interrupts_enabled() && self.chipset.interrupt_pending())
+                || self.debug.as_ref().is_some_and(debug::Debugger::watching)
             {
                 return Ok(true);
             }
@@ -1534,6 +1529,9 @@ impl Monitor {
         }
         if window.is_none() {
             self.resumed_window = None;
+        }
+        if self.cpu.cpl == 3 && self.debug.is_some() {
+            self.arm_user_breakpoints(world)?;
         }
         self.counters.set(
             Counter::SplitAliasPages,

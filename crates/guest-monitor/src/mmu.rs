@@ -291,6 +291,8 @@ pub struct Mmu {
     /// Pages of the identity view the planner decoded code from, mapped
     /// read-only so that a native write to them traps (paging off).
     identity_code: std::collections::BTreeSet<u32>,
+    /// Pages of the identity view a debugger's watchpoints keep read-only.
+    identity_watched: std::collections::BTreeSet<u32>,
     /// Supervisor pages below [`USER_TOP`] are kept unmapped: the guest
     /// runs (or is about to run) at CPL 3.
     user_view: bool,
@@ -376,12 +378,14 @@ impl Mmu {
                 .map_err(|what| host_error(GuestVirt(LOW_HOLE), len / PAGE_SIZE, what))?;
             self.identity = Some((LOW_HOLE, len));
             self.identity_code.clear();
+            self.identity_watched.clear();
         }
         Ok(())
     }
 
     fn unmap_identity(&mut self, world: &mut dyn WorldServices) -> Result<(), ShadowError> {
         self.identity_code.clear();
+        self.identity_watched.clear();
         if let Some((start, len)) = self.identity.take() {
             world
                 .unmap_guest(start, len)
@@ -457,6 +461,24 @@ impl Mmu {
             self.regs(),
             GuestVirt(guest_virt),
             Access::fetch(false),
+        ) {
+            Ok(WalkOutcome::Translated(translation)) => Some(translation.guest_phys.0),
+            _ => None,
+        }
+    }
+
+    /// Translates a supervisor data access without changing guest memory
+    /// (a debugger's view: kernel data is readable, whatever NX says).
+    #[must_use]
+    pub fn peek_data(&self, world: &dyn WorldServices, guest_virt: u32) -> Option<u32> {
+        if self.shadow.is_none() {
+            return Some(guest_virt);
+        }
+        match walk(
+            world,
+            self.regs(),
+            GuestVirt(guest_virt),
+            Access::read(false),
         ) {
             Ok(WalkOutcome::Translated(translation)) => Some(translation.guest_phys.0),
             _ => None,
@@ -641,6 +663,7 @@ impl Mmu {
             let last = guest_phys.wrapping_add(len.saturating_sub(1)) / PAGE_SIZE;
             for page in first..=last {
                 if self.identity_code.remove(&page)
+                    && !self.identity_watched.contains(&page)
                     && let Err(what) = world.protect_guest(page * PAGE_SIZE, PAGE_SIZE, true)
                 {
                     self.record_failure(host_error(GuestVirt(page * PAGE_SIZE), 1, what));
@@ -742,6 +765,69 @@ impl Mmu {
         let mut deferred = DeferredMapper::default();
         shadow.note_decoded(&*world, &mut deferred, regs, GuestVirt(guest_virt))?;
         deferred.apply(&mut WorldMapper(world))
+    }
+
+    /// Keeps the page holding `guest_virt` write-protected for a
+    /// debugger's watchpoint (every write to it traps and is emulated);
+    /// cheap when it already is. A page the guest has not mapped is left
+    /// alone (nothing can write it through this address).
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses a protection change, or the tables lie
+    /// outside RAM.
+    pub fn watch(
+        &mut self,
+        world: &mut dyn WorldServices,
+        guest_virt: u32,
+    ) -> Result<(), ShadowError> {
+        let Some(guest_phys) = self.peek(&*world, guest_virt) else {
+            return Ok(());
+        };
+        let Some(shadow) = &mut self.shadow else {
+            let page = guest_phys / PAGE_SIZE;
+            let identity = self.identity.is_some_and(|(start, len)| {
+                u64::from(page) * u64::from(PAGE_SIZE) >= u64::from(start)
+                    && u64::from(page + 1) * u64::from(PAGE_SIZE)
+                        <= u64::from(start) + u64::from(len)
+            });
+            if identity && self.identity_watched.insert(page) {
+                world
+                    .protect_guest(page * PAGE_SIZE, PAGE_SIZE, false)
+                    .map_err(|what| host_error(GuestVirt(page * PAGE_SIZE), 1, what))?;
+            }
+            return Ok(());
+        };
+        if shadow
+            .tracker()
+            .reasons(GuestPhys(guest_phys))
+            .contains(shadow_mmu::TrackReasons::WATCH)
+        {
+            return Ok(());
+        }
+        let mut deferred = DeferredMapper::default();
+        shadow.track_watch_page(&mut deferred, GuestPhys(guest_phys))?;
+        deferred.apply(&mut WorldMapper(world))
+    }
+
+    /// No page is watched any more: they become writable as before
+    /// (identity pages that hold decoded code stay protected).
+    ///
+    /// # Errors
+    ///
+    /// When the host refuses a protection change.
+    pub fn unwatch_all(&mut self, world: &mut dyn WorldServices) -> Result<(), ShadowError> {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.untrack_watch_pages();
+        }
+        for page in std::mem::take(&mut self.identity_watched) {
+            if !self.identity_code.contains(&page) {
+                world
+                    .protect_guest(page * PAGE_SIZE, PAGE_SIZE, true)
+                    .map_err(|what| host_error(GuestVirt(page * PAGE_SIZE), 1, what))?;
+            }
+        }
+        Ok(())
     }
 
     /// The pool member a CR3 load asked for, if the vCPU must move.

@@ -593,8 +593,16 @@ impl Monitor {
         streak: &mut u32,
         steps: &mut usize,
     ) -> Result<bool, Failure> {
-        if self.trace || self.cpu.eflags & Eflags::TF != 0 || !self.cpu.code_32bit() {
-            // Tracing names every instruction: one at a time.
+        if self.trace
+            || self.cpu.eflags & Eflags::TF != 0
+            || !self.cpu.code_32bit()
+            || self
+                .debug
+                .as_ref()
+                .is_some_and(crate::debug::Debugger::watching)
+        {
+            // Tracing names every instruction, and a debugger's
+            // watchpoints are checked after each: one at a time.
             return Ok(false);
         }
         let stopwatch = self.stopwatch(&*world);
@@ -608,6 +616,10 @@ impl Monitor {
             last_interpreted: false,
             granted: 0,
             policy: self.policy,
+            breakpoints: self
+                .debug
+                .as_ref()
+                .map_or(&[][..], |debug| debug.breakpoints.as_slice()),
         };
         let mut terminate = false;
         let stats_before = self.blocks.stats();
@@ -750,7 +762,9 @@ impl Monitor {
         };
         let (stop_before, end_poi) = match end {
             BlockEnd::Poi(poi) => (None, Some(poi)),
-            BlockEnd::TooLong(next) | BlockEnd::Unfetchable(next) => (Some(next.0), None),
+            BlockEnd::TooLong(next) | BlockEnd::Unfetchable(next) | BlockEnd::Breakpoint(next) => {
+                (Some(next.0), None)
+            }
         };
         let mut decoder = Decoder::with_ip(
             32,
@@ -770,8 +784,11 @@ impl Monitor {
                 break;
             }
             if stop_before == Some(here) {
-                if matches!(end, BlockEnd::TooLong(_)) {
-                    successors.push(GuestVirt(here));
+                match end {
+                    BlockEnd::TooLong(_) => successors.push(GuestVirt(here)),
+                    // The monitor stops there for the debugger.
+                    BlockEnd::Breakpoint(_) => trap_at = Some(here),
+                    _ => {}
                 }
                 break;
             }
@@ -875,6 +892,8 @@ struct SplitDriver<'a> {
     granted: u32,
     /// [`Monitor::policy`].
     policy: crate::policy::Policy,
+    /// A debugger's breakpoints (sorted): the run stops before them.
+    breakpoints: &'a [u32],
 }
 
 impl SplitDriver<'_> {
@@ -913,6 +932,10 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver<'_> {
         instr: &Instruction,
         note: &mut Option<Judged>,
     ) -> bool {
+        if !self.breakpoints.is_empty() && self.breakpoints.binary_search(&cpu.linear_eip()).is_ok()
+        {
+            return false;
+        }
         let judged = self.judge(instr, note);
         if judged.native {
             if self.streak >= self.run_limit() {
@@ -960,7 +983,10 @@ impl Driver<GuestView<'_>, Judged> for SplitDriver<'_> {
         view: &mut GuestView<'_>,
         ahead: &mut [fast::Op<Judged>],
     ) -> bool {
-        if self.exec != btvmm_core::ExecMode::Auto {
+        if self.exec != btvmm_core::ExecMode::Auto
+            || (!self.breakpoints.is_empty()
+                && self.breakpoints.binary_search(&cpu.linear_eip()).is_ok())
+        {
             return false;
         }
         let Some(distance) = ahead

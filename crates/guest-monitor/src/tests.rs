@@ -5,11 +5,12 @@
 //! natively to the breakpoint, it faulted, it left 32-bit code).
 
 use btvmm_core::descriptor::Descriptor;
-use btvmm_core::exit::{Exit, Reply, StopReason};
+use btvmm_core::exit::{Exit, Reply, STRING_EXIT_BYTES, StopReason};
 use btvmm_core::{
     Action, CodeAliases, Eflags, GuestPhys, GuestVirt, HostRegisters, MemFault, PhysMemory,
     ServiceError, Trap, WorldServices,
 };
+use btvmm_core::{DebugCommand, DebugPoints, PauseCause};
 use rustc_hash::FxHashMap;
 
 use crate::{Boot, Monitor};
@@ -37,6 +38,13 @@ struct FakeWorld {
     /// The host asks for a pause (its menu); the pause exit's reply takes
     /// it back, as the user's resume does.
     pause: bool,
+    /// A debugger's answers to the debug exits, in order, each with the
+    /// points it sets first (Continue when they run out).
+    debugger: std::collections::VecDeque<(Reply, Option<DebugPoints>)>,
+    /// The debugger's points.
+    points: DebugPoints,
+    /// The data of each debug result.
+    results: Vec<Vec<u8>>,
 }
 
 /// Alias pages by guest-physical page frame (INT3 until written), and the
@@ -161,7 +169,7 @@ impl WorldServices for FakeWorld {
             Exit::PortOut { .. } | Exit::PortInString { .. } | Exit::PortOutString { .. } => {
                 Reply::Continue
             }
-            Exit::Paused(_) => {
+            Exit::Paused(..) | Exit::DebugResult { .. } => {
                 self.pause = false;
                 Reply::Continue
             }
@@ -178,6 +186,25 @@ impl WorldServices for FakeWorld {
 
     fn pause_requested(&self) -> bool {
         self.pause
+    }
+
+    fn debug_exit(&mut self, exit: Exit, data: &mut [u8; STRING_EXIT_BYTES]) -> Reply {
+        if let Exit::DebugResult { len, .. } = exit {
+            self.results.push(data[..usize::from(len)].to_vec());
+        }
+        self.pause = false;
+        self.exits.push(exit);
+        let Some((reply, points)) = self.debugger.pop_front() else {
+            return Reply::Continue;
+        };
+        if let Some(points) = points {
+            self.points = points;
+        }
+        reply
+    }
+
+    fn debug_points(&self) -> DebugPoints {
+        self.points.clone()
     }
 
     fn now_ns(&self) -> u64 {
@@ -307,7 +334,7 @@ fn a_pause_the_host_asks_for_shows_the_registers_between_instructions() {
     };
     let resumed_at = resumed(monitor.handle(Trap::Kick, kicked, &mut world));
     assert_eq!(resumed_at.eip, CODE + 5, "the guest goes on where it was");
-    let [Exit::Paused(shown)] = world.exits.as_slice() else {
+    let [Exit::Paused(shown, PauseCause::Requested)] = world.exits.as_slice() else {
         panic!("exits {:?}", world.exits);
     };
     assert_eq!(shown.eip, CODE + 5);
@@ -317,6 +344,155 @@ fn a_pause_the_host_asks_for_shows_the_registers_between_instructions() {
     assert_eq!(shown.eflags & Eflags::IF, 0, "the guest's IF (CLI ran)");
     assert!(!shown.halted);
     assert_eq!(monitor.counters().get(crate::counters::Counter::Pauses), 1);
+}
+
+#[test]
+fn a_debugger_breakpoint_stops_the_guest_before_it_without_touching_its_code() {
+    // cli; 60 x nop; hlt. The debugger attaches (a pause), reads memory,
+    // sets a breakpoint on the nop at CODE + 10 and continues; the
+    // monitor stops there, the debugger steps one instruction, detaches.
+    let mut code = vec![0xfa];
+    code.extend([0x90; 60]);
+    code.push(0xf4);
+    let mut world = FakeWorld::with_code(&code);
+    let mut monitor = monitor();
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    let points = DebugPoints {
+        generation: 1,
+        breakpoints: vec![CODE + 10],
+        watchpoints: Vec::new(),
+    };
+    let read = |at: u32| {
+        Reply::Debug(DebugCommand::ReadMemory {
+            guest_virt: at,
+            len: 3,
+        })
+    };
+    world.pause = true;
+    world.debugger.extend([
+        (read(CODE), None),
+        (
+            Reply::Debug(DebugCommand::Resume { step: false }),
+            Some(points),
+        ),
+        (Reply::Debug(DebugCommand::Resume { step: true }), None),
+        (
+            Reply::Debug(DebugCommand::Resume { step: false }),
+            Some(DebugPoints {
+                generation: 2,
+                ..DebugPoints::default()
+            }),
+        ),
+    ]);
+    let kicked = HostRegisters {
+        eip: CODE + 5,
+        ..registers
+    };
+    let resumed_at = resumed(monitor.handle(Trap::Kick, kicked, &mut world));
+    let stops: Vec<(u32, PauseCause)> = world
+        .exits
+        .iter()
+        .filter_map(|exit| match exit {
+            Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stops,
+        [
+            (CODE + 5, PauseCause::Requested),
+            (CODE + 10, PauseCause::Breakpoint),
+            (CODE + 11, PauseCause::Step),
+        ]
+    );
+    assert_eq!(world.results, [vec![0xfa, 0x90, 0x90]], "the code read");
+    assert!(
+        world.ram[CODE as usize + 1..CODE as usize + 31]
+            .iter()
+            .all(|&byte| byte == 0x90),
+        "guest memory is untouched"
+    );
+    assert_eq!(resumed_at.eip, CODE + 11, "detached, the guest runs on");
+    assert!(
+        world
+            .armed
+            .last()
+            .is_some_and(|armed| !armed.contains(&GuestVirt(CODE + 10))),
+        "the breakpoint is gone: {:?}",
+        world.armed
+    );
+    assert_eq!(
+        monitor
+            .counters()
+            .get(crate::counters::Counter::DebugBreakpoints),
+        1
+    );
+}
+
+#[test]
+fn a_debugger_write_watchpoint_stops_past_the_writing_instruction() {
+    // cli; mov dword [0x6000], 7; 60 x nop; hlt (paging off, kernel mode): the
+    // emulator executes the store for the debugger's step-free continue
+    // only when the monitor interprets it; natively the identity page is
+    // write-protected and the write faults into the emulator. Either way
+    // the monitor stops after it with the watchpoint's address.
+    let mut code = vec![
+        0xfa, 0xc7, 0x05, 0x00, 0x60, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
+    ];
+    code.extend([0x90; 60]);
+    code.push(0xf4);
+    let mut world = FakeWorld::with_code(&code);
+    let mut monitor = monitor();
+    let registers = resumed(monitor.handle(Trap::Enter, HostRegisters::default(), &mut world));
+    assert_eq!(registers.eip, CODE + 1);
+    world.pause = true;
+    world.debugger.extend([(
+        Reply::Debug(DebugCommand::Resume { step: false }),
+        Some(DebugPoints {
+            generation: 1,
+            breakpoints: Vec::new(),
+            watchpoints: vec![btvmm_core::Watchpoint {
+                guest_virt: 0x6000,
+                len: 4,
+            }],
+        }),
+    )]);
+    let action = monitor.handle(Trap::Kick, registers, &mut world);
+    let stops: Vec<(u32, PauseCause)> = world
+        .exits
+        .iter()
+        .filter_map(|exit| match exit {
+            Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
+            _ => None,
+        })
+        .collect();
+    if let Action::Resume(native) = action {
+        // Resumed natively onto the store: it faults on the protected page.
+        assert_eq!(stops, [(CODE + 1, PauseCause::Requested)]);
+        assert_eq!(native.eip, CODE + 1);
+        let fault = Trap::Fault {
+            vector: btvmm_core::exception::vector::PF,
+            error_code: 2,
+            address: Some(0x6000),
+        };
+        let _ = monitor.handle(fault, native, &mut world);
+    }
+    let stops: Vec<(u32, PauseCause)> = world
+        .exits
+        .iter()
+        .filter_map(|exit| match exit {
+            Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stops,
+        [
+            (CODE + 1, PauseCause::Requested),
+            (CODE + 11, PauseCause::Watchpoint { guest_virt: 0x6000 }),
+        ]
+    );
+    assert_eq!(world.ram[0x6000], 7);
 }
 
 #[test]

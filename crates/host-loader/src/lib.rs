@@ -9,6 +9,7 @@ pub mod console;
 pub mod disk;
 pub mod display;
 pub mod elf;
+pub mod gdb;
 pub mod image;
 pub mod linux;
 pub mod multiboot;

@@ -114,6 +114,19 @@ enum Command {
         /// standard output.
         #[arg(long, value_name = "FILE")]
         serial: Option<PathBuf>,
+        /// A gdb remote stub (QEMU's spelling): `tcp::PORT` listens on
+        /// loopback, `tcp:HOST:PORT` on HOST. Breakpoints cost nothing
+        /// until the guest reaches them: nothing is written into its
+        /// memory.
+        #[arg(long, value_name = "tcp:[HOST]:PORT", value_parser = host_loader::gdb::GdbAddress::parse)]
+        gdb: Option<host_loader::gdb::GdbAddress>,
+        /// Shorthand for --gdb tcp::1234 (QEMU's -s).
+        #[arg(short = 's', conflicts_with = "gdb")]
+        gdb_default: bool,
+        /// Stop before the guest's first instruction until gdb attaches
+        /// and continues (QEMU's -S); needs --gdb or -s.
+        #[arg(short = 'S', long)]
+        gdb_wait: bool,
         /// For the attacker tests only: the first world writes the address
         /// of a `syscall; ret` in its own code to this guest-physical
         /// address, standing in for an attacker who broke ASLR.
@@ -468,6 +481,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             floppy,
             display,
             serial,
+            gdb,
+            gdb_default,
+            gdb_wait,
             test_leak_syscall_gadget,
             test_scribble,
             test_scribble_victim,
@@ -508,6 +524,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     DisplayArg::Curses => host_loader::run::DisplayMode::Curses,
                 },
                 serial,
+                gdb: if gdb_default {
+                    Some(
+                        host_loader::gdb::GdbAddress::parse(host_loader::gdb::GdbAddress::DEFAULT)
+                            .map_err(anyhow::Error::msg)?,
+                    )
+                } else {
+                    gdb
+                },
+                gdb_wait,
                 leak_syscall_gadget: test_leak_syscall_gadget,
                 scribble: test_scribble.zip(test_scribble_victim),
                 host_escape: test_host_escape,

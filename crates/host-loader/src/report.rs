@@ -623,6 +623,7 @@ fn describe(kind: &NodeKind) -> String {
         NodeKind::Unfetchable => "(code not mapped)".into(),
         NodeKind::LongRun => "(long straight-line run continues)".into(),
         NodeKind::Frontier => "(not explored: node limit)".into(),
+        NodeKind::Breakpoint => "(a debugger's breakpoint)".into(),
         NodeKind::Poi(poi) => {
             let mut formatter = GasFormatter::new();
             formatter.options_mut().set_uppercase_hex(false);

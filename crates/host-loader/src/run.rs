@@ -83,6 +83,11 @@ pub struct RunRequest {
     pub display: DisplayMode,
     /// COM1's output to this file instead of the run's console writer.
     pub serial: Option<PathBuf>,
+    /// A gdb remote stub listens here (`--gdb`, `-s`).
+    pub gdb: Option<crate::gdb::GdbAddress>,
+    /// Stop before the first guest instruction until gdb continues
+    /// (`--gdb-wait`, `-S`).
+    pub gdb_wait: bool,
     /// Attacker tests only: the first world writes the address of a
     /// `syscall; ret` of its own code at this guest-physical address.
     pub leak_syscall_gadget: Option<u32>,
@@ -220,6 +225,8 @@ impl RunRequest {
             floppy: None,
             display: DisplayMode::None,
             serial: None,
+            gdb: None,
+            gdb_wait: false,
             leak_syscall_gadget: None,
             scribble: None,
             host_escape: None,
@@ -248,6 +255,8 @@ pub enum Ending {
     Signal(i32),
     /// The VM stopped.
     Stopped(StopReason),
+    /// The debugger killed the VM (gdb's `kill`).
+    Killed,
     /// The world process ended on its own.
     WorldDied(String),
 }
@@ -288,7 +297,7 @@ impl RunOutcome {
     pub fn exit_status(&self) -> i32 {
         match self.ending {
             Ending::DebugExit(status) => status,
-            Ending::PowerOff | Ending::Reset | Ending::Quit => 0,
+            Ending::PowerOff | Ending::Reset | Ending::Quit | Ending::Killed => 0,
             Ending::Signal(signal) => 128 + signal,
             Ending::Stopped(_) | Ending::WorldDied(_) => EXIT_VM_STOPPED,
         }
@@ -300,6 +309,7 @@ impl RunOutcome {
     pub fn message(&self) -> Option<String> {
         match &self.ending {
             Ending::DebugExit(_) | Ending::PowerOff | Ending::Quit => None,
+            Ending::Killed => Some("btvmm: the debugger killed the VM".into()),
             Ending::Reset => Some("the guest reset the machine; stopping (--no-reboot)".into()),
             Ending::Signal(signal) => Some(format!("stopped by signal {signal}")),
             Ending::Stopped(reason) => Some(format!("the VM stopped: {reason}")),
@@ -349,6 +359,11 @@ fn check_request(request: &RunRequest) -> Result<(), LoaderError> {
         return Err(LoaderError::Option(format!(
             "--memory {memory} is outside 2..=3072 MiB"
         )));
+    }
+    if request.gdb_wait && request.gdb.is_none() {
+        return Err(LoaderError::Option(
+            "--gdb-wait (-S) needs a gdb stub: --gdb tcp::PORT or -s".into(),
+        ));
     }
     if !(1..=world_switch::pool::MAX_MEMBERS).contains(&request.address_spaces) {
         return Err(LoaderError::Option(format!(
@@ -415,7 +430,8 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     /// Loads the images into fresh RAM and has the launcher start the
-    /// world processes.
+    /// world processes; with `pause`, the vCPU stops for the host before
+    /// the guest's first instruction.
     fn boot(
         images: &Images,
         request: &RunRequest,
@@ -423,6 +439,7 @@ impl<'a> Machine<'a> {
         channel: &Channel,
         launcher: &'a Launcher,
         cpu: Option<usize>,
+        pause: bool,
     ) -> Result<Self, LoaderError> {
         let ram = GuestRam::create(ram_size as usize)?;
         let handover = load(images, request, &ram, ram_size)?;
@@ -430,6 +447,8 @@ impl<'a> Machine<'a> {
             world_switch::channel::monotonic_ns(),
             world_switch::channel::realtime_ns(),
         );
+        // Before the world starts: its first look finds it.
+        channel.request_pause(pause);
         channel.set_boot(BootState {
             eip: handover.eip,
             gpr: handover.gpr,
@@ -662,12 +681,24 @@ fn serve_vm(
     } else {
         None
     };
+    let gdb = match &request.gdb {
+        Some(address) => {
+            let server = crate::gdb::GdbServer::listen(address, channel.reopen()?)
+                .map_err(LoaderError::Option)?;
+            if let Some(local) = server.local_address() {
+                eprintln!("btvmm: gdb stub listening on {local} (target remote {local})");
+            }
+            Some(server)
+        }
+        None => None,
+    };
     if request.confine_host {
         confine(
             &launcher,
             [disk_fd, floppy_fd],
             serial_fd,
             display.is_some(),
+            gdb.as_ref().map(crate::gdb::GdbServer::descriptors),
         )?;
     }
     if let Some(escape) = request.host_escape {
@@ -692,14 +723,31 @@ fn serve_vm(
         paused: None,
         pause_wanted: false,
         last_frame: None,
+        gdb,
+        gdb_wait: request.gdb_wait,
+        gdb_looked: None,
     };
     let mut resets = 0;
     let ending = loop {
-        let mut machine = Machine::boot(images, request, ram_size, &channel, &launcher, cpu)?;
-        host.levels = 0;
         // A pause the user asked for before the reset holds for the new
-        // boot too (the channel starts each boot without one).
-        channel.request_pause(host.pause_wanted);
+        // boot too (the channel starts each boot without one). With gdb,
+        // each boot stops first: before its first instruction for
+        // --gdb-wait, else to take gdb's points and run on.
+        let gdb_stop = host
+            .gdb
+            .as_mut()
+            .is_some_and(crate::gdb::GdbServer::rebooting)
+            || (host.gdb_wait && resets == 0);
+        let mut machine = Machine::boot(
+            images,
+            request,
+            ram_size,
+            &channel,
+            &launcher,
+            cpu,
+            host.pause_wanted || gdb_stop,
+        )?;
+        host.levels = 0;
         let ending = host.serve(&mut machine);
         machine.end_worlds();
         match ending {
@@ -710,6 +758,13 @@ fn serve_vm(
             ending => break ending,
         }
     };
+    if let Some(gdb) = &mut host.gdb {
+        gdb.vm_ended(match &ending {
+            Ending::DebugExit(status) => u8::try_from(*status & 0xff).unwrap_or(1),
+            Ending::PowerOff | Ending::Reset | Ending::Quit | Ending::Killed => 0,
+            _ => 1,
+        });
+    }
     let unclaimed_ports = host
         .board
         .unclaimed()
@@ -732,6 +787,7 @@ fn confine(
     images: [Option<std::os::fd::RawFd>; 2],
     serial: Option<std::os::fd::RawFd>,
     display: bool,
+    gdb: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
 ) -> Result<(), LoaderError> {
     let allowed = world_switch::sys::host_filter::HostAllowed {
         launcher_socket: launcher.socket(),
@@ -740,6 +796,7 @@ fn confine(
         images: images.into_iter().flatten().collect(),
         serial,
         display,
+        gdb,
     };
     world_switch::sys::host_filter::install(&allowed)?;
     Ok(())
@@ -757,6 +814,10 @@ impl devices::dma::DmaMemory for RamDma<'_> {
         self.0.write(guest_phys, data)
     }
 }
+
+/// How often the gdb stub looks at its sockets while the guest runs (and
+/// how long it waits on them while the guest is stopped).
+const GDB_LOOK: Duration = Duration::from_millis(20);
 
 /// Longest the host sleeps before looking at the world process again.
 const POLL: Duration = Duration::from_millis(100);
@@ -792,6 +853,12 @@ struct Host<'a> {
     pause_wanted: bool,
     /// When the display got its last frame.
     last_frame: Option<std::time::Instant>,
+    /// The gdb stub (`--gdb`).
+    gdb: Option<crate::gdb::GdbServer>,
+    /// Stop before the first instruction until gdb continues.
+    gdb_wait: bool,
+    /// When the gdb stub last looked at its sockets.
+    gdb_looked: Option<std::time::Instant>,
 }
 
 impl Host<'_> {
@@ -870,6 +937,40 @@ impl Host<'_> {
         None
     }
 
+    /// Serves the gdb stub: its connection, gdb's stops and kills.
+    fn serve_gdb(&mut self, machine: &Machine<'_>) -> Option<Ending> {
+        let gdb = self.gdb.as_mut()?;
+        let stopped = gdb.stopped();
+        // While the guest runs, a look at the socket every GDB_LOOK at
+        // most: no system call per exit.
+        let now = std::time::Instant::now();
+        if !stopped
+            && self
+                .gdb_looked
+                .is_some_and(|last| now.duration_since(last) < GDB_LOOK)
+        {
+            return None;
+        }
+        self.gdb_looked = Some(now);
+        let wants = gdb.serve(if stopped { GDB_LOOK } else { Duration::ZERO });
+        if let Some(failure) = wants.failure {
+            return Some(Ending::Stopped(StopReason::Internal(failure)));
+        }
+        if wants.kill {
+            if gdb.stopped() {
+                self.channel.reply(Reply::Terminate);
+            }
+            return Some(Ending::Killed);
+        }
+        if wants.pause {
+            self.channel.request_pause(true);
+            if let Some(world) = machine.active() {
+                let _ = world.signal(world_switch::trap::KICK_SIGNAL);
+            }
+        }
+        None
+    }
+
     /// Hands the next key event to the keyboard once it holds nothing the
     /// guest has not read.
     fn feed_keys(&mut self) {
@@ -936,9 +1037,24 @@ impl Host<'_> {
             if let Some(ending) = self.outside_events(machine) {
                 return ending;
             }
+            if let Some(ending) = self.serve_gdb(machine) {
+                return ending;
+            }
             self.feed_keys();
             self.update_levels(machine);
             self.show_frame(machine, false);
+            if self
+                .gdb
+                .as_ref()
+                .is_some_and(crate::gdb::GdbServer::stopped)
+            {
+                // The world waits for the debugger: serve_gdb waits on
+                // its connection.
+                if let Some(ending) = machine.world_died() {
+                    return ending;
+                }
+                continue;
+            }
             if self.paused.is_some() {
                 // The world waits for the reply to its pause: only the
                 // user (or a signal, or the world's death) changes
@@ -954,7 +1070,14 @@ impl Host<'_> {
                 }
                 continue;
             }
-            let poll = if self.display.is_some() {
+            let poll = if self
+                .gdb
+                .as_ref()
+                .is_some_and(crate::gdb::GdbServer::attached)
+            {
+                // gdb's Ctrl-C waits for the next look.
+                GDB_LOOK
+            } else if self.display.is_some() {
                 crate::display::FRAME_INTERVAL
             } else {
                 POLL
@@ -1029,7 +1152,14 @@ impl Host<'_> {
                     }
                     return Ending::PowerOff;
                 }
-                Exit::Paused(registers) => {
+                Exit::Paused(registers, cause) => {
+                    let wait = std::mem::take(&mut self.gdb_wait);
+                    if let Some(gdb) = &mut self.gdb
+                        && gdb.take_stop(*registers, cause, wait)
+                    {
+                        // No reply until gdb lets the vCPU go.
+                        continue;
+                    }
                     if self.pause_wanted {
                         // No reply until the user resumes.
                         self.paused = Some(registers);
@@ -1038,6 +1168,12 @@ impl Host<'_> {
                     }
                     // Resumed before the pause arrived.
                     Reply::Continue
+                }
+                Exit::DebugResult { .. } => {
+                    self.channel.reply(Reply::Terminate);
+                    return Ending::Stopped(StopReason::GuestEscape(
+                        "the world process sent a debugger result nobody asked for".into(),
+                    ));
                 }
                 Exit::Stop(StopReason::TripleFault) => {
                     // A PC resets on a triple fault (the shutdown cycle).

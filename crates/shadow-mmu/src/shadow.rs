@@ -633,6 +633,33 @@ impl Shadow {
         self.track(mapper, guest_phys, TrackReasons::CODE)
     }
 
+    /// Tracks the page holding `guest_phys` for a debugger's watchpoint
+    /// ([`TrackReasons::WATCH`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ShadowError::Host`] when the mapper fails.
+    pub fn track_watch_page<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        guest_phys: GuestPhys,
+    ) -> Result<(), ShadowError> {
+        self.track(mapper, guest_phys, TrackReasons::WATCH)
+    }
+
+    /// No watchpoint covers any page any more.
+    pub fn untrack_watch_pages(&mut self) {
+        let watched: Vec<u32> = self
+            .tracker
+            .pages()
+            .filter(|(_, reasons)| reasons.contains(TrackReasons::WATCH))
+            .map(|(page, _)| page)
+            .collect();
+        for page in watched {
+            self.untrack(GuestPhys(page * PAGE_SIZE), TrackReasons::WATCH);
+        }
+    }
+
     /// Stops tracking the page holding `guest_phys` as code. Its aliases
     /// stay read-only until a write fault upgrades them.
     pub fn untrack_code_page(&mut self, guest_phys: GuestPhys) {

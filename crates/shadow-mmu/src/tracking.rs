@@ -35,14 +35,19 @@ impl TrackReasons {
     /// Another address space (another world process of the pool) tracks
     /// the page: writes here must be seen so that it can hear of them.
     pub const FOREIGN: Self = Self(1 << 3);
+    /// A debugger watches bytes on the page: writes must be seen. Each
+    /// address space of a pool tracks it for itself (not in
+    /// [`TrackReasons::OWN`]: nothing derived from the page goes stale).
+    pub const WATCH: Self = Self(1 << 4);
     /// The reasons this address space has of its own.
     pub const OWN: Self = Self(Self::PAGE_TABLE.0 | Self::PAGE_DIRECTORY.0 | Self::CODE.0);
 
-    const NAMES: [(Self, &'static str); 4] = [
+    const NAMES: [(Self, &'static str); 5] = [
         (Self::PAGE_TABLE, "PAGE_TABLE"),
         (Self::PAGE_DIRECTORY, "PAGE_DIRECTORY"),
         (Self::CODE, "CODE"),
         (Self::FOREIGN, "FOREIGN"),
+        (Self::WATCH, "WATCH"),
     ];
 
     /// The raw bits.

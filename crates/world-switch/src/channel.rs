@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use btvmm_core::exit::STRING_EXIT_BYTES;
-use btvmm_core::{Exit, Reply, StopReason, VcpuRegisters};
+use btvmm_core::{
+    DebugCommand, DebugPoints, Exit, PauseCause, Reply, StopReason, VcpuRegisters, Watchpoint,
+};
 
 use crate::WorldError;
 use crate::sys::futex;
@@ -44,6 +46,7 @@ const EXIT_HALT: u32 = 3;
 const EXIT_PORT_IN_STRING: u32 = 4;
 const EXIT_PORT_OUT_STRING: u32 = 5;
 const EXIT_PAUSED: u32 = 6;
+const EXIT_DEBUG_RESULT: u32 = 7;
 const EXIT_STOP_TRIPLE: u32 = 10;
 const EXIT_STOP_UNSUPPORTED: u32 = 11;
 const EXIT_STOP_ESCAPE: u32 = 12;
@@ -52,6 +55,24 @@ const EXIT_STOP_INTERNAL: u32 = 13;
 const REPLY_CONTINUE: u32 = 0;
 const REPLY_VALUE: u32 = 1;
 const REPLY_TERMINATE: u32 = 2;
+const REPLY_DEBUG: u32 = 3;
+
+const PAUSE_REQUESTED: u32 = 0;
+const PAUSE_BREAKPOINT: u32 = 1;
+const PAUSE_STEP: u32 = 2;
+const PAUSE_WATCHPOINT: u32 = 3;
+
+const DEBUG_RESUME: u32 = 0;
+const DEBUG_STEP: u32 = 1;
+const DEBUG_READ_MEMORY: u32 = 2;
+const DEBUG_WRITE_MEMORY: u32 = 3;
+const DEBUG_WRITE_REGISTERS: u32 = 4;
+const DEBUG_READ_FPU: u32 = 5;
+const DEBUG_WRITE_FPU: u32 = 6;
+
+/// Words of the debugger's points: the generation, the counts, the
+/// breakpoints, the watchpoints (address and length each).
+const DEBUG_WORDS: usize = 2 + DebugPoints::MAX_BREAKPOINTS + 1 + 2 * DebugPoints::MAX_WATCHPOINTS;
 
 /// Counters the channel carries.
 pub const COUNTERS: usize = 128;
@@ -133,6 +154,11 @@ struct Page {
     exit_args: [AtomicU32; 3],
     reply_kind: AtomicU32,
     reply_value: AtomicU32,
+    /// A debugger command's arguments.
+    reply_args: [AtomicU32; 2],
+    /// Host -> world, written only while the vCPU is paused: the
+    /// debugger's points ([`DebugPoints`]).
+    debug: [AtomicU32; DEBUG_WORDS],
     message_len: AtomicU32,
     message: [AtomicU32; MESSAGE_WORDS],
     boot: [AtomicU32; BOOT_WORDS],
@@ -226,12 +252,23 @@ impl Channel {
             Exit::Halt { interrupts_enabled } => {
                 (EXIT_HALT, [u32::from(*interrupts_enabled), 0, 0], None)
             }
-            Exit::Paused(registers) => {
+            Exit::Paused(registers, cause) => {
                 for (slot, word) in page.message.iter().zip(registers.to_words()) {
                     slot.store(word, Ordering::Relaxed);
                 }
-                (EXIT_PAUSED, [0; 3], None)
+                let (kind, at) = match cause {
+                    PauseCause::Requested => (PAUSE_REQUESTED, 0),
+                    PauseCause::Breakpoint => (PAUSE_BREAKPOINT, 0),
+                    PauseCause::Step => (PAUSE_STEP, 0),
+                    PauseCause::Watchpoint { guest_virt } => (PAUSE_WATCHPOINT, *guest_virt),
+                };
+                (EXIT_PAUSED, [kind, at, 0], None)
             }
+            Exit::DebugResult { ok, len } => (
+                EXIT_DEBUG_RESULT,
+                [u32::from(*ok), u32::from(*len), 0],
+                None,
+            ),
             Exit::Stop(reason) => match reason {
                 StopReason::TripleFault => (EXIT_STOP_TRIPLE, [0; 3], None),
                 StopReason::Unsupported(text) => (EXIT_STOP_UNSUPPORTED, [0; 3], Some(text)),
@@ -254,7 +291,84 @@ impl Channel {
         match page.reply_kind.load(Ordering::Relaxed) {
             REPLY_VALUE => Reply::Value(page.reply_value.load(Ordering::Relaxed)),
             REPLY_TERMINATE => Reply::Terminate,
+            REPLY_DEBUG => debug_command(page).map_or(Reply::Continue, Reply::Debug),
             _ => Reply::Continue,
+        }
+    }
+
+    /// World: a debugger conversation's exit (see
+    /// `WorldServices::debug_exit`): `data`'s first bytes (a result's
+    /// `len`) go with it, the answering command's data comes back.
+    pub fn debug_exit(&self, exit: &Exit, data: &mut [u8; STRING_EXIT_BYTES]) -> Reply {
+        if let Exit::DebugResult { len, .. } = exit {
+            write_bytes(
+                self.page(),
+                &data[..usize::from(*len).min(STRING_EXIT_BYTES)],
+            );
+        }
+        let reply = self.exit(exit);
+        if matches!(reply, Reply::Debug(_)) {
+            read_bytes(self.page(), data);
+        }
+        reply
+    }
+
+    /// Host: the data of the pending [`Exit::DebugResult`] (its `len`
+    /// bytes, checked by [`Channel::wait_exit`]).
+    pub fn debug_data(&self, buf: &mut [u8]) {
+        self.string_data(buf);
+    }
+
+    /// Host: the data that goes with the next debugger command.
+    pub fn set_debug_data(&self, data: &[u8]) {
+        self.set_string_data(data);
+    }
+
+    /// Host: the debugger's points, while the vCPU is paused (it reads
+    /// them when it resumes).
+    pub fn set_debug_points(&self, points: &DebugPoints) {
+        let words = &self.page().debug;
+        let breakpoints = points.breakpoints.len().min(DebugPoints::MAX_BREAKPOINTS);
+        let watchpoints = points.watchpoints.len().min(DebugPoints::MAX_WATCHPOINTS);
+        words[0].store(points.generation, Ordering::Relaxed);
+        #[allow(clippy::cast_possible_truncation)] // at most the maximums
+        {
+            words[1].store(breakpoints as u32, Ordering::Relaxed);
+            words[2 + DebugPoints::MAX_BREAKPOINTS].store(watchpoints as u32, Ordering::Relaxed);
+        }
+        for (slot, &at) in words[2..].iter().zip(&points.breakpoints[..breakpoints]) {
+            slot.store(at, Ordering::Relaxed);
+        }
+        let watch_words = &words[3 + DebugPoints::MAX_BREAKPOINTS..];
+        for (pair, watch) in watch_words
+            .chunks(2)
+            .zip(&points.watchpoints[..watchpoints])
+        {
+            pair[0].store(watch.guest_virt, Ordering::Relaxed);
+            pair[1].store(watch.len, Ordering::Relaxed);
+        }
+    }
+
+    /// World: the debugger's points.
+    #[must_use]
+    pub fn debug_points(&self) -> DebugPoints {
+        let words = &self.page().debug;
+        let load = |index: usize| words[index].load(Ordering::Relaxed);
+        let breakpoints = (load(1) as usize).min(DebugPoints::MAX_BREAKPOINTS);
+        let watchpoints =
+            (load(2 + DebugPoints::MAX_BREAKPOINTS) as usize).min(DebugPoints::MAX_WATCHPOINTS);
+        DebugPoints {
+            generation: load(0),
+            breakpoints: (0..breakpoints).map(|index| load(2 + index)).collect(),
+            watchpoints: (0..watchpoints)
+                .map(|index| {
+                    let at = 3 + DebugPoints::MAX_BREAKPOINTS + 2 * index;
+                    Watchpoint {
+                        guest_virt: load(at),
+                        len: load(at + 1).clamp(1, Watchpoint::MAX_LEN),
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -349,8 +463,27 @@ impl Channel {
             EXIT_PAUSED => {
                 let words =
                     std::array::from_fn(|index| page.message[index].load(Ordering::Relaxed));
-                Exit::Paused(Box::new(VcpuRegisters::from_words(&words)))
+                let cause = match args[0] {
+                    PAUSE_REQUESTED => Some(PauseCause::Requested),
+                    PAUSE_BREAKPOINT => Some(PauseCause::Breakpoint),
+                    PAUSE_STEP => Some(PauseCause::Step),
+                    PAUSE_WATCHPOINT => Some(PauseCause::Watchpoint {
+                        guest_virt: args[1],
+                    }),
+                    _ => None,
+                };
+                match cause {
+                    Some(cause) => Exit::Paused(Box::new(VcpuRegisters::from_words(&words)), cause),
+                    None => malformed(),
+                }
             }
+            EXIT_DEBUG_RESULT => match u16::try_from(args[1]) {
+                Ok(len) if usize::from(len) <= STRING_EXIT_BYTES => Exit::DebugResult {
+                    ok: args[0] != 0,
+                    len,
+                },
+                _ => malformed(),
+            },
             EXIT_STOP_TRIPLE => Exit::Stop(StopReason::TripleFault),
             EXIT_STOP_UNSUPPORTED => Exit::Stop(StopReason::Unsupported(read_message(page))),
             EXIT_STOP_ESCAPE => Exit::Stop(StopReason::GuestEscape(read_message(page))),
@@ -366,6 +499,25 @@ impl Channel {
             Reply::Continue => (REPLY_CONTINUE, 0),
             Reply::Value(value) => (REPLY_VALUE, value),
             Reply::Terminate => (REPLY_TERMINATE, 0),
+            Reply::Debug(command) => {
+                let (command, args) = match command {
+                    DebugCommand::Resume { step: false } => (DEBUG_RESUME, [0; 2]),
+                    DebugCommand::Resume { step: true } => (DEBUG_STEP, [0; 2]),
+                    DebugCommand::ReadMemory { guest_virt, len } => {
+                        (DEBUG_READ_MEMORY, [guest_virt, u32::from(len)])
+                    }
+                    DebugCommand::WriteMemory { guest_virt, len } => {
+                        (DEBUG_WRITE_MEMORY, [guest_virt, u32::from(len)])
+                    }
+                    DebugCommand::WriteRegisters => (DEBUG_WRITE_REGISTERS, [0; 2]),
+                    DebugCommand::ReadFpu => (DEBUG_READ_FPU, [0; 2]),
+                    DebugCommand::WriteFpu => (DEBUG_WRITE_FPU, [0; 2]),
+                };
+                for (slot, arg) in page.reply_args.iter().zip(args) {
+                    slot.store(arg, Ordering::Relaxed);
+                }
+                (REPLY_DEBUG, command)
+            }
         };
         page.reply_kind.store(kind, Ordering::Relaxed);
         page.reply_value.store(value, Ordering::Relaxed);
@@ -578,6 +730,31 @@ fn write_bytes(page: &Page, bytes: &[u8]) {
     }
 }
 
+/// The debugger command in the reply fields (the host wrote them).
+fn debug_command(page: &Page) -> Option<DebugCommand> {
+    let args: [u32; 2] =
+        std::array::from_fn(|index| page.reply_args[index].load(Ordering::Relaxed));
+    let len = u16::try_from(args[1])
+        .ok()
+        .filter(|&len| usize::from(len) <= STRING_EXIT_BYTES);
+    Some(match page.reply_value.load(Ordering::Relaxed) {
+        DEBUG_RESUME => DebugCommand::Resume { step: false },
+        DEBUG_STEP => DebugCommand::Resume { step: true },
+        DEBUG_READ_MEMORY => DebugCommand::ReadMemory {
+            guest_virt: args[0],
+            len: len?,
+        },
+        DEBUG_WRITE_MEMORY => DebugCommand::WriteMemory {
+            guest_virt: args[0],
+            len: len?,
+        },
+        DEBUG_WRITE_REGISTERS => DebugCommand::WriteRegisters,
+        DEBUG_READ_FPU => DebugCommand::ReadFpu,
+        DEBUG_WRITE_FPU => DebugCommand::WriteFpu,
+        _ => return None,
+    })
+}
+
 /// Raw bytes from the message area.
 fn read_bytes(page: &Page, bytes: &mut [u8]) {
     for (word, chunk) in page.message.iter().zip(bytes.chunks_mut(4)) {
@@ -648,7 +825,7 @@ mod tests {
             ..btvmm_core::VcpuRegisters::default()
         };
         let world_thread = std::thread::spawn(move || {
-            let paused = world.exit(&Exit::Paused(Box::new(registers)));
+            let paused = world.exit(&Exit::Paused(Box::new(registers), PauseCause::Requested));
             let first = world.exit(&Exit::PortIn {
                 port: 0x3fd,
                 size: 1,
@@ -662,7 +839,10 @@ mod tests {
                 break exit;
             }
         };
-        assert_eq!(exit, Exit::Paused(Box::new(registers)));
+        assert_eq!(
+            exit,
+            Exit::Paused(Box::new(registers), PauseCause::Requested)
+        );
         assert!(!host.request_pause(false), "the host owns the page");
         host.reply(Reply::Continue);
         let exit = loop {
@@ -694,5 +874,85 @@ mod tests {
         assert_eq!(first, Reply::Value(0x60));
         assert_eq!(second, Reply::Terminate);
         assert_eq!(&host.counters()[..3], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn a_debugger_conversation_crosses_with_its_data_and_points() {
+        let host =
+            Channel::new(SharedRegion::create(CHANNEL_BYTES).expect("memfd")).expect("channel");
+        let world = host.reopen().expect("reopen");
+        let registers = btvmm_core::VcpuRegisters {
+            eip: 0xc108_b410,
+            ..btvmm_core::VcpuRegisters::default()
+        };
+        let world_thread = std::thread::spawn(move || {
+            let mut data = [0u8; STRING_EXIT_BYTES];
+            let stop = Exit::Paused(Box::new(registers), PauseCause::Breakpoint);
+            let command = world.debug_exit(&stop, &mut data);
+            let written = data[..3].to_vec();
+            data[..4].copy_from_slice(&[0x55, 0x89, 0xe5, 0x90]);
+            let next = world.debug_exit(&Exit::DebugResult { ok: true, len: 4 }, &mut data);
+            (command, written, next, world.debug_points())
+        });
+        let wait = || loop {
+            if let Some(exit) = host.wait_exit(Duration::from_millis(100)) {
+                break exit;
+            }
+        };
+        assert_eq!(
+            wait(),
+            Exit::Paused(Box::new(registers), PauseCause::Breakpoint)
+        );
+        host.set_debug_data(&[1, 2, 3]);
+        host.reply(Reply::Debug(DebugCommand::WriteMemory {
+            guest_virt: 0xc000_1000,
+            len: 3,
+        }));
+        assert_eq!(wait(), Exit::DebugResult { ok: true, len: 4 });
+        let mut answer = [0u8; 4];
+        host.debug_data(&mut answer);
+        assert_eq!(answer, [0x55, 0x89, 0xe5, 0x90]);
+        let points = DebugPoints {
+            generation: 7,
+            breakpoints: vec![0xc108_b410, 0x0804_8000],
+            watchpoints: vec![Watchpoint {
+                guest_virt: 0xc150_0000,
+                len: 4,
+            }],
+        };
+        host.set_debug_points(&points);
+        host.reply(Reply::Debug(DebugCommand::Resume { step: true }));
+        let (command, written, next, seen) = world_thread.join().expect("world thread");
+        assert_eq!(
+            command,
+            Reply::Debug(DebugCommand::WriteMemory {
+                guest_virt: 0xc000_1000,
+                len: 3
+            })
+        );
+        assert_eq!(written, [1, 2, 3]);
+        assert_eq!(next, Reply::Debug(DebugCommand::Resume { step: true }));
+        assert_eq!(seen, points);
+    }
+
+    #[test]
+    fn a_malformed_debug_result_is_a_stop() {
+        let host =
+            Channel::new(SharedRegion::create(CHANNEL_BYTES).expect("memfd")).expect("channel");
+        let page = host.page();
+        page.exit_kind.store(EXIT_DEBUG_RESULT, Ordering::Relaxed);
+        page.exit_args[0].store(1, Ordering::Relaxed);
+        page.exit_args[1].store(4096, Ordering::Relaxed);
+        page.state.store(EXIT, Ordering::Release);
+        assert!(matches!(
+            host.wait_exit(Duration::from_millis(10)),
+            Some(Exit::Stop(StopReason::GuestEscape(_)))
+        ));
+        page.exit_kind.store(EXIT_PAUSED, Ordering::Relaxed);
+        page.exit_args[0].store(99, Ordering::Relaxed);
+        assert!(matches!(
+            host.wait_exit(Duration::from_millis(10)),
+            Some(Exit::Stop(StopReason::GuestEscape(_)))
+        ));
     }
 }

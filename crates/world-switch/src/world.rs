@@ -519,6 +519,18 @@ impl WorldServices for World {
         self.channel.exit_string(&exit, data)
     }
 
+    fn debug_exit(
+        &mut self,
+        exit: Exit,
+        data: &mut [u8; btvmm_core::exit::STRING_EXIT_BYTES],
+    ) -> Reply {
+        self.channel.debug_exit(&exit, data)
+    }
+
+    fn debug_points(&self) -> btvmm_core::DebugPoints {
+        self.channel.debug_points()
+    }
+
     fn publish_counters(&mut self, counters: &[u64]) {
         self.channel.publish_counters(counters);
     }

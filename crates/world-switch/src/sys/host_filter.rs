@@ -36,6 +36,10 @@ pub struct HostAllowed {
     /// Whether the curses display runs (`--display curses`): the terminal
     /// calls its thread makes.
     pub display: bool,
+    /// The gdb stub's listening socket and the descriptor number its
+    /// connection takes (`--gdb`): an accepted connection is moved there
+    /// with dup3, so that the filter can name it.
+    pub gdb: Option<(RawFd, RawFd)>,
 }
 
 /// `FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME`: not part of the operation.
@@ -274,6 +278,9 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
     if allowed.display {
         list.extend(display_rules());
     }
+    if let Some((listener, connection)) = allowed.gdb {
+        list.extend(gdb_rules(listener, connection));
+    }
     for &image in &allowed.images {
         let on_image = vec![(0, INT, Eq(int(image)))];
         list.extend([
@@ -328,6 +335,61 @@ pub fn rules(allowed: &HostAllowed) -> Vec<Rule> {
         ));
     }
     list
+}
+
+/// What the gdb stub calls (`--gdb`): it takes a debugger's connection
+/// on its listening socket, moves it to its own descriptor number, and
+/// talks and polls on that one only.
+fn gdb_rules(listener: RawFd, connection: RawFd) -> Vec<Rule> {
+    use Check::Eq;
+    let on_connection = vec![(0, INT, Eq(int(connection)))];
+    vec![
+        rule(
+            "accept4",
+            libc::SYS_accept4,
+            vec![(0, INT, Eq(int(listener)))],
+            "the gdb stub takes a debugger's connection (--gdb)",
+        ),
+        rule(
+            "dup2",
+            libc::SYS_dup2,
+            vec![(1, INT, Eq(int(connection)))],
+            "the connection moves to the descriptor the filter names",
+        ),
+        rule(
+            "setsockopt",
+            libc::SYS_setsockopt,
+            vec![
+                (1, INT, Eq(int(libc::IPPROTO_TCP))),
+                (2, INT, Eq(int(libc::TCP_NODELAY))),
+            ],
+            "the connection sends gdb's small packets at once",
+        ),
+        rule(
+            "recvfrom",
+            libc::SYS_recvfrom,
+            on_connection.clone(),
+            "the gdb stub reads the debugger's packets",
+        ),
+        rule(
+            "sendto",
+            libc::SYS_sendto,
+            on_connection.clone(),
+            "the gdb stub answers",
+        ),
+        rule(
+            "shutdown",
+            libc::SYS_shutdown,
+            on_connection,
+            "the gdb stub ends a session (detach, kill, the VM's end)",
+        ),
+        rule(
+            "poll",
+            libc::SYS_poll,
+            vec![],
+            "the host loop waits for the debugger's packets while the guest is stopped",
+        ),
+    ]
 }
 
 /// What the curses display thread calls on the terminal once confined:
@@ -525,6 +587,32 @@ mod tests {
             images: Vec::new(),
             serial: None,
             display: false,
+            gdb: None,
+        }
+    }
+
+    /// With a gdb stub, accept on its listening socket and talk on its
+    /// connection's descriptor only; nothing of it without one.
+    #[test]
+    fn a_gdb_stub_adds_its_sockets_only() {
+        let list = rules(&HostAllowed {
+            gdb: Some((11, 12)),
+            ..allowed()
+        });
+        let conditions = |name: &str| {
+            list.iter()
+                .filter(|rule| rule.name == name)
+                .map(|rule| rule.conditions.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(conditions("accept4"), [vec![(0, INT, Check::Eq(11))]]);
+        assert_eq!(conditions("dup2"), [vec![(1, INT, Check::Eq(12))]]);
+        for name in ["recvfrom", "sendto"] {
+            assert_eq!(conditions(name), [vec![(0, INT, Check::Eq(12))]], "{name}");
+        }
+        let plain = rules(&allowed());
+        for name in ["accept4", "dup2", "recvfrom", "sendto", "setsockopt"] {
+            assert!(!plain.iter().any(|rule| rule.name == name), "{name}");
         }
     }
 
