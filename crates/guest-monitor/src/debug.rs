@@ -25,6 +25,13 @@
 //!
 //! Without a debugger the monitor holds no [`Debugger`] and pays one
 //! branch per step.
+//!
+//! Limits: breakpoints are guest-linear addresses, the split view's
+//! aliases are per guest-physical page: kernel code mapped at two linear
+//! addresses, filled through the one without the breakpoint, runs the
+//! breakpoint's instruction natively through the other. A watchpoint's
+//! address is translated in the address space that runs at each look: a
+//! change of mapping (another process) is a new reference, not a hit.
 
 use btvmm_core::cpu::Eflags;
 use btvmm_core::exit::STRING_EXIT_BYTES;
@@ -60,8 +67,9 @@ pub(crate) struct Debugger {
     pub(crate) breakpoints: Vec<u32>,
     /// Watchpoints: first byte and length.
     pub(crate) watchpoints: Vec<(u32, u32)>,
-    /// The watched bytes at the last look (None: not readable).
-    watched: Vec<Option<Vec<u8>>>,
+    /// The watched bytes at the last look and the guest-physical address
+    /// of their first byte then (None: not mapped).
+    watched: Vec<Option<(u32, Vec<u8>)>>,
     /// The vCPU resumed on this breakpoint: it runs the instruction there
     /// once before the breakpoint counts again.
     pass: Option<u32>,
@@ -143,11 +151,8 @@ impl Monitor {
             return Ok(Flow::Go);
         }
         if debug.pass.take() == Some(linear) {
-            if self.cpu.cpl == 3 {
-                // Native user code resumes with RF: the hardware
-                // breakpoint there lets this instruction run.
-                return Ok(Flow::Go);
-            }
+            // Executed here, whatever the mode: an interrupt taken first
+            // would come back to the breakpoint and stop again.
             return self.debug_execute_one(world);
         }
         self.counters.bump(Counter::DebugBreakpoints);
@@ -155,13 +160,24 @@ impl Monitor {
         Ok(Flow::Again)
     }
 
-    /// Whether interrupts wait: a debugger's step is under way.
+    /// Whether interrupts wait: a debugger's step is under way, or the
+    /// instruction under a breakpoint runs natively under TF.
     pub(crate) fn debug_holds_interrupts(&self) -> bool {
         !self.halted
             && self
                 .debug
                 .as_ref()
-                .is_some_and(|debug| debug.step != StepState::Idle)
+                .is_some_and(|debug| debug.step != StepState::Idle || self.stepping)
+    }
+
+    /// A debugger's native step was cut by a fault the shadow only had to
+    /// map: the instruction has not run, take the step again.
+    pub(crate) fn debug_step_again(&mut self) {
+        if let Some(debug) = &mut self.debug
+            && debug.step == StepState::InFlight
+        {
+            debug.step = StepState::Pending;
+        }
     }
 
     /// Executes the instruction at EIP for the debugger (a step, or the
@@ -199,16 +215,36 @@ impl Monitor {
                     StopReason::Internal(format!("write-protecting a watched page: {error}"))
                 })?;
             }
-            let now = self.debug_read(&*world, guest_virt, len as usize);
+            let now = self.watched_bytes(&*world, guest_virt, len);
             if let Some(debug) = &mut self.debug
                 && let Some(slot) = debug.watched.get_mut(index)
                 && *slot != now
             {
+                // Only a change of the same bytes is a write: another
+                // address space, or a mapping made or changed, shows
+                // other bytes, which become the new reference.
+                let written = matches!(
+                    (&*slot, &now),
+                    (Some((before, _)), Some((after, _))) if before == after
+                );
                 *slot = now;
-                hit = hit.or(Some(guest_virt));
+                if written {
+                    hit = hit.or(Some(guest_virt));
+                }
             }
         }
         Ok(hit)
+    }
+
+    /// A watchpoint's bytes and where they are now.
+    fn watched_bytes(
+        &self,
+        world: &dyn WorldServices,
+        guest_virt: u32,
+        len: u32,
+    ) -> Option<(u32, Vec<u8>)> {
+        let phys = self.mmu.peek_data(world, guest_virt)?;
+        Some((phys, self.debug_read(world, guest_virt, len as usize)?))
     }
 
     /// `len` bytes at a guest-virtual address through the guest's tables,
@@ -409,7 +445,7 @@ impl Monitor {
             debugger.watched = debugger
                 .watchpoints
                 .iter()
-                .map(|&(guest_virt, len)| self.debug_read(&*world, guest_virt, len as usize))
+                .map(|&(guest_virt, len)| self.watched_bytes(&*world, guest_virt, len))
                 .collect();
             self.debug = Some(debugger);
         }

@@ -558,6 +558,17 @@ impl Monitor {
         self.cpu.eflags = (host.eflags & (NATIVE_FLAGS | changed_natively))
             | (self.cpu.eflags & !(NATIVE_FLAGS | changed_natively))
             | 0x2;
+        // The monitor's native single step ended by something other than
+        // its #DB (a kick leaves it pending: the instruction has not run).
+        // Its TF must not reach a frame the guest sees, nor the next
+        // instruction; a fault the shadow just maps runs the instruction
+        // again, so a debugger's step is taken afresh.
+        let step_cut = self.stepping && !matches!(trap, Trap::SingleStep | Trap::Kick);
+        if step_cut {
+            self.stepping = false;
+            self.cpu.eflags &= !Eflags::TF;
+        }
+        let hidden_before = self.counters.get(Counter::HiddenFaults);
         let mut terminate = false;
         let repairs = {
             let mut view = guest_view!(self, world, terminate);
@@ -604,7 +615,13 @@ impl Monitor {
                 {
                     return self.alias_fault(window, address);
                 }
-                self.fault(world, vector, error_code, address)
+                let handled = self.fault(world, vector, error_code, address);
+                let mapped = self.counters.get(Counter::HiddenFaults) != hidden_before
+                    && self.last_hidden_fault.2 <= 2;
+                if step_cut && mapped {
+                    self.debug_step_again();
+                }
+                handled
             }
             Trap::SoftwareBreakpoint if split_context.is_some() => {
                 // An INT3 of an alias page: an instruction the monitor

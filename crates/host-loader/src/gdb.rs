@@ -121,8 +121,8 @@ pub struct VcpuTarget {
     channel: Channel,
     /// The registers of the stop (Some while the vCPU is stopped).
     registers: Option<VcpuRegisters>,
-    /// Its FXSAVE image, read on first use.
-    fpu: Option<Vec<u8>>,
+    /// Its FXSAVE image, read on first use (Some(None): not available).
+    fpu: Option<Option<Vec<u8>>>,
     software: BTreeSet<u32>,
     hardware: BTreeSet<u32>,
     watchpoints: Vec<Watchpoint>,
@@ -165,13 +165,14 @@ impl VcpuTarget {
     }
 
     fn fpu_image(&mut self) -> Option<Vec<u8>> {
-        if self.fpu.is_none()
-            && let Some((true, image)) = self.command(DebugCommand::ReadFpu, &[])
-            && image.len() == STRING_EXIT_BYTES
-        {
+        if self.fpu.is_none() {
+            let image = match self.command(DebugCommand::ReadFpu, &[]) {
+                Some((true, image)) if image.len() == STRING_EXIT_BYTES => Some(image),
+                _ => None,
+            };
             self.fpu = Some(image);
         }
-        self.fpu.clone()
+        self.fpu.clone().flatten()
     }
 
     /// The points as the monitor gets them.
@@ -330,7 +331,12 @@ impl SingleThreadBase for VcpuTarget {
                 image[0..2].copy_from_slice(&(regs.fpu.fctrl as u16).to_le_bytes());
                 image[2..4].copy_from_slice(&(regs.fpu.fstat as u16).to_le_bytes());
             }
-            image[24..28].copy_from_slice(&regs.mxcsr.to_le_bytes());
+            // Reserved MXCSR bits would make the host refuse the image.
+            let mask = match u32::from_le_bytes([image[28], image[29], image[30], image[31]]) {
+                0 => 0xffbf,
+                mask => mask,
+            };
+            image[24..28].copy_from_slice(&(regs.mxcsr & mask).to_le_bytes());
             for (index, st) in regs.st.iter().enumerate() {
                 image[32 + 16 * index..42 + 16 * index].copy_from_slice(st);
             }
@@ -339,7 +345,7 @@ impl SingleThreadBase for VcpuTarget {
             }
             if image != before {
                 match self.command(DebugCommand::WriteFpu, &image) {
-                    Some((true, _)) => self.fpu = Some(image),
+                    Some((true, _)) => self.fpu = Some(Some(image)),
                     _ => return Err(TargetError::NonFatal),
                 }
             }
@@ -551,7 +557,7 @@ impl GdbServer {
             std::fs::File::open("/dev/null")
                 .map_err(|error| format!("--gdb: /dev/null: {error}"))?,
         );
-        Ok(Self {
+        let mut server = Self {
             listener,
             slot,
             machine: None,
@@ -570,7 +576,15 @@ impl GdbServer {
             pausing: false,
             interrupted: false,
             rebooted: false,
-        })
+        };
+        // The points' first generation tells the worlds a debugger may
+        // look (they keep the guest's FPU image for it).
+        server.target.changed();
+        server
+            .target
+            .channel
+            .set_debug_points(&server.target.points());
+        Ok(server)
     }
 
     /// The listening socket and the connection's descriptor (for the
@@ -624,6 +638,12 @@ impl GdbServer {
         self.stopped = true;
         let interrupted = std::mem::take(&mut self.interrupted);
         let rebooted = std::mem::take(&mut self.rebooted);
+        if self.machine.is_none() && !wait {
+            // gdb went away while the guest ran: the world stopped at a
+            // point it still had; it runs on without them.
+            self.resume(false);
+            return true;
+        }
         if !matches!(self.machine, Some(Machine::Running(_))) {
             // Attached while the guest ran: gdb asks where it is.
             return true;
@@ -712,6 +732,11 @@ impl GdbServer {
                             Some(next) => next,
                             None => return wants,
                         };
+                        // Before the next byte, which may be a Ctrl-C for
+                        // the run this one started.
+                        if let Some(step) = self.target.resume.take() {
+                            self.resume(step);
+                        }
                     }
                 }
             }
@@ -798,6 +823,7 @@ impl GdbServer {
 
     /// gdb detached (or went away): its points go and the vCPU runs on.
     fn detached(&mut self) {
+        self.pausing = false;
         self.target.software.clear();
         self.target.hardware.clear();
         self.target.watchpoints.clear();

@@ -103,6 +103,11 @@ fn debugs_the_test_kernel(mechanism: &str) {
             "p/x *(int*)&counter",
             "continue",
             "p/x *(int*)&counter",
+            // A write through the guest's tables, read back, then undone
+            // (the kernel checks the sum).
+            "set var *(int*)&counter = 0x41",
+            "p/x *(int*)&counter",
+            "set var *(int*)&counter = 3",
             "delete",
             "break read_cr0",
             "continue",
@@ -118,7 +123,8 @@ fn debugs_the_test_kernel(mechanism: &str) {
             "p/x $cs & 3",
             "set var $eax = 0x1234",
             "p/x $eax",
-            "delete",
+            "p/x $mxcsr",
+            // On from the user-mode breakpoint, which stays set.
             "continue",
         ],
     );
@@ -134,17 +140,18 @@ fn debugs_the_test_kernel(mechanism: &str) {
     assert_eq!(printed(&gdb, 2), "0x0", "{context}");
     assert_eq!(printed(&gdb, 3), "0x1", "{context}");
     assert_eq!(printed(&gdb, 4), "0x3", "{context}");
+    assert_eq!(printed(&gdb, 5), "0x41", "a debugger's write\n{context}");
     assert!(gdb.contains("Breakpoint 2, "), "{context}");
     // The guest's CR0 (PE, MP, ET, NE: guests/lib), emulated, not the
     // host's; the step went one instruction (mov %cr0,%eax is 3 bytes).
-    assert_eq!(printed(&gdb, 5), "0x33", "{context}");
+    assert_eq!(printed(&gdb, 6), "0x33", "{context}");
     let read_cr0 = gdb
         .lines()
         .find_map(|line| line.strip_prefix("Breakpoint 2 at "))
         .and_then(|at| u32::from_str_radix(at.trim().trim_start_matches("0x"), 16).ok())
         .unwrap_or_else(|| panic!("no address for read_cr0\n{context}"));
     assert_eq!(
-        printed(&gdb, 6),
+        printed(&gdb, 7),
         format!("{:#x}", read_cr0 + 3),
         "{context}"
     );
@@ -152,11 +159,14 @@ fn debugs_the_test_kernel(mechanism: &str) {
         gdb.contains("Hardware watchpoint 3: *(int*)&watched\n\nOld value = 0\nNew value = 23130"),
         "{context}"
     );
-    assert_eq!(printed(&gdb, 7), "0x5a5a", "{context}");
+    assert_eq!(printed(&gdb, 8), "0x5a5a", "{context}");
     // The user-mode breakpoint (a hardware breakpoint of the world).
     assert!(gdb.contains("Breakpoint 4, "), "{context}");
-    assert_eq!(printed(&gdb, 8), "0x3", "at CPL 3\n{context}");
-    assert_eq!(printed(&gdb, 9), "0x1234", "{context}");
+    assert_eq!(printed(&gdb, 9), "0x3", "at CPL 3\n{context}");
+    assert_eq!(printed(&gdb, 10), "0x1234", "{context}");
+    // The SSE control register as the guest's FPU holds it (its reset
+    // value).
+    assert_eq!(printed(&gdb, 11), "0x1f80", "{context}");
     // To the end: every check of the kernel passed (its exit status 1).
     assert!(
         gdb.contains("[Inferior 1 (process 1) exited with code 01]"),

@@ -349,6 +349,12 @@ impl Channel {
         }
     }
 
+    /// World: whether a debugger is there (its points have a generation).
+    #[must_use]
+    pub fn debugger_present(&self) -> bool {
+        self.page().debug[0].load(Ordering::Relaxed) != 0
+    }
+
     /// World: the debugger's points.
     #[must_use]
     pub fn debug_points(&self) -> DebugPoints {

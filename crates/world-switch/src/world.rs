@@ -225,8 +225,9 @@ impl World {
         let handler: signal::Handler = Box::new(move |frame| {
             let (trap, registers) = trap::decode(frame);
             // Only a pool's handoff needs the FPU image (its members are
-            // processes with FPUs of their own): read it for pools only.
-            world.fpu.current = if world.pool.is_some() {
+            // processes with FPUs of their own), and a debugger, which
+            // shows it: read it for those only.
+            world.fpu.current = if world.pool.is_some() || world.channel.debugger_present() {
                 frame.fpu_image()
             } else {
                 None

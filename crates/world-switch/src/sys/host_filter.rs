@@ -38,7 +38,7 @@ pub struct HostAllowed {
     pub display: bool,
     /// The gdb stub's listening socket and the descriptor number its
     /// connection takes (`--gdb`): an accepted connection is moved there
-    /// with dup3, so that the filter can name it.
+    /// with dup2, so that the filter can name it.
     pub gdb: Option<(RawFd, RawFd)>,
 }
 
