@@ -1,10 +1,12 @@
 //! Breakpoint tracing's planner: decodes 32-bit guest code, finds its points
 //! of interest, builds their control-flow graph and chooses where the few
 //! hardware breakpoints go (dissertation chapter 3.3 and 3.4.3; DESIGN.md
-//! section 3).
+//! section 3). [`arm`] classifies ARMv7 (ARM and Thumb-2) code for the same
+//! purpose (DESIGN.md section 7b).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod arm;
 pub mod cfg;
 pub mod classify;
 pub mod decode;
