@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod arm;
+pub mod arm_cfg;
 pub mod cfg;
 pub mod classify;
 pub mod decode;

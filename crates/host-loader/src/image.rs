@@ -179,6 +179,98 @@ fn version_string(image: &[u8], at: usize) -> Option<String> {
     std::str::from_utf8(&bytes[..end]).ok().map(str::to_owned)
 }
 
+/// The ARM zImage's magic word at offset 0x24 (arch/arm/boot/compressed/head.S).
+const ZIMAGE_MAGIC: u32 = 0x016f_2818;
+
+/// An ARM zImage and what it holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct ZImage {
+    /// Offset of the compressed kernel in the file.
+    pub payload_offset: usize,
+    /// How it is compressed.
+    pub compression: Compression,
+    /// The kernel `Image`, inflated.
+    #[serde(skip)]
+    pub image: Vec<u8>,
+}
+
+/// Finds and inflates an ARM zImage's kernel. The decompressor's header
+/// says nothing of where its payload sits, and its code holds the xz
+/// magic as a constant (Debian's armmp: a false start at 0xd928, the
+/// payload at 0xe6a5): of the streams that inflate, the largest is the
+/// kernel.
+pub fn parse_zimage(file: &[u8]) -> Result<ZImage, LoaderError> {
+    let magic = file
+        .get(0x24..0x28)
+        .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        .ok_or(LoaderError::Truncated {
+            what: "zImage header",
+            needed: 0x28,
+            found: file.len(),
+        })?;
+    if magic != ZIMAGE_MAGIC {
+        return Err(LoaderError::NotAKernel {
+            reason: format!("no ARM zImage magic at offset 0x24 ({magic:#010x})"),
+        });
+    }
+    // Magics unlikely to occur by chance in the decompressor's code.
+    const STRONG: [(&[u8], Compression); 4] = [
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], Compression::Xz),
+        (&[0x1f, 0x8b, 0x08], Compression::Gzip),
+        (&[0x28, 0xb5, 0x2f, 0xfd], Compression::Zstd),
+        (b"BZh9", Compression::Bzip2),
+    ];
+    let mut last_error = None;
+    let mut best: Option<ZImage> = None;
+    for offset in 0x28..file.len() {
+        let rest = &file[offset..];
+        let Some(&(_, compression)) = STRONG.iter().find(|(magic, _)| rest.starts_with(magic))
+        else {
+            continue;
+        };
+        // The stream is followed by the Image's size and more: an xz
+        // stream ends at its footer, whose flags repeat the header's.
+        let rest = if compression == Compression::Xz {
+            xz_stream(rest).unwrap_or(rest)
+        } else {
+            rest
+        };
+        match decompress(rest, compression, MAX_VMLINUX_BYTES) {
+            Ok(image)
+                if image.len() > 0x1000
+                    && best
+                        .as_ref()
+                        .is_none_or(|best| image.len() > best.image.len()) =>
+            {
+                best = Some(ZImage {
+                    payload_offset: offset,
+                    compression,
+                    image,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => last_error = Some(error),
+        }
+    }
+    best.ok_or_else(|| {
+        last_error.unwrap_or_else(|| {
+            LoaderError::UnknownCompression("no compressed kernel found in the zImage".into())
+        })
+    })
+}
+
+/// The xz stream at the start of `data`, cut after its footer (12 bytes
+/// ending in "YZ", at a multiple of 4 bytes, with the header's stream
+/// flags), the first such footer in the data (a chance match inside the
+/// compressed data is a 1 in 2^32 event per place, and fails to inflate).
+fn xz_stream(data: &[u8]) -> Option<&[u8]> {
+    let flags = data.get(6..8)?;
+    (24..=data.len())
+        .filter(|end| end % 4 == 0)
+        .find(|&end| data[end - 2..end] == *b"YZ" && data[end - 4..end - 2] == *flags && end >= 24)
+        .map(|end| &data[..end])
+}
+
 /// Inflates a payload, refusing to produce more than `limit` bytes.
 pub fn decompress(
     payload: &[u8],
@@ -265,6 +357,32 @@ mod tests {
         let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 1);
         encoder.write_all(data).expect("in-memory write");
         encoder.finish().expect("in-memory xz")
+    }
+
+    #[test]
+    fn a_zimage_gives_its_kernel_past_a_false_magic_and_trailing_bytes() {
+        let kernel: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i * 7).to_le_bytes())
+            .collect();
+        let mut file = vec![0u8; 0x200];
+        file[0x24..0x28].copy_from_slice(&ZIMAGE_MAGIC.to_le_bytes());
+        // The decompressor's code holds the magic as a constant.
+        file[0x100..0x106].copy_from_slice(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]);
+        let payload = xz(&kernel);
+        file.extend_from_slice(&payload);
+        // The Image's size and padding after the stream.
+        file.extend_from_slice(&u32::try_from(kernel.len()).expect("small").to_le_bytes());
+        file.extend_from_slice(&[0x5a; 60]);
+        let zimage = parse_zimage(&file).expect("a zImage");
+        assert_eq!(zimage.payload_offset, 0x200);
+        assert_eq!(zimage.compression, Compression::Xz);
+        assert_eq!(zimage.image, kernel);
+        assert!(matches!(
+            parse_zimage(&[0u8; 0x100]),
+            Err(LoaderError::NotAKernel { .. })
+        ));
+        file[0x200..0x210].fill(0);
+        assert!(parse_zimage(&file).is_err(), "no stream inflates");
     }
 
     #[test]
