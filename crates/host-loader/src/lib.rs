@@ -11,9 +11,11 @@ pub mod display;
 pub mod elf;
 pub mod gdb;
 pub mod image;
+pub mod kallsyms;
 pub mod linux;
 pub mod multiboot;
 pub mod report;
+pub mod report_arm;
 pub mod run;
 
 use std::path::PathBuf;

@@ -259,8 +259,13 @@ enum Command {
     /// point-of-interest counts, and the CFG and breakpoint plans from an
     /// entry point.
     Plan {
-        /// A Linux bzImage (e.g. Debian's vmlinuz-*-686) or a vmlinux ELF.
+        /// A Linux bzImage (e.g. Debian's vmlinuz-*-686) or a vmlinux ELF;
+        /// with --arch arm an ARM zImage (Debian's vmlinuz-*-armmp).
         kernel: PathBuf,
+        /// The kernel's architecture: x86 (32-bit) or arm (ARMv7, ARM and
+        /// Thumb-2; symbols from the kernel's own kallsyms).
+        #[arg(long, value_enum, default_value_t = ArchArg::X86)]
+        arch: ArchArg,
         /// Plan from this guest-virtual address (hex with 0x, or decimal).
         #[arg(long, value_parser = parse_address, conflicts_with = "symbol")]
         at: Option<u32>,
@@ -305,6 +310,15 @@ enum BreakpointsArg {
     Hw,
     /// The split code view.
     Split,
+}
+
+/// `btvmm plan --arch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ArchArg {
+    /// 32-bit x86 (i386): bzImage or ELF.
+    X86,
+    /// ARMv7 (ARM and Thumb-2): zImage.
+    Arm,
 }
 
 /// `--display`.
@@ -692,6 +706,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plan {
             kernel,
+            arch: ArchArg::Arm,
+            at,
+            symbol,
+            system_map,
+            breakpoints,
+            explore_limit,
+            top,
+            show_nodes,
+            cpuid_faults,
+            virtualize_tsc,
+            all_functions,
+            json,
+        } => {
+            if system_map.is_some() || cpuid_faults || virtualize_tsc || all_functions.is_some() {
+                anyhow::bail!(
+                    "--system-map, --cpuid-faults, --virtualize-tsc and --all-functions are x86 options (not with --arch arm)"
+                );
+            }
+            let request = host_loader::report_arm::ArmPlanRequest {
+                kernel,
+                at,
+                symbol,
+                max_breakpoints: usize::from(breakpoints),
+                explore_limit: usize::from(explore_limit),
+                top,
+                show_nodes,
+            };
+            let report = host_loader::report_arm::build_arm_report(&request)?;
+            if json {
+                let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
+                println!("{text}");
+            } else {
+                print!("{}", host_loader::report_arm::render_arm_text(&report));
+            }
+            Ok(())
+        }
+        Command::Plan {
+            kernel,
+            arch: ArchArg::X86,
             at,
             symbol,
             system_map,

@@ -297,6 +297,63 @@ fn debian_686_kernel_report() {
     assert_eq!(plans(&report).len(), 6);
 }
 
+/// Debian's real armmp (ARMv7) kernel, `scripts/fetch-debian-kernel --arch
+/// armhf`, in `BTVMM_DEBIAN_ARM_KERNEL`: the zImage's xz payload, the
+/// kernel's own kallsyms, the classes, and plans for 1..6 breakpoints.
+#[test]
+#[ignore = "needs Debian's armhf kernel; .ci/run provides it"]
+fn debian_armmp_kernel_report() {
+    let kernel = std::env::var("BTVMM_DEBIAN_ARM_KERNEL").expect(
+        "set BTVMM_DEBIAN_ARM_KERNEL to a Debian linux-image-*-armmp vmlinuz (scripts/fetch-debian-kernel --arch armhf)",
+    );
+    let report = plan_json(&["--arch", "arm", &kernel]);
+    assert_eq!(report["compression"], "xz");
+    assert!(
+        report["symbols"].as_u64() > Some(10_000),
+        "{}",
+        report["symbols"]
+    );
+    let sweep = &report["sweep"];
+    let instructions = sweep["instructions"].as_u64().expect("count");
+    assert!(
+        instructions > 1_000_000,
+        "only {instructions} instructions reached"
+    );
+    let rows = sweep["sensitive"].as_array().expect("rows");
+    for kind in [
+        "SystemRegister",
+        "CacheTlbMaintenance",
+        "ChangeProcessorState",
+        "StatusRead",
+        "StatusWrite",
+        "SupervisorCall",
+        "WaitForInterrupt",
+        "UnprivilegedAccess",
+        "ExceptionReturn",
+    ] {
+        assert!(
+            rows.iter()
+                .any(|row| row["kind"] == kind && row["count"].as_u64() > Some(0)),
+            "no {kind} in the kernel"
+        );
+    }
+    assert_eq!(report["entry"]["name"], "start_kernel");
+    let plans = report["entry"]["plans"].as_array().expect("plans");
+    assert_eq!(plans.len(), 6);
+    assert!(
+        plans
+            .last()
+            .is_some_and(|plan| plan["breakpoints"].is_array()),
+        "a plan with 6 breakpoints exists: {plans:?}"
+    );
+    // Not an ARM kernel: one line, status 2.
+    let output = btvmm(&["plan", "--arch", "arm", env!("CARGO_BIN_EXE_btvmm")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no ARM zImage magic"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn run_refuses_what_is_neither_a_bzimage_nor_a_multiboot_kernel() {
     let dir = scratch_dir("run-bad");
