@@ -989,9 +989,31 @@ fn gdb_stops_at_a_kernel_function_once_per_call_then_detaches() {
         .expect("a free port");
     let mut running = Running::start(&["--gdb", &format!("tcp::{port}")], "console=ttyS0 quiet");
     assert!(running.wait_for(BANNER, 1), "no shell");
-    running.type_in("grep ' __ia32_sys_getuid$' /proc/kallsyms\n");
-    assert!(running.wait_for(" T __ia32_sys_getuid", 1), "no symbol");
-    let console = String::from_utf8_lossy(&running.console.lock().expect("console")).into_owned();
+    // Once the shell prompts (a line typed before may be lost); typed
+    // again if the answer does not come.
+    let shown = |running: &Running| {
+        String::from_utf8_lossy(&running.console.lock().expect("console")).into_owned()
+    };
+    let mut found = false;
+    for _ in 0..3 {
+        let prompts = shown(&running).matches("~ # ").count();
+        assert!(
+            running.wait_for("~ # ", prompts.max(1)),
+            "no prompt\n{}",
+            shown(&running)
+        );
+        running.type_in("grep ' __ia32_sys_getuid$' /proc/kallsyms\n");
+        let asked = std::time::Instant::now();
+        while asked.elapsed() < Duration::from_secs(30) && !found {
+            found = shown(&running).contains(" T __ia32_sys_getuid");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if found {
+            break;
+        }
+    }
+    assert!(found, "no symbol\n{}", shown(&running));
+    let console = shown(&running);
     let symbol = |suffix: &str| {
         console
             .lines()
