@@ -1,7 +1,9 @@
 //! The control-flow graph of points of interest, built lazily from a start
 //! address (dissertation 3.4.3).
 //!
-//! Nodes are POIs keyed by their guest-virtual address, plus pseudo-nodes
+//! Written once for every instruction set ([`Isa`]). Nodes are POIs keyed
+//! by where they are (the guest-virtual address; on ARM also the
+//! instruction set and IT state), plus pseudo-nodes
 //! for the entry (when the start is not itself a POI), for code that cannot
 //! be fetched, and for the frontier where exploration stopped. Conditional
 //! branches have a taken and a not-taken successor, direct jumps and calls
@@ -17,27 +19,29 @@ use serde::Serialize;
 
 use btvmm_core::GuestVirt;
 
-use crate::classify::{Delivery, PoiKind};
-use crate::decode::{Block, BlockEnd, CodePage, Poi};
-use crate::plan::Role;
+use crate::decode::{Block, BlockEnd, CodePage};
+use crate::isa::{Isa, X86};
+use crate::plan::{Role, choose_breakpoints};
 
 /// A node of the CFG.
-#[derive(Clone, Copy, Debug)]
-pub struct CfgNode {
-    /// Guest-virtual address a breakpoint on this node would use.
-    pub at: GuestVirt,
+#[derive(Clone, Debug)]
+pub struct CfgNode<I: Isa = X86> {
+    /// Where a breakpoint on this node would go.
+    pub at: I::Start,
     /// What is there.
-    pub kind: NodeKind,
+    pub kind: NodeKind<I>,
 }
+
+impl<I: Isa + Copy> Copy for CfgNode<I> where I::Poi: Copy {}
 
 /// What a CFG node stands for.
 #[derive(Clone, Copy, Debug)]
-pub enum NodeKind {
+pub enum NodeKind<I: Isa = X86> {
     /// The start address, when it is not a POI itself: plain code that
     /// runs into the first POI.
     Entry,
     /// A point of interest.
-    Poi(Poi),
+    Poi(I::Poi),
     /// Code that cannot be fetched through the guest's page tables.
     Unfetchable,
     /// A straight-line run longer than the decoder's block bound continues
@@ -49,38 +53,24 @@ pub enum NodeKind {
     Breakpoint,
 }
 
-impl CfgNode {
+impl<I: Isa> CfgNode<I> {
     /// The node's meaning for breakpoint coverage.
     #[must_use]
     pub fn role(&self) -> Role {
-        match self.kind {
+        match &self.kind {
             NodeKind::Entry => Role::Pass,
-            NodeKind::Poi(poi) => match poi.kind {
-                PoiKind::CondBranch { .. }
-                | PoiKind::DirectBranch { .. }
-                | PoiKind::Sensitive {
-                    delivery: Delivery::TrapsOrFallsThrough,
-                    ..
-                } => Role::Pass,
-                PoiKind::Sensitive {
-                    delivery: Delivery::Traps,
-                    ..
-                } => Role::SelfTrap,
-                // A plain instruction never ends a block; listing it keeps the
-                // match total and safe.
-                PoiKind::Plain
-                | PoiKind::Sensitive {
-                    delivery: Delivery::Silent,
-                    ..
-                }
-                | PoiKind::PointerBranch(_)
-                | PoiKind::Unrecognized => Role::Stop,
-            },
+            NodeKind::Poi(poi) => I::role(poi),
             NodeKind::Unfetchable
             | NodeKind::LongRun
             | NodeKind::Frontier
             | NodeKind::Breakpoint => Role::Stop,
         }
+    }
+
+    /// The guest-virtual address of the node.
+    #[must_use]
+    pub fn guest_virt(&self) -> GuestVirt {
+        I::address(self.at)
     }
 }
 
@@ -101,9 +91,9 @@ pub enum EdgeKind {
 
 /// A lazily explored CFG.
 #[derive(Clone, Debug)]
-pub struct Cfg {
+pub struct Cfg<I: Isa = X86> {
     /// The graph.
-    pub graph: DiGraph<CfgNode, EdgeKind>,
+    pub graph: DiGraph<CfgNode<I>, EdgeKind>,
     /// Where execution starts.
     pub root: NodeIndex,
     /// Guest pages the explored code came from.
@@ -111,17 +101,17 @@ pub struct Cfg {
     /// Instructions decoded for this graph (blocks overlap, so this counts
     /// some instructions more than once).
     pub instructions: u64,
-    index: HashMap<GuestVirt, NodeIndex>,
+    index: HashMap<I::Start, NodeIndex>,
 }
 
-impl Cfg {
+impl<I: Isa> Cfg<I> {
     /// Explores the CFG from `start` breadth-first, decoding blocks with
     /// `block`, until `node_limit` POI nodes exist; successors beyond the
     /// limit become [`NodeKind::Frontier`] nodes.
     pub fn explore(
-        start: GuestVirt,
+        start: I::Start,
         node_limit: usize,
-        mut block: impl FnMut(GuestVirt) -> std::sync::Arc<Block>,
+        mut block: impl FnMut(I::Start) -> std::sync::Arc<Block<I>>,
     ) -> Self {
         let mut cfg = Cfg {
             graph: DiGraph::new(),
@@ -164,7 +154,7 @@ impl Cfg {
         cfg
     }
 
-    fn note_block(&mut self, block: &Block) {
+    fn note_block(&mut self, block: &Block<I>) {
         self.instructions += u64::from(block.instructions);
         for page in &block.pages {
             if !self.pages.contains(page) {
@@ -173,7 +163,7 @@ impl Cfg {
         }
     }
 
-    fn add(&mut self, at: GuestVirt, kind: NodeKind) -> NodeIndex {
+    fn add(&mut self, at: I::Start, kind: NodeKind<I>) -> NodeIndex {
         let node = self.graph.add_node(CfgNode { at, kind });
         self.index.insert(at, node);
         node
@@ -183,33 +173,21 @@ impl Cfg {
     /// it is new.
     fn node_for_block_end(
         &mut self,
-        end: &BlockEnd,
-        queue: &mut VecDeque<(NodeIndex, EdgeKind, GuestVirt)>,
+        end: &BlockEnd<I>,
+        queue: &mut VecDeque<(NodeIndex, EdgeKind, I::Start)>,
     ) -> NodeIndex {
         if let Some(&node) = self.index.get(&end.at()) {
             return node;
         }
-        match *end {
-            BlockEnd::Unfetchable(at) => self.add(at, NodeKind::Unfetchable),
-            BlockEnd::TooLong(at) => self.add(at, NodeKind::LongRun),
-            BlockEnd::Breakpoint(at) => self.add(at, NodeKind::Breakpoint),
+        match end {
+            BlockEnd::Unfetchable(at) => self.add(*at, NodeKind::Unfetchable),
+            BlockEnd::TooLong(at) => self.add(*at, NodeKind::LongRun),
+            BlockEnd::Breakpoint(at) => self.add(*at, NodeKind::Breakpoint),
             BlockEnd::Poi(poi) => {
-                let node = self.add(poi.at, NodeKind::Poi(poi));
-                match poi.kind {
-                    PoiKind::CondBranch { taken } => {
-                        queue.push_back((node, EdgeKind::Taken, taken));
-                        queue.push_back((node, EdgeKind::NotTaken, poi.next()));
-                    }
-                    PoiKind::DirectBranch { target, call } => {
-                        let edge = if call { EdgeKind::Call } else { EdgeKind::Jump };
-                        queue.push_back((node, edge, target));
-                    }
-                    PoiKind::Sensitive {
-                        delivery: Delivery::TrapsOrFallsThrough,
-                        ..
-                    } => queue.push_back((node, EdgeKind::NotTaken, poi.next())),
-                    _ => {}
-                }
+                let node = self.add(I::poi_start(poi), NodeKind::Poi(poi.clone()));
+                I::successors(poi, &mut |edge, target| {
+                    queue.push_back((node, edge, target));
+                });
                 node
             }
         }
@@ -228,5 +206,24 @@ impl Cfg {
             .node_weights()
             .filter(|node| matches!(node.kind, NodeKind::Poi(_)))
             .count()
+    }
+
+    /// The breakpoints (addresses, sorted) that cover every path from the
+    /// root with at most `budget`, or None; the root is armable only when
+    /// `root_armable` and it is a point of interest (the entry
+    /// pseudo-node stands for plain code ahead of the first one: arming
+    /// that is as good).
+    #[must_use]
+    pub fn breakpoints(&self, root_armable: bool, budget: usize) -> Option<Vec<GuestVirt>> {
+        let roles = self.roles();
+        let root_armable = root_armable && !matches!(self.graph[self.root].kind, NodeKind::Entry);
+        choose_breakpoints(&roles, self.root, root_armable, budget).map(|nodes| {
+            let mut addresses: Vec<GuestVirt> = nodes
+                .iter()
+                .map(|&node| self.graph[node].guest_virt())
+                .collect();
+            addresses.sort_unstable();
+            addresses
+        })
     }
 }

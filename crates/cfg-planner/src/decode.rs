@@ -23,6 +23,7 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 use btvmm_core::{GuestMemory, GuestPhys, GuestVirt, MemFault};
 
 use crate::classify::{ClassifyConfig, PoiKind, classify};
+use crate::isa::{Isa, X86};
 
 /// Longest straight-line run decoded in one block. Longer runs end in
 /// [`BlockEnd::TooLong`] and continue in a block of their own: this bounds
@@ -66,25 +67,25 @@ impl Poi {
 
 /// How a block ends.
 #[derive(Clone, Copy, Debug)]
-pub enum BlockEnd {
+pub enum BlockEnd<I: Isa = X86> {
     /// At a point of interest (included in the block).
-    Poi(Poi),
-    /// The instruction at this address cannot be fetched through the guest's
-    /// page tables (unmapped, or straddles into an unmapped page).
-    Unfetchable(GuestVirt),
-    /// [`MAX_BLOCK_INSTRUCTIONS`] plain instructions; the run goes on here.
-    TooLong(GuestVirt),
+    Poi(I::Poi),
+    /// The instruction here cannot be fetched through the guest's page
+    /// tables (unmapped, or straddles into an unmapped page).
+    Unfetchable(I::Start),
+    /// The block's bound on straight-line code; the run goes on here.
+    TooLong(I::Start),
     /// A debugger's breakpoint is on the instruction here (not included):
     /// execution must stop before it.
-    Breakpoint(GuestVirt),
+    Breakpoint(I::Start),
 }
 
-impl BlockEnd {
-    /// Address of the instruction the block ends at.
+impl<I: Isa> BlockEnd<I> {
+    /// Where the instruction the block ends at is.
     #[must_use]
-    pub fn at(&self) -> GuestVirt {
+    pub fn at(&self) -> I::Start {
         match self {
-            Self::Poi(poi) => poi.at,
+            Self::Poi(poi) => I::poi_start(poi),
             Self::Unfetchable(at) | Self::TooLong(at) | Self::Breakpoint(at) => *at,
         }
     }
@@ -102,11 +103,11 @@ pub struct CodePage {
 
 /// Straight-line guest code from `start` to its first point of interest.
 #[derive(Clone, Debug)]
-pub struct Block {
+pub struct Block<I: Isa = X86> {
     /// First instruction.
-    pub start: GuestVirt,
+    pub start: I::Start,
     /// How it ends.
-    pub end: BlockEnd,
+    pub end: BlockEnd<I>,
     /// Instructions decoded, the ending POI included.
     pub instructions: u32,
     /// Guest pages read (or found unmapped) while decoding.
@@ -225,7 +226,7 @@ fn instruction_at(decoder: &Decoder<'_>, chunk_start: GuestVirt) -> GuestVirt {
     chunk_start.offset(decoder.position() as u32)
 }
 
-fn note_page(pages: &mut Vec<CodePage>, virt: GuestVirt, phys: Option<GuestPhys>) {
+pub(crate) fn note_page(pages: &mut Vec<CodePage>, virt: GuestVirt, phys: Option<GuestPhys>) {
     let page = CodePage {
         virt_page: virt.page(),
         phys_page: phys.map(GuestPhys::page),

@@ -9,12 +9,11 @@ use thiserror::Error;
 
 use btvmm_core::{CpuView, GuestMemory, GuestPhys, GuestVirt, MemFault, SegReg};
 
-use crate::cfg::{Cfg, NodeKind};
+use crate::arm::ArmClassifierError;
+use crate::cfg::Cfg;
 use crate::classify::{ClassifyConfig, PoiKind, PointerKind};
-use crate::decode::{
-    Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault, scan_block_with_stops,
-};
-use crate::plan::choose_breakpoints;
+use crate::decode::{Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault};
+use crate::isa::{Isa, X86};
 use crate::target::{branch_taken, pointer_target};
 
 /// Most breakpoints any supported CPU has (x86: 4, Cortex-A9: 6).
@@ -34,17 +33,21 @@ pub enum PlannerError {
     /// An exploration limit of zero nodes.
     #[error("the exploration limit must be at least one node")]
     ExploreLimit,
+    /// The ARM decoder could not be opened.
+    #[error(transparent)]
+    ArmDecoder(#[from] ArmClassifierError),
 }
 
-/// How the planner works.
+/// How the planner works; `C` is the architecture's classifier
+/// configuration ([`Isa::Config`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlannerConfig {
+pub struct PlannerConfig<C = ClassifyConfig> {
     /// Hardware breakpoints available to plans.
     pub breakpoints: usize,
     /// Most POI nodes a plan explores before treating the rest as unknown.
     pub explore_limit: usize,
     /// Host facts for the classifier.
-    pub classify: ClassifyConfig,
+    pub classify: C,
     /// Most blocks in the decode cache.
     pub block_cache_capacity: usize,
     /// Most plans in the plan cache.
@@ -54,10 +57,20 @@ pub struct PlannerConfig {
 impl Default for PlannerConfig {
     /// x86 (4 breakpoints) with caches bounded as documented on [`Planner`].
     fn default() -> Self {
+        Self::for_isa::<X86>()
+    }
+}
+
+impl<C: Default> PlannerConfig<C> {
+    /// The configuration for `I`: all its breakpoints, the default
+    /// classifier configuration, caches bounded as documented on
+    /// [`Planner`].
+    #[must_use]
+    pub fn for_isa<I: Isa<Config = C>>() -> Self {
         Self {
-            breakpoints: 4,
+            breakpoints: I::BREAKPOINTS,
             explore_limit: 64,
-            classify: ClassifyConfig::default(),
+            classify: C::default(),
             block_cache_capacity: 1 << 16,
             plan_cache_capacity: 1 << 14,
         }
@@ -140,8 +153,8 @@ pub struct PlanCacheSummary {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct PlanKey {
-    start: GuestVirt,
+struct PlanKey<S> {
+    start: S,
     start_armable: bool,
     budget: u8,
 }
@@ -161,20 +174,39 @@ struct PlanKey {
 /// (one or two pages per block, a few per plan): on Debian's 686 kernel,
 /// `btvmm plan --all-functions 4` plans from all 22,423 function entries
 /// and the resident memory grows by about 14 MiB.
-#[derive(Debug)]
-pub struct Planner {
-    config: PlannerConfig,
-    blocks: PageKeyedCache<GuestVirt, Block>,
-    plans: PageKeyedCache<PlanKey, Plan>,
+///
+/// The architecture is a parameter ([`Isa`]): x86 by default, ARMv7 with
+/// [`crate::arm_cfg::Armv7`]. Everything but the step decision is shared.
+pub struct Planner<I: Isa = X86> {
+    config: PlannerConfig<I::Config>,
+    decoder: I::Decoder,
+    blocks: PageKeyedCache<I::Start, Block<I>>,
+    plans: PageKeyedCache<PlanKey<I::Start>, Plan>,
     evaluated_branches: u64,
     uncached_plans: u64,
     /// A debugger's breakpoints (sorted): blocks end before them.
     stops: Vec<GuestVirt>,
 }
 
-impl Planner {
+impl<I: Isa> std::fmt::Debug for Planner<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner")
+            .field("config", &self.config)
+            .field("blocks", &self.blocks.len())
+            .field("plans", &self.plans.len())
+            .field("stops", &self.stops)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: Isa> Planner<I> {
     /// A planner with empty caches.
-    pub fn new(config: PlannerConfig) -> Result<Self, PlannerError> {
+    ///
+    /// # Errors
+    ///
+    /// A breakpoint count outside 1..=[`MAX_BREAKPOINTS`], an exploration
+    /// limit of zero, or a decoder that cannot be set up.
+    pub fn new(config: PlannerConfig<I::Config>) -> Result<Self, PlannerError> {
         if !(1..=MAX_BREAKPOINTS).contains(&config.breakpoints) {
             return Err(PlannerError::BreakpointCount(config.breakpoints));
         }
@@ -182,6 +214,7 @@ impl Planner {
             return Err(PlannerError::ExploreLimit);
         }
         Ok(Self {
+            decoder: I::decoder(&config.classify)?,
             blocks: PageKeyedCache::new(config.block_cache_capacity.max(1)),
             plans: PageKeyedCache::new(config.plan_cache_capacity.max(1)),
             config,
@@ -193,17 +226,8 @@ impl Planner {
 
     /// The configuration.
     #[must_use]
-    pub fn config(&self) -> &PlannerConfig {
+    pub fn config(&self) -> &PlannerConfig<I::Config> {
         &self.config
-    }
-
-    /// Changes the classifier's view of host and guest state; every cached
-    /// block and plan is dropped when it differs.
-    pub fn set_classify(&mut self, classify: ClassifyConfig) {
-        if classify != self.config.classify {
-            self.config.classify = classify;
-            self.invalidate_all();
-        }
     }
 
     /// Makes a debugger's breakpoints points where every plan stops:
@@ -219,22 +243,17 @@ impl Planner {
     }
 
     /// The block starting at `start`, decoded or from the cache.
-    pub fn block(&mut self, mem: &dyn GuestMemory, start: GuestVirt) -> Arc<Block> {
+    pub fn block(&mut self, mem: &dyn GuestMemory, start: I::Start) -> Arc<Block<I>> {
         if let Some(block) = self.blocks.get(&start) {
             return block;
         }
-        let block = Arc::new(scan_block_with_stops(
-            mem,
-            start,
-            &self.config.classify,
-            &self.stops,
-        ));
+        let block = Arc::new(I::scan_block(&self.decoder, mem, start, &self.stops));
         self.blocks.insert(start, Arc::clone(&block), &block.pages);
         block
     }
 
     /// The CFG explored from `start` (up to the configured node limit).
-    pub fn explore(&mut self, mem: &dyn GuestMemory, start: GuestVirt) -> Cfg {
+    pub fn explore(&mut self, mem: &dyn GuestMemory, start: I::Start) -> Cfg<I> {
         let limit = self.config.explore_limit;
         Cfg::explore(start, limit, |at| self.block(mem, at))
     }
@@ -243,7 +262,7 @@ impl Planner {
     pub fn plan(
         &mut self,
         mem: &dyn GuestMemory,
-        start: GuestVirt,
+        start: I::Start,
         start_armable: bool,
     ) -> Arc<Plan> {
         self.plan_with_budget(mem, start, start_armable, self.config.breakpoints)
@@ -254,7 +273,7 @@ impl Planner {
     pub fn plan_with_budget(
         &mut self,
         mem: &dyn GuestMemory,
-        start: GuestVirt,
+        start: I::Start,
         start_armable: bool,
         budget: usize,
     ) -> Arc<Plan> {
@@ -270,7 +289,7 @@ impl Planner {
             return plan;
         }
         let cfg = self.explore(mem, start);
-        let plan = Arc::new(plan_on(&cfg, start, start_armable, budget));
+        let plan = Arc::new(plan_on(&cfg, I::address(start), start_armable, budget));
         // A plan that read code from many pages is rare and cheap to redo;
         // not caching it keeps every cached plan's dependency list short.
         if cfg.pages.len() <= MAX_CACHED_PLAN_PAGES {
@@ -279,6 +298,72 @@ impl Planner {
             self.uncached_plans += 1;
         }
         plan
+    }
+
+    /// A guest-physical page was written: drop the blocks and plans decoded
+    /// from it. The shadow MMU calls this for write-tracked code pages.
+    pub fn invalidate_phys_page(&mut self, page: GuestPhys) {
+        self.blocks.invalidate_phys_page(page.page());
+        self.plans.invalidate_phys_page(page.page());
+    }
+
+    /// The mapping of a guest-virtual page changed: drop what was decoded
+    /// through it.
+    pub fn invalidate_virt_page(&mut self, page: GuestVirt) {
+        self.blocks.invalidate_virt_page(page.page());
+        self.plans.invalidate_virt_page(page.page());
+    }
+
+    /// The mappings of the guest-virtual pages in `pages` (page numbers)
+    /// changed: drop what was decoded through them.
+    pub fn invalidate_virt_range(&mut self, pages: std::ops::Range<u32>) {
+        self.blocks.invalidate_virt_range(pages.clone());
+        self.plans.invalidate_virt_range(pages);
+    }
+
+    /// Everything may have changed (e.g. paging switched on).
+    pub fn invalidate_all(&mut self) {
+        self.blocks.clear();
+        self.plans.clear();
+    }
+
+    /// Cache counters.
+    #[must_use]
+    pub fn stats(&self) -> PlannerStats {
+        PlannerStats {
+            blocks: self.blocks.stats,
+            plans: self.plans.stats,
+            evaluated_branches: self.evaluated_branches,
+            uncached_plans: self.uncached_plans,
+        }
+    }
+
+    /// Blocks and plans cached now.
+    #[must_use]
+    pub fn cached(&self) -> (usize, usize) {
+        (self.blocks.len(), self.plans.len())
+    }
+
+    /// Cache sizes and counters, for reports.
+    #[must_use]
+    pub fn cache_summary(&self) -> PlanCacheSummary {
+        PlanCacheSummary {
+            blocks: self.blocks.len(),
+            plans: self.plans.len(),
+            stats: self.stats(),
+        }
+    }
+}
+
+impl Planner<X86> {
+    /// Changes the classifier's view of host and guest state; every cached
+    /// block and plan is dropped when it differs.
+    pub fn set_classify(&mut self, classify: ClassifyConfig) {
+        if classify != self.config.classify {
+            self.config.classify = classify;
+            self.decoder = classify;
+            self.invalidate_all();
+        }
     }
 
     /// Decides what to do with the guest stopped at its current EIP.
@@ -372,79 +457,16 @@ impl Planner {
             None => Step::SingleStep,
         }
     }
-
-    /// A guest-physical page was written: drop the blocks and plans decoded
-    /// from it. The shadow MMU calls this for write-tracked code pages.
-    pub fn invalidate_phys_page(&mut self, page: GuestPhys) {
-        self.blocks.invalidate_phys_page(page.page());
-        self.plans.invalidate_phys_page(page.page());
-    }
-
-    /// The mapping of a guest-virtual page changed: drop what was decoded
-    /// through it.
-    pub fn invalidate_virt_page(&mut self, page: GuestVirt) {
-        self.blocks.invalidate_virt_page(page.page());
-        self.plans.invalidate_virt_page(page.page());
-    }
-
-    /// The mappings of the guest-virtual pages in `pages` (page numbers)
-    /// changed: drop what was decoded through them.
-    pub fn invalidate_virt_range(&mut self, pages: std::ops::Range<u32>) {
-        self.blocks.invalidate_virt_range(pages.clone());
-        self.plans.invalidate_virt_range(pages);
-    }
-
-    /// Everything may have changed (e.g. paging switched on).
-    pub fn invalidate_all(&mut self) {
-        self.blocks.clear();
-        self.plans.clear();
-    }
-
-    /// Cache counters.
-    #[must_use]
-    pub fn stats(&self) -> PlannerStats {
-        PlannerStats {
-            blocks: self.blocks.stats,
-            plans: self.plans.stats,
-            evaluated_branches: self.evaluated_branches,
-            uncached_plans: self.uncached_plans,
-        }
-    }
-
-    /// Blocks and plans cached now.
-    #[must_use]
-    pub fn cached(&self) -> (usize, usize) {
-        (self.blocks.len(), self.plans.len())
-    }
-
-    /// Cache sizes and counters, for reports.
-    #[must_use]
-    pub fn cache_summary(&self) -> PlanCacheSummary {
-        PlanCacheSummary {
-            blocks: self.blocks.len(),
-            plans: self.plans.len(),
-            stats: self.stats(),
-        }
-    }
 }
 
 /// The plan for an explored CFG.
 #[must_use]
-pub fn plan_on(cfg: &Cfg, start: GuestVirt, start_armable: bool, budget: usize) -> Plan {
-    let roles = cfg.roles();
-    // The entry pseudo-node stands for plain code ahead of the first POI;
-    // arming the POI is as good, so the entry is never armed.
-    let root_armable = start_armable && !matches!(cfg.graph[cfg.root].kind, NodeKind::Entry);
-    let breakpoints = choose_breakpoints(&roles, cfg.root, root_armable, budget).map(|nodes| {
-        let mut addresses: Vec<GuestVirt> = nodes.iter().map(|&node| cfg.graph[node].at).collect();
-        addresses.sort_unstable();
-        addresses
-    });
+pub fn plan_on<I: Isa>(cfg: &Cfg<I>, start: GuestVirt, start_armable: bool, budget: usize) -> Plan {
     Plan {
         start,
         start_armable,
         budget,
-        breakpoints,
+        breakpoints: cfg.breakpoints(start_armable, budget),
         explored_pois: cfg.poi_count(),
         explored_nodes: cfg.graph.node_count(),
     }

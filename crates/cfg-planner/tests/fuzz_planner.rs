@@ -38,7 +38,7 @@ use btvmm_core::{
 use cfg_planner::decode::{MAX_BLOCK_INSTRUCTIONS, scan_block};
 use cfg_planner::plan::{Role, uncovered_stop};
 use cfg_planner::{
-    BlockEnd, ClassifyConfig, NodeKind, Planner, PlannerConfig, PoiKind, Step, classify,
+    BlockEnd, ClassifyConfig, NodeKind, Planner, PlannerConfig, PoiKind, Step, X86, classify,
 };
 
 // The case count (PROPTEST_CASES) and the hang limit every fuzz target
@@ -264,7 +264,7 @@ fn classify_config() -> impl Strategy<Value = ClassifyConfig> {
 }
 
 fn planner(breakpoints: usize, explore_limit: usize, classify: ClassifyConfig) -> Planner {
-    Planner::new(PlannerConfig {
+    Planner::<X86>::new(PlannerConfig {
         breakpoints,
         explore_limit,
         classify,

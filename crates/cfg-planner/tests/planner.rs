@@ -2,7 +2,7 @@
 //! call chains, the step decisions and cache invalidation.
 
 use btvmm_core::{CpuView, Eflags, Gpr, GuestPhys, GuestVirt, MemFault, RegionMemory, SegReg};
-use cfg_planner::{Planner, PlannerConfig, PoiKind, SensitiveKind, Step};
+use cfg_planner::{Planner, PlannerConfig, PoiKind, SensitiveKind, Step, X86};
 
 #[derive(Clone, Debug, Default)]
 struct Cpu {
@@ -33,7 +33,7 @@ impl CpuView for Cpu {
 }
 
 fn planner(breakpoints: usize) -> Planner {
-    Planner::new(PlannerConfig {
+    Planner::<X86>::new(PlannerConfig {
         breakpoints,
         ..PlannerConfig::default()
     })
@@ -380,21 +380,21 @@ fn writes_to_code_pages_invalidate_blocks_and_plans() {
 #[test]
 fn bad_configurations_are_refused() {
     assert!(
-        Planner::new(PlannerConfig {
+        Planner::<X86>::new(PlannerConfig {
             breakpoints: 0,
             ..PlannerConfig::default()
         })
         .is_err()
     );
     assert!(
-        Planner::new(PlannerConfig {
+        Planner::<X86>::new(PlannerConfig {
             breakpoints: 9,
             ..PlannerConfig::default()
         })
         .is_err()
     );
     assert!(
-        Planner::new(PlannerConfig {
+        Planner::<X86>::new(PlannerConfig {
             explore_limit: 0,
             ..PlannerConfig::default()
         })
@@ -416,7 +416,7 @@ fn exploration_limit_turns_the_rest_into_armed_frontier() {
         .map(|(at, bytes)| (*at, bytes.as_slice()))
         .collect();
     let mem = memory(&refs);
-    let mut planner = Planner::new(PlannerConfig {
+    let mut planner = Planner::<X86>::new(PlannerConfig {
         breakpoints: 4,
         explore_limit: 8,
         ..PlannerConfig::default()

@@ -51,7 +51,7 @@ use btvmm_core::{Action, CpuView, HostRegisters, Stop, Trap, WorldServices};
 use std::sync::Arc;
 
 use btvmm_core::GuestVirt;
-use cfg_planner::{Block, BlockEnd, Planner, PlannerConfig, PoiKind, Step};
+use cfg_planner::{Block, BlockEnd, Planner, PlannerConfig, PoiKind, Step, X86};
 use devices::chipset::Chipset;
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
@@ -290,7 +290,7 @@ impl Monitor {
             decode_cache: emu::decode_cache::DecodeCache::default(),
             blocks: emu::fast::BlockCache::default(),
             cpu,
-            planner: Planner::new(PlannerConfig {
+            planner: Planner::<X86>::new(PlannerConfig {
                 classify: cfg_planner::ClassifyConfig {
                     cpuid_faults,
                     ..cfg_planner::ClassifyConfig::default()

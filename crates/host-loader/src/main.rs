@@ -293,8 +293,9 @@ enum Command {
         /// Classify as with a virtualized TSC (RDTSC/RDTSCP/RDPID sensitive).
         #[arg(long)]
         virtualize_tsc: bool,
-        /// Also plan from every function entry (direct-call target) with
-        /// this many breakpoints, and report planner speed and cache size.
+        /// Also plan from every function entry (x86: every direct-call
+        /// target; arm: every kallsyms function) with this many
+        /// breakpoints, and report planner speed and cache size.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
         all_functions: Option<u8>,
         /// Print JSON instead of text.
@@ -719,9 +720,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             all_functions,
             json,
         } => {
-            if system_map.is_some() || cpuid_faults || virtualize_tsc || all_functions.is_some() {
+            if system_map.is_some() || cpuid_faults || virtualize_tsc {
                 anyhow::bail!(
-                    "--system-map, --cpuid-faults, --virtualize-tsc and --all-functions are x86 options (not with --arch arm)"
+                    "--system-map, --cpuid-faults and --virtualize-tsc are x86 options (not with --arch arm)"
                 );
             }
             let request = host_loader::report_arm::ArmPlanRequest {
@@ -732,6 +733,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 explore_limit: usize::from(explore_limit),
                 top,
                 show_nodes,
+                all_functions: all_functions.map(usize::from),
             };
             let report = host_loader::report_arm::build_arm_report(&request)?;
             if json {

@@ -14,11 +14,11 @@ use iced_x86::{
 };
 use serde::Serialize;
 
-use btvmm_core::GuestVirt;
+use btvmm_core::{GuestMemory, GuestVirt};
 use cfg_planner::petgraph::visit::{Bfs, EdgeRef};
 use cfg_planner::{
-    ClassifyConfig, Delivery, EdgeKind, NodeKind, PlanCacheSummary, Planner, PlannerConfig,
-    PoiKind, PointerKind, SensitiveKind, classify,
+    CfgNode, ClassifyConfig, Delivery, EdgeKind, Isa, NodeKind, PlanCacheSummary, Planner,
+    PlannerConfig, PoiKind, PointerKind, SensitiveKind, X86, classify,
 };
 
 use crate::LoaderError;
@@ -340,8 +340,11 @@ pub fn sweep(elf: &KernelElf, config: &ClassifyConfig, top: usize) -> Sweep {
 /// Planning from every function entry: the planner at kernel scale.
 #[derive(Clone, Debug, Serialize)]
 pub struct FunctionPlans {
-    /// Function entries planned (distinct direct-call targets).
+    /// Function entries planned.
     pub functions: usize,
+    /// Which entries (x86: the distinct direct-call targets; ARM: the
+    /// kallsyms functions).
+    pub entries: String,
     /// Breakpoints per plan.
     pub budget: usize,
     /// Wall time for all of them, cold caches.
@@ -365,10 +368,13 @@ pub struct FunctionPlans {
     pub resident_growth_kib: Option<u64>,
 }
 
-fn plan_functions(
-    elf: &KernelElf,
-    planner: &mut Planner,
-    functions: &[GuestVirt],
+/// Plans from every one of `functions` with `budget` breakpoints, cold
+/// caches: the planner at kernel scale, for any architecture.
+pub(crate) fn plan_functions<I: Isa>(
+    mem: &dyn GuestMemory,
+    planner: &mut Planner<I>,
+    functions: &[I::Start],
+    entries: &str,
     budget: usize,
 ) -> FunctionPlans {
     let resident_before = status_kib("VmRSS:");
@@ -379,7 +385,7 @@ fn plan_functions(
     let mut hit_limit = 0u64;
     let limit = planner.config().explore_limit;
     for &function in functions {
-        let plan = planner.plan_with_budget(&elf.memory, function, false, budget);
+        let plan = planner.plan_with_budget(mem, function, false, budget);
         explored += plan.explored_pois as u64;
         hit_limit += u64::from(plan.explored_pois >= limit);
         match &plan.breakpoints {
@@ -396,6 +402,7 @@ fn plan_functions(
     );
     FunctionPlans {
         functions: functions.len(),
+        entries: entries.to_owned(),
         budget,
         seconds,
         plans_per_second,
@@ -504,69 +511,34 @@ pub fn build_report(request: &PlanRequest) -> Result<Report, LoaderError> {
     }
     let sweep = sweep(elf, &request.classify, request.top);
 
-    let started = Instant::now();
-    let mut planner = Planner::new(PlannerConfig {
+    let mut planner = Planner::<X86>::new(PlannerConfig {
         breakpoints: request.max_breakpoints,
         explore_limit: request.explore_limit,
         classify: request.classify,
         ..PlannerConfig::default()
     })?;
-    let cfg = planner.explore(&elf.memory, entry);
-    let plans = (1..=request.max_breakpoints)
-        .map(|budget| PlanSummary {
-            budget,
-            breakpoints: planner
-                .plan_with_budget(&elf.memory, entry, false, budget)
-                .breakpoints
-                .clone(),
-        })
-        .collect();
-    let seconds = started.elapsed().as_secs_f64();
-    let mut order = Vec::new();
-    let mut bfs = Bfs::new(&cfg.graph, cfg.root);
-    while let Some(node) = bfs.next(&cfg.graph) {
-        order.push(node);
-    }
-    let listed = order
-        .into_iter()
-        .take(request.show_nodes)
-        .map(|node| {
-            let weight = cfg.graph[node];
-            NodeSummary {
-                at: weight.at,
-                text: describe(&weight.kind),
-                role: format!("{:?}", weight.role()).to_lowercase(),
-                successors: cfg
-                    .graph
-                    .edges(node)
-                    .map(|edge| (*edge.weight(), cfg.graph[edge.target()].at))
-                    .collect(),
-            }
-        })
-        .collect();
-    let entry = EntryReport {
-        at: entry,
+    let entry = entry_report(
+        &mut planner,
+        &elf.memory,
+        entry,
         chosen_by,
-        pois: cfg.poi_count(),
-        nodes: cfg.graph.node_count(),
-        explore_limit: request.explore_limit,
-        listed,
-        plans,
-        seconds,
-    };
+        request.show_nodes,
+        |node| describe(&node.kind),
+    );
     let planner_cache = planner.cache_summary();
     let function_plans = match request.all_functions {
         Some(budget) => {
-            let mut planner = Planner::new(PlannerConfig {
+            let mut planner = Planner::<X86>::new(PlannerConfig {
                 breakpoints: budget,
                 explore_limit: request.explore_limit,
                 classify: request.classify,
                 ..PlannerConfig::default()
             })?;
             Some(plan_functions(
-                elf,
+                &elf.memory,
                 &mut planner,
                 &sweep.call_targets,
+                "distinct direct-call targets",
                 budget,
             ))
         }
@@ -582,6 +554,66 @@ pub fn build_report(request: &PlanRequest) -> Result<Report, LoaderError> {
         function_plans,
         peak_memory_kib: peak_memory_kib(),
     })
+}
+
+/// The CFG from `entry` (the first `show_nodes` nodes breadth-first, each
+/// described by `describe`) and plans for 1..=N breakpoints, N the
+/// planner's configured count, for any architecture. The entry is not
+/// armable: the guest resumes there (x86: with EFLAGS.RF set; ARM: the
+/// monitor passes it first).
+pub(crate) fn entry_report<I: Isa>(
+    planner: &mut Planner<I>,
+    mem: &dyn GuestMemory,
+    entry: I::Start,
+    chosen_by: String,
+    show_nodes: usize,
+    describe: impl Fn(&CfgNode<I>) -> String,
+) -> EntryReport {
+    let started = Instant::now();
+    let max_breakpoints = planner.config().breakpoints;
+    let cfg = planner.explore(mem, entry);
+    let plans = (1..=max_breakpoints)
+        .map(|budget| PlanSummary {
+            budget,
+            breakpoints: planner
+                .plan_with_budget(mem, entry, false, budget)
+                .breakpoints
+                .clone(),
+        })
+        .collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut order = Vec::new();
+    let mut bfs = Bfs::new(&cfg.graph, cfg.root);
+    while let Some(node) = bfs.next(&cfg.graph) {
+        order.push(node);
+    }
+    let listed = order
+        .into_iter()
+        .take(show_nodes)
+        .map(|node| {
+            let weight = &cfg.graph[node];
+            NodeSummary {
+                at: weight.guest_virt(),
+                text: describe(weight),
+                role: format!("{:?}", weight.role()).to_lowercase(),
+                successors: cfg
+                    .graph
+                    .edges(node)
+                    .map(|edge| (*edge.weight(), cfg.graph[edge.target()].guest_virt()))
+                    .collect(),
+            }
+        })
+        .collect();
+    EntryReport {
+        at: I::address(entry),
+        chosen_by,
+        pois: cfg.poi_count(),
+        nodes: cfg.graph.node_count(),
+        explore_limit: planner.config().explore_limit,
+        listed,
+        plans,
+        seconds,
+    }
 }
 
 fn choose_entry(
@@ -768,7 +800,26 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
         )?;
     }
 
-    let entry = &report.entry;
+    write_planning(
+        out,
+        &report.entry,
+        &report.planner_cache,
+        report.function_plans.as_ref(),
+    )?;
+    if let Some(kib) = report.peak_memory_kib {
+        writeln!(out, "memory     peak resident {} KiB", thousands(kib))?;
+    }
+    Ok(())
+}
+
+/// The entry's CFG and plans, the planner's caches and the plans from
+/// every function: the planning half of the report, for any architecture.
+pub(crate) fn write_planning(
+    out: &mut String,
+    entry: &EntryReport,
+    cache: &PlanCacheSummary,
+    functions: Option<&FunctionPlans>,
+) -> std::fmt::Result {
     writeln!(
         out,
         "\nentry {} ({}): CFG of {} POIs, {} nodes (limit {}), planned in {:.3} s",
@@ -792,7 +843,7 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
     if entry.nodes > entry.listed.len() {
         writeln!(out, "  ... {} more nodes", entry.nodes - entry.listed.len())?;
     }
-    writeln!(out, "plans for resuming at the entry (EFLAGS.RF set):")?;
+    writeln!(out, "plans for resuming at the entry (not armed itself):")?;
     for plan in &entry.plans {
         match &plan.breakpoints {
             Some(breakpoints) => {
@@ -815,7 +866,6 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
             )?,
         }
     }
-    let cache = &report.planner_cache;
     writeln!(
         out,
         "\nplanner    {} blocks, {} plans cached ({} block lookups, {} hits)",
@@ -824,11 +874,12 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
         cache.stats.blocks.hits + cache.stats.blocks.misses,
         cache.stats.blocks.hits
     )?;
-    if let Some(functions) = &report.function_plans {
+    if let Some(functions) = functions {
         writeln!(
             out,
-            "functions  planned from {} function entries (direct-call targets), N={}: {:.2} s, {:.0} plans/s",
+            "functions  planned from {} function entries ({}), N={}: {:.2} s, {:.0} plans/s",
             thousands(functions.functions as u64),
+            functions.entries,
             functions.budget,
             functions.seconds,
             functions.plans_per_second
@@ -862,9 +913,6 @@ fn write_text(report: &Report, out: &mut String) -> std::fmt::Result {
                 .resident_growth_kib
                 .map_or_else(|| "?".into(), thousands)
         )?;
-    }
-    if let Some(kib) = report.peak_memory_kib {
-        writeln!(out, "memory     peak resident {} KiB", thousands(kib))?;
     }
     Ok(())
 }

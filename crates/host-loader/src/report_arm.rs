@@ -15,16 +15,19 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use btvmm_core::GuestVirt;
+use btvmm_core::{GuestPhys, GuestVirt, RegionMemory};
 use cfg_planner::arm::{
     ArmClassifier, ArmDelivery, ArmMode, ArmPoiKind, ArmPointerKind, ArmSensitiveKind,
 };
-use cfg_planner::arm_cfg::{self, ArmCode, ArmNode};
+use cfg_planner::arm_cfg::{self, ArmCode, ArmStart, Armv7};
+use cfg_planner::{CfgNode, NodeKind, PlanCacheSummary, Planner, PlannerConfig};
 use serde::Serialize;
 
 use crate::LoaderError;
 use crate::image::{Compression, parse_zimage};
-use crate::report::read_limited;
+use crate::report::{
+    EntryReport, FunctionPlans, entry_report, plan_functions, read_limited, write_planning,
+};
 
 /// PAGE_OFFSET of a `CONFIG_VMSPLIT_3G` kernel (Debian's armmp).
 pub const PAGE_OFFSET: u32 = 0xc000_0000;
@@ -75,6 +78,8 @@ pub struct ArmPlanRequest {
     pub top: usize,
     /// CFG nodes listed.
     pub show_nodes: usize,
+    /// Also plan from every function entry with this many breakpoints.
+    pub all_functions: Option<usize>,
 }
 
 /// A count by name.
@@ -120,34 +125,6 @@ pub struct ArmSweep {
     pub top_sensitive: Vec<ArmForm>,
 }
 
-/// One plan.
-#[derive(Clone, Debug, Serialize)]
-pub struct ArmPlan {
-    /// Breakpoints allowed.
-    pub budget: usize,
-    /// The addresses armed, or None: no safe plan within the budget.
-    pub breakpoints: Option<Vec<GuestVirt>>,
-}
-
-/// The CFG and plans from one entry.
-#[derive(Clone, Debug, Serialize)]
-pub struct ArmEntryReport {
-    /// The entry's name (symbol or address).
-    pub name: String,
-    /// Its address.
-    pub at: GuestVirt,
-    /// Nodes in the CFG.
-    pub nodes: usize,
-    /// Points of interest among them.
-    pub pois: usize,
-    /// Instructions decoded for it.
-    pub instructions: u64,
-    /// The first nodes (breadth-first order).
-    pub shown: Vec<ArmNode>,
-    /// Plans for 1..=N breakpoints.
-    pub plans: Vec<ArmPlan>,
-}
-
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct ArmReport {
@@ -169,8 +146,13 @@ pub struct ArmReport {
     pub text: (GuestVirt, GuestVirt),
     /// The instructions reachable from the functions.
     pub sweep: ArmSweep,
-    /// The CFG and plans from the entry.
-    pub entry: ArmEntryReport,
+    /// The CFG and plans from the entry, by the planner shared with x86
+    /// ([`Planner`] over [`Armv7`]).
+    pub entry: EntryReport,
+    /// The planner's caches after planning from the entry.
+    pub planner_cache: PlanCacheSummary,
+    /// Plans from every function entry, when asked for.
+    pub function_plans: Option<FunctionPlans>,
 }
 
 fn class_name(kind: &ArmPoiKind, conditional: bool) -> &'static str {
@@ -219,7 +201,9 @@ pub fn build_arm_report(request: &ArmPlanRequest) -> Result<ArmReport, LoaderErr
     let text_len = usize::try_from(text_end - text_start).unwrap_or(usize::MAX);
     let image_base = image_base(&zimage.image, &symbols);
     let text_offset = usize::try_from(text_start.wrapping_sub(image_base)).unwrap_or(usize::MAX);
-    let text_bytes = zimage
+    // Code is read from all of the Image (init text, where start_kernel
+    // is, follows the data), but the text must lie in it.
+    zimage
         .image
         .get(text_offset..text_offset.saturating_add(text_len))
         .ok_or_else(|| {
@@ -230,9 +214,6 @@ pub fn build_arm_report(request: &ArmPlanRequest) -> Result<ArmReport, LoaderErr
                 ),
             }
         })?;
-    // The text is checked to lie in the Image; code is read from all of
-    // it (init text, where start_kernel is, follows the data).
-    let _ = text_bytes;
     let code = ArmCode {
         base: GuestVirt(image_base),
         bytes: &zimage.image,
@@ -319,44 +300,54 @@ pub fn build_arm_report(request: &ArmPlanRequest) -> Result<ArmReport, LoaderErr
 
     // The entry.
     let (name, at) = match (&request.at, &request.symbol) {
-        (Some(at), _) => (format!("{at:#x}"), *at),
+        (Some(at), _) => ("--at".to_owned(), *at),
         (None, symbol) => {
             let name = symbol.clone().unwrap_or_else(|| "start_kernel".to_owned());
             let at = symbols
                 .get(&name)
                 .ok_or_else(|| LoaderError::UnknownSymbol(name.clone()))?;
-            (name, at)
+            (format!("symbol {name}"), at)
         }
     };
     if !(image_base..image_end).contains(&at) {
         return Err(LoaderError::OutsideText(at));
     }
-    let cfg = arm_cfg::explore(
-        &classifier,
-        &code,
-        GuestVirt(at),
-        ArmMode::Arm,
-        request.explore_limit,
+    // The planner reads the Image through guest memory as it would run
+    // with the MMU on: at its link address, over its physical load address.
+    let mut memory = RegionMemory::new();
+    memory.add(
+        GuestVirt(image_base),
+        GuestPhys(image_base - PAGE_OFFSET),
+        zimage.image.clone(),
     );
-    let plans = (1..=request.max_breakpoints)
-        .map(|budget| ArmPlan {
-            budget,
-            breakpoints: cfg.plan(budget),
-        })
-        .collect();
-    let entry = ArmEntryReport {
+    let config = |breakpoints| PlannerConfig {
+        breakpoints,
+        explore_limit: request.explore_limit,
+        ..PlannerConfig::for_isa::<Armv7>()
+    };
+    let mut planner = Planner::<Armv7>::new(config(request.max_breakpoints))?;
+    let entry = entry_report(
+        &mut planner,
+        &memory,
+        ArmStart::arm(GuestVirt(at)),
         name,
-        at: GuestVirt(at),
-        nodes: cfg.graph.node_count(),
-        pois: cfg.poi_count(),
-        instructions: cfg.instructions,
-        shown: cfg
-            .graph
-            .node_weights()
-            .take(request.show_nodes)
-            .cloned()
-            .collect(),
-        plans,
+        request.show_nodes,
+        describe,
+    );
+    let planner_cache = planner.cache_summary();
+    let function_plans = match request.all_functions {
+        Some(budget) => {
+            let mut planner = Planner::<Armv7>::new(config(budget))?;
+            let starts: Vec<ArmStart> = entries.iter().map(|&(at, _)| ArmStart::arm(at)).collect();
+            Some(plan_functions(
+                &memory,
+                &mut planner,
+                &starts,
+                "the kallsyms functions",
+                budget,
+            ))
+        }
+        None => None,
     };
     Ok(ArmReport {
         kernel: request.kernel.display().to_string(),
@@ -369,7 +360,28 @@ pub fn build_arm_report(request: &ArmPlanRequest) -> Result<ArmReport, LoaderErr
         text: (GuestVirt(text_start), GuestVirt(text_end)),
         sweep,
         entry,
+        planner_cache,
+        function_plans,
     })
+}
+
+/// A node as the report lists it: the instruction (ARM or Thumb) or the
+/// pseudo-node.
+fn describe(node: &CfgNode<Armv7>) -> String {
+    match &node.kind {
+        NodeKind::Poi(instruction) => {
+            let state = match instruction.mode {
+                ArmMode::Arm => "",
+                ArmMode::Thumb => " (thumb)",
+            };
+            format!("{}{state}", instruction.text)
+        }
+        NodeKind::Entry => "(entry: plain code)".into(),
+        NodeKind::Unfetchable => "(outside the Image)".into(),
+        NodeKind::LongRun => "(long straight-line run continues)".into(),
+        NodeKind::Frontier => "(not explored: node limit)".into(),
+        NodeKind::Breakpoint => "(a debugger's breakpoint)".into(),
+    }
 }
 
 /// The report as text.
@@ -436,37 +448,11 @@ pub fn render_arm_text(report: &ArmReport) -> String {
             form.count
         );
     }
-    let entry = &report.entry;
-    let _ = writeln!(
-        out,
-        "\nentry      {} at {:#x}: CFG of {} nodes ({} points of interest, {} instructions decoded)",
-        entry.name, entry.at.0, entry.nodes, entry.pois, entry.instructions
+    let _ = write_planning(
+        &mut out,
+        &report.entry,
+        &report.planner_cache,
+        report.function_plans.as_ref(),
     );
-    for node in &entry.shown {
-        let what = match &node.kind {
-            arm_cfg::ArmNodeKind::Poi { text, .. } => text.clone(),
-            other => format!("{other:?}"),
-        };
-        let _ = writeln!(
-            out,
-            "  {:#010x} {:<6} {:<8?} {what}",
-            node.at.0,
-            format!("{:?}", node.mode),
-            node.role()
-        );
-    }
-    let _ = writeln!(out, "\nbreakpoints  plan");
-    for plan in &entry.plans {
-        let text = match &plan.breakpoints {
-            Some(addresses) if addresses.is_empty() => "none needed".to_owned(),
-            Some(addresses) => addresses
-                .iter()
-                .map(|at| format!("{:#x}", at.0))
-                .collect::<Vec<_>>()
-                .join(" "),
-            None => "no safe plan".to_owned(),
-        };
-        let _ = writeln!(out, "  N={:<9} {text}", plan.budget);
-    }
     out
 }
