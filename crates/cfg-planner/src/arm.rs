@@ -23,6 +23,12 @@
 //! on how the host kernel configured the CPU, the class is silent: a
 //! breakpoint too many costs time, a missed one costs correctness.
 //!
+//! The column "at PL0 on a Linux host" is checked for 41 instructions
+//! (`guests/arm/pl0-cases.txt`) by running them in user mode under Debian's
+//! armmp kernel on `qemu-system-arm -cpu cortex-a15` (`guests/arm/pl0probe.c`,
+//! `scripts/arm-route --probes-only`, in `.ci/run`): an emulated CPU, not
+//! a Cortex-A9 board.
+//!
 //! | class | instructions | at PL0 on a Linux host | reference |
 //! |---|---|---|---|
 //! | [`ArmSensitiveKind::SystemRegister`] | MCR/MRC/MCRR/MRRC p15 to PL1 registers (SCTLR, TTBRn, TTBCR, DACR, CONTEXTIDR, TPIDRPRW, ...); MCR to TPIDRURO | traps, SIGILL | B4.1, each register's description (PL0 access UNDEFINED); TPIDRURO is read-only at PL0 |
@@ -1610,6 +1616,62 @@ mod tests {
             );
             assert!(!instruction.conditional, "{}", instruction.text);
         }
+    }
+
+    /// `guests/arm/pl0-cases.txt`: what instructions do at PL0 on a Linux
+    /// host (the probe checks that column on an emulated Cortex-A15),
+    /// beside the classifier's class.
+    #[test]
+    fn pl0_cases_match_the_classifier() {
+        let cases = include_str!("../../../guests/arm/pl0-cases.txt");
+        let mut checked = 0;
+        for line in cases.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [state, encoding, planner, host, ..] = fields[..] else {
+                panic!("short line: {line}");
+            };
+            let word = u32::from_str_radix(encoding, 16).expect(line);
+            let [first, second] =
+                [word >> 16, word & 0xffff].map(|half| u16::try_from(half).expect("16 bits"));
+            let (mode, bytes) = match (state, encoding.len()) {
+                ("arm", 8) => (ArmMode::Arm, arm_bytes(&[word])),
+                ("thumb", 8) => (ArmMode::Thumb, thumb_bytes(&[first, second])),
+                ("thumb", 4) => (ArmMode::Thumb, thumb_bytes(&[second])),
+                _ => panic!("bad state or encoding: {line}"),
+            };
+            let instruction = classifier()
+                .classify_run(mode, AT, &bytes, 1)
+                .pop()
+                .expect(line);
+            assert_eq!(instruction.len as usize, bytes.len(), "{line}");
+            let class = match instruction.kind {
+                ArmPoiKind::Sensitive {
+                    delivery: ArmDelivery::Traps,
+                    ..
+                } => "traps",
+                ArmPoiKind::Sensitive {
+                    delivery: ArmDelivery::Silent,
+                    ..
+                } => "silent",
+                ArmPoiKind::Plain => "plain",
+                other => panic!("{line}: {other:?}"),
+            };
+            assert_eq!(class, planner, "{line}: {}", instruction.text);
+            assert!(!instruction.conditional, "{line}");
+            // What the planner lets run unobserved because it traps must
+            // trap on the host.
+            assert!(
+                planner != "traps" || matches!(host, "sigill" | "sigtrap"),
+                "{line}"
+            );
+            assert!(matches!(host, "sigill" | "sigtrap" | "runs"), "{line}");
+            checked += 1;
+        }
+        assert!(checked >= 40, "{checked} cases");
     }
 
     #[test]
