@@ -198,7 +198,8 @@ pub struct ZImage {
 /// says nothing of where its payload sits, and its code holds the xz
 /// magic as a constant (Debian's armmp: a false start at 0xd928, the
 /// payload at 0xe6a5): of the streams that inflate, the largest is the
-/// kernel.
+/// kernel. Only the first [`MAX_ZIMAGE_CANDIDATES`] places that start like
+/// a stream are tried, which bounds the work a crafted file can cause.
 pub fn parse_zimage(file: &[u8]) -> Result<ZImage, LoaderError> {
     let magic = file
         .get(0x24..0x28)
@@ -222,12 +223,23 @@ pub fn parse_zimage(file: &[u8]) -> Result<ZImage, LoaderError> {
     ];
     let mut last_error = None;
     let mut best: Option<ZImage> = None;
-    for offset in 0x28..file.len() {
+    let candidates = (0x28..file.len()).filter_map(|offset| {
         let rest = &file[offset..];
-        let Some(&(_, compression)) = STRONG.iter().find(|(magic, _)| rest.starts_with(magic))
-        else {
-            continue;
-        };
+        STRONG
+            .iter()
+            .find(|(magic, _)| rest.starts_with(magic))
+            .map(|&(_, compression)| (offset, compression))
+    });
+    for (tried, (offset, compression)) in candidates.enumerate() {
+        if tried == MAX_ZIMAGE_CANDIDATES {
+            if best.is_none() {
+                last_error = Some(LoaderError::UnknownCompression(format!(
+                    "no compressed kernel among the first {MAX_ZIMAGE_CANDIDATES} places in the zImage that start like one"
+                )));
+            }
+            break;
+        }
+        let rest = &file[offset..];
         // The stream is followed by the Image's size and more: an xz
         // stream ends at its footer, whose flags repeat the header's.
         let rest = if compression == Compression::Xz {
@@ -258,6 +270,11 @@ pub fn parse_zimage(file: &[u8]) -> Result<ZImage, LoaderError> {
         })
     })
 }
+
+/// Most places in a zImage tried as the start of its compressed kernel: a
+/// real one has the decompressor's copy of the magic and the payload
+/// (Debian's armmp: 2), a crafted one could have a stream at every byte.
+pub const MAX_ZIMAGE_CANDIDATES: usize = 16;
 
 /// The xz stream at the start of `data`, cut after its footer (12 bytes
 /// ending in "YZ", at a multiple of 4 bytes, with the header's stream
@@ -383,6 +400,26 @@ mod tests {
         ));
         file[0x200..0x210].fill(0);
         assert!(parse_zimage(&file).is_err(), "no stream inflates");
+    }
+
+    #[test]
+    fn a_zimage_full_of_stream_starts_is_refused_quickly() {
+        // Every few bytes the start of a gzip stream that inflates to 4
+        // MiB: only the first MAX_ZIMAGE_CANDIDATES are tried.
+        let stream = gzip(&vec![0u8; 4 << 20]);
+        let mut file = vec![0u8; 0x28];
+        file[0x24..0x28].copy_from_slice(&ZIMAGE_MAGIC.to_le_bytes());
+        for _ in 0..2000 {
+            file.extend_from_slice(&[0x1f, 0x8b, 0x08]);
+        }
+        file.extend_from_slice(&stream);
+        let error = parse_zimage(&file).expect_err("nothing inflates among the first");
+        assert!(error.to_string().contains("first 16 places"), "{error}");
+        // Within the bound, the stream is found.
+        let mut near = file[..0x28].to_vec();
+        near.extend_from_slice(&[0x1f, 0x8b, 0x08, 0]);
+        near.extend_from_slice(&stream);
+        assert_eq!(parse_zimage(&near).expect("found").image.len(), 4 << 20);
     }
 
     #[test]
