@@ -53,6 +53,27 @@ pub enum TranslateError {
 /// The world's shadow mappings as shadow-mmu's host mapper.
 pub struct WorldMapper<'a>(pub &'a mut dyn WorldServices);
 
+/// Paging off: write-protects the identity view's `page` (a page number)
+/// the first time `protected` gets it, so that native writes to it trap.
+/// A page outside the identity view is left alone.
+fn protect_identity_page(
+    identity: Option<(u32, u32)>,
+    protected: &mut std::collections::BTreeSet<u32>,
+    world: &mut dyn WorldServices,
+    page: u32,
+) -> Result<(), ShadowError> {
+    let in_view = identity.is_some_and(|(start, len)| {
+        u64::from(page) * u64::from(PAGE_SIZE) >= u64::from(start)
+            && (u64::from(page) + 1) * u64::from(PAGE_SIZE) <= u64::from(start) + u64::from(len)
+    });
+    if in_view && protected.insert(page) {
+        world
+            .protect_guest(page * PAGE_SIZE, PAGE_SIZE, false)
+            .map_err(|what| host_error(GuestVirt(page * PAGE_SIZE), 1, what))?;
+    }
+    Ok(())
+}
+
 fn host_error<E>(guest_virt: GuestVirt, pages: u32, what: E) -> ShadowError
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -453,33 +474,21 @@ impl Mmu {
     /// Translates without changing guest memory (the planner's view).
     #[must_use]
     pub fn peek(&self, world: &dyn WorldServices, guest_virt: u32) -> Option<u32> {
-        if self.shadow.is_none() {
-            return Some(guest_virt);
-        }
-        match walk(
-            world,
-            self.regs(),
-            GuestVirt(guest_virt),
-            Access::fetch(false),
-        ) {
-            Ok(WalkOutcome::Translated(translation)) => Some(translation.guest_phys.0),
-            _ => None,
-        }
+        self.peek_as(world, guest_virt, Access::fetch(false))
     }
 
     /// Translates a supervisor data access without changing guest memory
     /// (a debugger's view: kernel data is readable, whatever NX says).
     #[must_use]
     pub fn peek_data(&self, world: &dyn WorldServices, guest_virt: u32) -> Option<u32> {
+        self.peek_as(world, guest_virt, Access::read(false))
+    }
+
+    fn peek_as(&self, world: &dyn WorldServices, guest_virt: u32, access: Access) -> Option<u32> {
         if self.shadow.is_none() {
             return Some(guest_virt);
         }
-        match walk(
-            world,
-            self.regs(),
-            GuestVirt(guest_virt),
-            Access::read(false),
-        ) {
+        match walk(world, self.regs(), GuestVirt(guest_virt), access) {
             Ok(WalkOutcome::Translated(translation)) => Some(translation.guest_phys.0),
             _ => None,
         }
@@ -749,18 +758,12 @@ impl Mmu {
         let regs = self.regs();
         let Some(shadow) = &mut self.shadow else {
             // Paging off: write-protect the identity view of the page.
-            let page = guest_virt / PAGE_SIZE;
-            let identity = self.identity.is_some_and(|(start, len)| {
-                u64::from(page) * u64::from(PAGE_SIZE) >= u64::from(start)
-                    && u64::from(page + 1) * u64::from(PAGE_SIZE)
-                        <= u64::from(start) + u64::from(len)
-            });
-            if identity && self.identity_code.insert(page) {
-                world
-                    .protect_guest(page * PAGE_SIZE, PAGE_SIZE, false)
-                    .map_err(|what| host_error(GuestVirt(page * PAGE_SIZE), 1, what))?;
-            }
-            return Ok(());
+            return protect_identity_page(
+                self.identity,
+                &mut self.identity_code,
+                world,
+                guest_virt / PAGE_SIZE,
+            );
         };
         let mut deferred = DeferredMapper::default();
         shadow.note_decoded(&*world, &mut deferred, regs, GuestVirt(guest_virt))?;
@@ -781,22 +784,16 @@ impl Mmu {
         world: &mut dyn WorldServices,
         guest_virt: u32,
     ) -> Result<(), ShadowError> {
-        let Some(guest_phys) = self.peek(&*world, guest_virt) else {
+        let Some(guest_phys) = self.peek_data(&*world, guest_virt) else {
             return Ok(());
         };
         let Some(shadow) = &mut self.shadow else {
-            let page = guest_phys / PAGE_SIZE;
-            let identity = self.identity.is_some_and(|(start, len)| {
-                u64::from(page) * u64::from(PAGE_SIZE) >= u64::from(start)
-                    && u64::from(page + 1) * u64::from(PAGE_SIZE)
-                        <= u64::from(start) + u64::from(len)
-            });
-            if identity && self.identity_watched.insert(page) {
-                world
-                    .protect_guest(page * PAGE_SIZE, PAGE_SIZE, false)
-                    .map_err(|what| host_error(GuestVirt(page * PAGE_SIZE), 1, what))?;
-            }
-            return Ok(());
+            return protect_identity_page(
+                self.identity,
+                &mut self.identity_watched,
+                world,
+                guest_phys / PAGE_SIZE,
+            );
         };
         if shadow
             .tracker()

@@ -98,6 +98,17 @@ impl CodeAliases for FakeAliases {
 }
 
 impl FakeWorld {
+    /// Where the vCPU stopped for the debugger, and why, in order.
+    fn stops(&self) -> Vec<(u32, PauseCause)> {
+        self.exits
+            .iter()
+            .filter_map(|exit| match exit {
+                Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn with_code(code: &[u8]) -> Self {
         let mut ram = vec![0; RAM];
         ram[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
@@ -389,14 +400,7 @@ fn a_debugger_breakpoint_stops_the_guest_before_it_without_touching_its_code() {
         ..registers
     };
     let resumed_at = resumed(monitor.handle(Trap::Kick, kicked, &mut world));
-    let stops: Vec<(u32, PauseCause)> = world
-        .exits
-        .iter()
-        .filter_map(|exit| match exit {
-            Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
-            _ => None,
-        })
-        .collect();
+    let stops = world.stops();
     assert_eq!(
         stops,
         [
@@ -458,14 +462,7 @@ fn a_debugger_write_watchpoint_stops_past_the_writing_instruction() {
         }),
     )]);
     let action = monitor.handle(Trap::Kick, registers, &mut world);
-    let stops: Vec<(u32, PauseCause)> = world
-        .exits
-        .iter()
-        .filter_map(|exit| match exit {
-            Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
-            _ => None,
-        })
-        .collect();
+    let stops = world.stops();
     if let Action::Resume(native) = action {
         // Resumed natively onto the store: it faults on the protected page.
         assert_eq!(stops, [(CODE + 1, PauseCause::Requested)]);
@@ -477,14 +474,7 @@ fn a_debugger_write_watchpoint_stops_past_the_writing_instruction() {
         };
         let _ = monitor.handle(fault, native, &mut world);
     }
-    let stops: Vec<(u32, PauseCause)> = world
-        .exits
-        .iter()
-        .filter_map(|exit| match exit {
-            Exit::Paused(registers, cause) => Some((registers.eip, *cause)),
-            _ => None,
-        })
-        .collect();
+    let stops = world.stops();
     assert_eq!(
         stops,
         [

@@ -435,37 +435,51 @@ impl Breakpoints for VcpuTarget {
     }
 }
 
+impl VcpuTarget {
+    /// Z0 and Z1 share the 64 slots of [`DebugPoints`] and mean the same
+    /// to the monitor (neither writes guest memory); gdb removes each kind
+    /// with its own packet, so they are kept apart.
+    fn add_breakpoint(&mut self, hardware: bool, guest_virt: u32) -> bool {
+        if self.software.len() + self.hardware.len() >= DebugPoints::MAX_BREAKPOINTS {
+            return false;
+        }
+        if hardware {
+            self.hardware.insert(guest_virt);
+        } else {
+            self.software.insert(guest_virt);
+        }
+        self.changed();
+        true
+    }
+
+    fn remove_breakpoint(&mut self, hardware: bool, guest_virt: u32) -> bool {
+        let removed = if hardware {
+            self.hardware.remove(&guest_virt)
+        } else {
+            self.software.remove(&guest_virt)
+        };
+        self.changed();
+        removed
+    }
+}
+
 impl SwBreakpoint for VcpuTarget {
     fn add_sw_breakpoint(&mut self, addr: u32, _kind: usize) -> TargetResult<bool, Self> {
-        if self.software.len() + self.hardware.len() >= DebugPoints::MAX_BREAKPOINTS {
-            return Ok(false);
-        }
-        self.software.insert(addr);
-        self.changed();
-        Ok(true)
+        Ok(self.add_breakpoint(false, addr))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u32, _kind: usize) -> TargetResult<bool, Self> {
-        let removed = self.software.remove(&addr);
-        self.changed();
-        Ok(removed)
+        Ok(self.remove_breakpoint(false, addr))
     }
 }
 
 impl HwBreakpoint for VcpuTarget {
     fn add_hw_breakpoint(&mut self, addr: u32, _kind: usize) -> TargetResult<bool, Self> {
-        if self.software.len() + self.hardware.len() >= DebugPoints::MAX_BREAKPOINTS {
-            return Ok(false);
-        }
-        self.hardware.insert(addr);
-        self.changed();
-        Ok(true)
+        Ok(self.add_breakpoint(true, addr))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u32, _kind: usize) -> TargetResult<bool, Self> {
-        let removed = self.hardware.remove(&addr);
-        self.changed();
-        Ok(removed)
+        Ok(self.remove_breakpoint(true, addr))
     }
 }
 
