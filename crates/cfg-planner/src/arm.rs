@@ -1,6 +1,6 @@
 //! Points of interest on ARMv7-A (Cortex-A9 class): what each ARM or
 //! Thumb-2 instruction means for a guest kernel that runs natively in the
-//! host's user mode (PL0). The x86 counterpart is [`crate::classify`]; this
+//! host's user mode (PL0). The x86 counterpart is [`mod@crate::classify`]; this
 //! module uses the same vocabulary (plain, direct, conditional and pointer
 //! branches, sensitive instructions that trap or are silent).
 //!
@@ -104,7 +104,7 @@
 //! An ARM instruction with a condition field other than AL (and other than
 //! the unconditional `1111` space) is conditional; a Thumb instruction is
 //! conditional inside an IT block whose current condition is not AL, and
-//! 16-bit and 32-bit B<cond> carry their own. A conditional POI that is not
+//! 16-bit and 32-bit `B<cond>` carry their own. A conditional POI that is not
 //! a branch still has a fall-through edge. IT state is tracked here from
 //! the IT instruction's bits (A2.5.2 ITSTATE), not taken from capstone, so a
 //! decode can start inside an IT block ([`ItState::from_cpsr`]) and runs
@@ -406,12 +406,12 @@ pub enum ArmPoiKind {
         /// The instruction set at the target (BLX with an immediate switches).
         target_mode: ArmMode,
     },
-    /// B<cond>, BL<cond>, a branch inside an IT block, CBZ or CBNZ: the
+    /// `B<cond>`, `BL<cond>`, a branch inside an IT block, CBZ or CBNZ: the
     /// taken target or the fall-through.
     CondBranch {
         /// Where it goes when taken.
         taken: GuestVirt,
-        /// BL<cond>/BLX inside an IT block: writes LR when taken.
+        /// `BL<cond>`/BLX inside an IT block: writes LR when taken.
         link: bool,
         /// The instruction set at the taken target.
         target_mode: ArmMode,
@@ -445,7 +445,7 @@ impl ArmPoiKind {
     }
 }
 
-/// The Thumb IT execution state (CPSR.IT[7:0], A2.5.2 ITSTATE): the condition of
+/// The Thumb IT execution state (`CPSR.IT[7:0]`, A2.5.2 ITSTATE): the condition of
 /// the current instruction in bits 7:4 and what is left of the block below.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct ItState(u8);
@@ -464,8 +464,8 @@ impl ItState {
         Self(bits)
     }
 
-    /// The state saved in a CPSR or SPSR value: IT[1:0] in bits 26:25,
-    /// IT[7:2] in bits 15:10 (B1.3.3).
+    /// The state saved in a CPSR or SPSR value: `IT[1:0]` in bits 26:25,
+    /// `IT[7:2]` in bits 15:10 (B1.3.3).
     #[must_use]
     pub fn from_cpsr(cpsr: u32) -> Self {
         let high = (cpsr >> 10) & 0x3f;
@@ -535,7 +535,7 @@ pub struct ArmInstruction {
     /// What it is to the planner.
     pub kind: ArmPoiKind,
     /// It executes only when a condition holds (condition field, IT block,
-    /// B<cond>, CBZ/CBNZ); otherwise it does nothing and falls through, so a
+    /// `B<cond>`, CBZ/CBNZ); otherwise it does nothing and falls through, so a
     /// conditional POI keeps its fall-through edge in the CFG.
     pub conditional: bool,
     /// The IT state while it executes ([`ItState::NONE`] in ARM state).

@@ -254,7 +254,7 @@ pub fn fetch_fault(mem: &dyn GuestMemory, at: GuestVirt) -> MemFault {
     MemFault::NotMapped(at)
 }
 
-/// Counters of a [`DecodeCache`] (and of the plan cache built on the same
+/// Counters of the decode cache (and of the plan cache built on the same
 /// machinery).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {

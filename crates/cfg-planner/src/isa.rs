@@ -7,9 +7,11 @@
 //!
 //! What stays per architecture: decoding a block through the guest's page
 //! tables, the role of a point of interest for breakpoint coverage, and
-//! where control can go from it. The monitor's step decision (resolving a
-//! branch at the guest's program counter from its registers) needs the
-//! CPU's state and is x86's alone so far ([`crate::Planner::step`]).
+//! where control can go from it, and the monitor's step decision, which
+//! resolves a branch at the guest's program counter from its registers
+//! (`Planner<X86>::step` from EFLAGS and the stack,
+//! [`crate::arm_step`]'s from the CPSR, registers and memory): the two
+//! CPUs' register views differ.
 
 use std::fmt::Debug;
 use std::hash::Hash;

@@ -9,6 +9,7 @@
 
 pub mod arm;
 pub mod arm_cfg;
+pub mod arm_step;
 pub mod cfg;
 pub mod classify;
 pub mod decode;

@@ -12,7 +12,7 @@ use btvmm_core::{CpuView, GuestMemory, GuestPhys, GuestVirt, MemFault, SegReg};
 use crate::arm::ArmClassifierError;
 use crate::cfg::Cfg;
 use crate::classify::{ClassifyConfig, PoiKind, PointerKind};
-use crate::decode::{Block, BlockEnd, CacheStats, PageKeyedCache, Poi, fetch_fault};
+use crate::decode::{Block, BlockEnd, CacheStats, PageKeyedCache, fetch_fault};
 use crate::isa::{Isa, X86};
 use crate::target::{branch_taken, pointer_target};
 
@@ -99,7 +99,7 @@ pub struct Plan {
 /// What the monitor does next, decided at every entry into the monitor
 /// (planned breakpoint hit, fault, interrupt delivery, after an emulation).
 #[derive(Clone, Debug)]
-pub enum Step {
+pub enum Step<I: Isa = X86> {
     /// Resume native execution at the guest's EIP with EFLAGS.RF set and
     /// exactly these breakpoints armed (at most the budget; maybe none).
     Resume {
@@ -108,7 +108,7 @@ pub enum Step {
     },
     /// The instruction at EIP must not run natively: emulate it, then ask
     /// again. Sensitive instructions, IRET and far transfers.
-    Emulate(Poi),
+    Emulate(I::Poi),
     /// The bytes at EIP are not a valid instruction: the guest gets #UD.
     Unrecognized(GuestVirt),
     /// Guest memory needed to decide (the code at EIP, or the stack or
@@ -176,7 +176,9 @@ struct PlanKey<S> {
 /// and the resident memory grows by about 14 MiB.
 ///
 /// The architecture is a parameter ([`Isa`]): x86 by default, ARMv7 with
-/// [`crate::arm_cfg::Armv7`]. Everything but the step decision is shared.
+/// [`crate::arm_cfg::Armv7`]. Everything but the step decision, which
+/// reads each CPU's own registers, is shared; `resume_planned`, which
+/// turns its answer into breakpoints, is shared too.
 pub struct Planner<I: Isa = X86> {
     config: PlannerConfig<I::Config>,
     decoder: I::Decoder,
@@ -300,6 +302,41 @@ impl<I: Isa> Planner<I> {
         plan
     }
 
+    /// Resume with the plan for `start`; when it has none (the branch at
+    /// EIP needs more breakpoints than there are), plan from the known
+    /// successor of that branch instead, which the branch reaches natively.
+    pub(crate) fn resume_planned(
+        &mut self,
+        mem: &dyn GuestMemory,
+        start: I::Start,
+        start_armable: bool,
+        successor: Option<I::Start>,
+    ) -> Step<I> {
+        let plan = self.plan(mem, start, start_armable);
+        if let Some(breakpoints) = &plan.breakpoints {
+            return Step::Resume {
+                breakpoints: breakpoints.clone(),
+            };
+        }
+        // Without a known successor there is nothing better than a single
+        // step. Plain code before the first POI always admits the plan "arm
+        // the first POI", so this does not happen; but never resume without
+        // a safe plan.
+        let Some(successor) = successor else {
+            return Step::SingleStep;
+        };
+        self.evaluated_branches += 1;
+        // Resuming natively on the branch takes it to `successor`, where a
+        // breakpoint does fire: a one-node plan on it always exists.
+        let plan = self.plan(mem, successor, true);
+        match &plan.breakpoints {
+            Some(breakpoints) => Step::Resume {
+                breakpoints: breakpoints.clone(),
+            },
+            None => Step::SingleStep,
+        }
+    }
+
     /// A guest-physical page was written: drop the blocks and plans decoded
     /// from it. The shadow MMU calls this for write-tracked code pages.
     pub fn invalidate_phys_page(&mut self, page: GuestPhys) {
@@ -420,41 +457,6 @@ impl Planner<X86> {
                 self.resume_planned(mem, at, false, Some(target))
             }
             PoiKind::Plain => self.resume_planned(mem, at, false, None),
-        }
-    }
-
-    /// Resume with the plan for `start`; when it has none (the branch at
-    /// EIP needs more breakpoints than there are), plan from the known
-    /// successor of that branch instead, which the branch reaches natively.
-    fn resume_planned(
-        &mut self,
-        mem: &dyn GuestMemory,
-        start: GuestVirt,
-        start_armable: bool,
-        successor: Option<GuestVirt>,
-    ) -> Step {
-        let plan = self.plan(mem, start, start_armable);
-        if let Some(breakpoints) = &plan.breakpoints {
-            return Step::Resume {
-                breakpoints: breakpoints.clone(),
-            };
-        }
-        // Without a known successor there is nothing better than a single
-        // step. Plain code before the first POI always admits the plan "arm
-        // the first POI", so this does not happen; but never resume without
-        // a safe plan.
-        let Some(successor) = successor else {
-            return Step::SingleStep;
-        };
-        self.evaluated_branches += 1;
-        // Resuming natively on the branch takes it to `successor`, where a
-        // breakpoint does fire: a one-node plan on it always exists.
-        let plan = self.plan(mem, successor, true);
-        match &plan.breakpoints {
-            Some(breakpoints) => Step::Resume {
-                breakpoints: breakpoints.clone(),
-            },
-            None => Step::SingleStep,
         }
     }
 }
