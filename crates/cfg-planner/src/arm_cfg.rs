@@ -214,11 +214,16 @@ impl Isa for Armv7 {
                 }
             }
         };
-        // The pages the decoded bytes came from, and the unmapped one a
-        // block that ends unfetchable ran into.
-        let extent = decoded.last().map_or(0, |last| {
-            last.fall_through().0.wrapping_sub(start.at.0) as usize
-        });
+        // The pages the decoded bytes came from; for a block that ends
+        // unfetchable, every page read (the first half of an instruction
+        // that runs into the unmapped page included) and that page.
+        let extent = if matches!(end, BlockEnd::Unfetchable(_)) {
+            readable
+        } else {
+            decoded.last().map_or(0, |last| {
+                last.fall_through().0.wrapping_sub(start.at.0) as usize
+            })
+        };
         let mut pages = Vec::new();
         let mut offset = 0usize;
         while offset < extent {
@@ -446,6 +451,31 @@ mod tests {
         );
         assert_eq!(block.instructions, 64);
         assert_eq!(block.pages.len(), 2, "{:?}", block.pages);
+        // A Thumb instruction whose second half lies on the unmapped page:
+        // the block still depends on the page of its first half.
+        let mut thumb = [0xbf00u16; 2048]; // nop
+        thumb[2047] = 0xf3ef; // the first half of mrs r0, apsr
+        let thumb_mem = memory(
+            0x9000,
+            &thumb
+                .iter()
+                .flat_map(|h| h.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        let block = planner.block(&thumb_mem, ArmStart::thumb(GuestVirt(0x9ffe)));
+        assert!(
+            matches!(block.end, BlockEnd::Unfetchable(at) if at.at == GuestVirt(0x9ffe)),
+            "{:?}",
+            block.end
+        );
+        assert!(
+            block
+                .pages
+                .iter()
+                .any(|page| page.virt_page == 0x9 && page.phys_page == Some(0x9)),
+            "{:?}",
+            block.pages
+        );
         // A long straight run continues in a block of its own.
         let block = planner.block(&mem, ArmStart::arm(GuestVirt(0x4000)));
         assert!(matches!(block.end, BlockEnd::TooLong(at) if at.at == GuestVirt(0x4400)));

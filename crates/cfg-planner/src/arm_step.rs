@@ -13,10 +13,9 @@
 //! in Thumb state (ALUWritePC, A2.3.2).
 //!
 //! Forms the step does not resolve (data-processing writes of PC other
-//! than MOV and ADD with a register or immediate, LDM that are not IA or
-//! DB, loads with writeback of the base used as the address in odd ways)
-//! give [`Step::SingleStep`], which the ARM world must carry out with a
-//! mismatch breakpoint: never a native run without a plan.
+//! than MOV and ADD with a register or immediate operand, register-shifted
+//! operands) give [`Step::SingleStep`], which the ARM world must carry out
+//! with a mismatch breakpoint: never a native run without a plan.
 
 use btvmm_core::{GuestMemory, GuestVirt, MemFault};
 
@@ -175,37 +174,40 @@ pub fn pointer_target(
             | ArmPointerKind::BranchExchange
             | ArmPointerKind::BranchLinkExchange,
         ) => Some(Ok(interworking(operand(instruction, cpu, word & 0xf)))),
-        (ArmMode::Arm, ArmPointerKind::LoadPc) => {
-            // LDR (immediate or register): cond 01IP UBW1 Rn Rt ...
-            let pre = word & (1 << 24) != 0;
-            let up = word & (1 << 23) != 0;
-            let base = operand(instruction, cpu, (word >> 16) & 0xf);
-            let offset = if word & (1 << 25) == 0 {
-                word & 0xfff
+        (ArmMode::Arm, ArmPointerKind::LoadPc | ArmPointerKind::LoadMultiplePc) => {
+            // By encoding: a one-register POP may be either form.
+            if (word >> 25) & 0x7 == 0b100 {
+                // LDM: cond 100P U0W1 Rn list; PC is at the highest address.
+                let count = (word & 0xffff).count_ones();
+                let base = operand(instruction, cpu, (word >> 16) & 0xf);
+                let before = word & (1 << 24) != 0;
+                let up = word & (1 << 23) != 0;
+                load(match (before, up) {
+                    (false, true) => base.wrapping_add(4 * (count - 1)),
+                    (true, true) => base.wrapping_add(4 * count),
+                    (false, false) => base,
+                    (true, false) => base.wrapping_sub(4),
+                })
+            } else if (word >> 26) & 0x3 == 0b01 {
+                // LDR (immediate or register): cond 01IP UBW1 Rn Rt ...
+                let pre = word & (1 << 24) != 0;
+                let up = word & (1 << 23) != 0;
+                let base = operand(instruction, cpu, (word >> 16) & 0xf);
+                let offset = if word & (1 << 25) == 0 {
+                    word & 0xfff
+                } else {
+                    let rm = operand(instruction, cpu, word & 0xf);
+                    shifted(rm, (word >> 5) & 0x3, (word >> 7) & 0x1f, carry)
+                };
+                let indexed = if up {
+                    base.wrapping_add(offset)
+                } else {
+                    base.wrapping_sub(offset)
+                };
+                load(if pre { indexed } else { base })
             } else {
-                let rm = operand(instruction, cpu, word & 0xf);
-                shifted(rm, (word >> 5) & 0x3, (word >> 7) & 0x1f, carry)
-            };
-            let indexed = if up {
-                base.wrapping_add(offset)
-            } else {
-                base.wrapping_sub(offset)
-            };
-            load(if pre { indexed } else { base })
-        }
-        (ArmMode::Arm, ArmPointerKind::LoadMultiplePc) => {
-            // LDM: cond 100P U0W1 Rn list; PC is the highest address.
-            let count = (word & 0xffff).count_ones();
-            let base = operand(instruction, cpu, (word >> 16) & 0xf);
-            let before = word & (1 << 24) != 0;
-            let up = word & (1 << 23) != 0;
-            let address = match (before, up) {
-                (false, true) => base.wrapping_add(4 * (count - 1)),
-                (true, true) => base.wrapping_add(4 * count),
-                (false, false) => base,
-                (true, false) => base.wrapping_sub(4),
-            };
-            load(address)
+                None
+            }
         }
         (ArmMode::Arm, ArmPointerKind::DataProcessingPc) => {
             // MOV or ADD to PC: cond 00I opcode 0 Rn 1111 operand2.
@@ -236,58 +238,57 @@ pub fn pointer_target(
             cpu,
             (word >> 3) & 0xf,
         )))),
-        (ArmMode::Thumb, ArmPointerKind::LoadMultiplePc) if instruction.len == 2 => {
-            // POP {..., pc}: 1011 110P list.
+        (ArmMode::Thumb, ArmPointerKind::LoadPc | ArmPointerKind::LoadMultiplePc)
+            if instruction.len == 2 =>
+        {
+            // POP {..., pc}: 1011 110P list (the only 16-bit load of PC).
+            if word & 0xfe00 != 0xbc00 {
+                return None;
+            }
             let count = (word & 0x1ff).count_ones();
             load(cpu.register(13).wrapping_add(4 * (count - 1)))
         }
-        (ArmMode::Thumb, ArmPointerKind::LoadMultiplePc) => {
-            // LDM.W (IA, 1110 1000 10W1) or LDMDB (1110 1001 00W1).
-            let count = (word & 0xffff).count_ones();
-            let base = operand(instruction, cpu, (word >> 16) & 0xf);
-            match word >> 20 & 0xffd {
-                0xe89 => load(base.wrapping_add(4 * (count - 1))),
-                0xe91 => load(base.wrapping_sub(4)),
-                _ => None,
-            }
-        }
-        (ArmMode::Thumb, ArmPointerKind::LoadPc) if instruction.len == 4 => {
+        (ArmMode::Thumb, ArmPointerKind::LoadPc | ArmPointerKind::LoadMultiplePc) => {
             let first = word >> 16;
             let rn = first & 0xf;
-            if rn == 15 {
-                // LDR (literal): Align(PC, 4) +/- imm12.
-                let base = operand(instruction, cpu, 15) & !3;
-                let offset = word & 0xfff;
-                let up = first & (1 << 7) != 0;
-                return load(if up {
-                    base.wrapping_add(offset)
-                } else {
-                    base.wrapping_sub(offset)
-                });
-            }
             let base = operand(instruction, cpu, rn);
-            if first & 0xfff0 == 0xf8d0 {
+            let count = (word & 0xffff).count_ones();
+            match first & 0xfff0 {
+                // LDM.W / POP.W (IA, 1110 1000 10W1) and LDMDB (1110 1001
+                // 00W1), W masked.
+                0xe890 | 0xe8b0 => load(base.wrapping_add(4 * (count - 1))),
+                0xe910 | 0xe930 => load(base.wrapping_sub(4)),
+                // LDR (literal): 1111 1000 U101 1111, Align(PC, 4) +/- imm12.
+                0xf850 | 0xf8d0 if rn == 15 => {
+                    let aligned = operand(instruction, cpu, 15) & !3;
+                    let offset = word & 0xfff;
+                    load(if first & (1 << 7) != 0 {
+                        aligned.wrapping_add(offset)
+                    } else {
+                        aligned.wrapping_sub(offset)
+                    })
+                }
                 // T3: [Rn, #imm12].
-                return load(base.wrapping_add(word & 0xfff));
-            }
-            if word & 0x0800 != 0 {
+                0xf8d0 => load(base.wrapping_add(word & 0xfff)),
                 // T4: [Rn, #+/-imm8] with P, U, W.
-                let pre = word & 0x0400 != 0;
-                let up = word & 0x0200 != 0;
-                let offset = word & 0xff;
-                let indexed = if up {
-                    base.wrapping_add(offset)
-                } else {
-                    base.wrapping_sub(offset)
-                };
-                return load(if pre { indexed } else { base });
-            }
-            if word & 0x0fc0 == 0 {
+                0xf850 if word & 0x0800 != 0 => {
+                    let pre = word & 0x0400 != 0;
+                    let up = word & 0x0200 != 0;
+                    let offset = word & 0xff;
+                    let indexed = if up {
+                        base.wrapping_add(offset)
+                    } else {
+                        base.wrapping_sub(offset)
+                    };
+                    load(if pre { indexed } else { base })
+                }
                 // [Rn, Rm, LSL #imm2].
-                let rm = operand(instruction, cpu, word & 0xf);
-                return load(base.wrapping_add(rm << ((word >> 4) & 0x3)));
+                0xf850 if word & 0x0fc0 == 0 => {
+                    let rm = operand(instruction, cpu, word & 0xf);
+                    load(base.wrapping_add(rm << ((word >> 4) & 0x3)))
+                }
+                _ => None,
             }
-            None
         }
         (ArmMode::Thumb, ArmPointerKind::DataProcessingPc) if instruction.len == 2 => {
             // MOV pc, Rm (0100 0110 1 Rm 111) or ADD pc, Rm (0100 0100 1 Rm
@@ -494,6 +495,34 @@ mod tests {
         assert!(matches!(planner.step(&cpu, &mem), Step::SingleStep));
         cpu.registers[0] = 0x3000;
         assert_eq!(armed(&planner.step(&cpu, &mem)), [0x3000]);
+        // One-register pops, each encoding: ARM ldm sp!, {pc}; Thumb pop
+        // {pc}, pop.w {r4, pc} and ldr.w pc, [sp], #4 (both stack slots
+        // hold 0x3000).
+        arm_code(&mut mem, 0xa000, &[0xe8bd_8000]);
+        thumb_code(
+            &mut mem,
+            0xb000,
+            &[0xbd00, 0xbf00, 0xe8bd, 0x8010, 0xf85d, 0xfb04],
+        );
+        mem.add_identity(
+            0xc000,
+            [0x3000u32, 0x3000]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect(),
+        );
+        cpu.registers[13] = 0xc000;
+        for (pc, cpsr) in [
+            (0xa000, 0),
+            (0xb000, CPSR_T),
+            (0xb004, CPSR_T),
+            (0xb008, CPSR_T),
+        ] {
+            cpu.pc = pc;
+            cpu.cpsr = cpsr;
+            assert_eq!(armed(&planner.step(&cpu, &mem)), [0x3000], "{pc:#x}");
+        }
+        cpu.cpsr = 0;
         // A stack the guest has not mapped: its fault.
         cpu.pc = 0x1000;
         cpu.registers[13] = 0x9000;

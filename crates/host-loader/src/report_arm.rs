@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use btvmm_core::{GuestPhys, GuestVirt, RegionMemory};
 use cfg_planner::arm::{
-    ArmClassifier, ArmDelivery, ArmMode, ArmPoiKind, ArmPointerKind, ArmSensitiveKind,
+    ArmClassifier, ArmDelivery, ArmMode, ArmPoiKind, ArmPointerKind, ArmSensitiveKind, ItState,
 };
 use cfg_planner::arm_cfg::{self, ArmCode, ArmStart, Armv7};
 use cfg_planner::{CfgNode, NodeKind, PlanCacheSummary, Planner, PlannerConfig};
@@ -338,7 +338,14 @@ pub fn build_arm_report(request: &ArmPlanRequest) -> Result<ArmReport, LoaderErr
     let function_plans = match request.all_functions {
         Some(budget) => {
             let mut planner = Planner::<Armv7>::new(config(budget))?;
-            let starts: Vec<ArmStart> = entries.iter().map(|&(at, _)| ArmStart::arm(at)).collect();
+            let starts: Vec<ArmStart> = entries
+                .iter()
+                .map(|&(at, mode)| ArmStart {
+                    at,
+                    mode,
+                    it: ItState::NONE,
+                })
+                .collect();
             Some(plan_functions(
                 &memory,
                 &mut planner,
