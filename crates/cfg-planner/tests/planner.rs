@@ -42,6 +42,18 @@ fn planner(breakpoints: usize) -> Planner {
 
 /// Guest memory with `code` placed at the given addresses (identity-mapped,
 /// as with paging off) and a stack page at 0x8000.
+/// A counted loop at 0x2000: its exit is the only point of interest past
+/// the loop's branch.
+fn counted_loop() -> RegionMemory {
+    memory(&[
+        (0x2000, &[0x31, 0xc9]),       // xor ecx, ecx
+        (0x2002, &[0x41]),             // inc ecx
+        (0x2003, &[0x83, 0xf9, 0x0a]), // cmp ecx, 10
+        (0x2006, &[0x72, 0xfa]),       // jb 0x2002
+        (0x2008, &[0xc3]),             // ret
+    ])
+}
+
 fn memory(code: &[(u32, &[u8])]) -> RegionMemory {
     let mut page = vec![0xccu8; 0x1000];
     let mut mem = RegionMemory::new();
@@ -178,13 +190,7 @@ fn pointer_branch_at_eip_is_followed_without_single_step() {
 
 #[test]
 fn a_counted_loop_runs_natively_until_its_exit() {
-    let mem = memory(&[
-        (0x2000, &[0x31, 0xc9]),       // xor ecx, ecx
-        (0x2002, &[0x41]),             // inc ecx
-        (0x2003, &[0x83, 0xf9, 0x0a]), // cmp ecx, 10
-        (0x2006, &[0x72, 0xfa]),       // jb 0x2002
-        (0x2008, &[0xc3]),             // ret
-    ]);
+    let mem = counted_loop();
     let mut planner = planner(4);
     let plan = planner.plan(&mem, GuestVirt(0x2000), false);
     assert_eq!(plan.breakpoints, virt(&[0x2008]));
@@ -433,13 +439,7 @@ fn exploration_limit_turns_the_rest_into_armed_frontier() {
 fn a_debuggers_breakpoint_is_a_stop_every_plan_covers_and_costs_nothing_once_gone() {
     // The counted loop: a debugger's breakpoint on its body (inc ecx), a
     // block start, and inside it, where no block starts.
-    let mem = memory(&[
-        (0x2000, &[0x31, 0xc9]),       // xor ecx, ecx
-        (0x2002, &[0x41]),             // inc ecx
-        (0x2003, &[0x83, 0xf9, 0x0a]), // cmp ecx, 10
-        (0x2006, &[0x72, 0xfa]),       // jb 0x2002
-        (0x2008, &[0xc3]),             // ret
-    ]);
+    let mem = counted_loop();
     let mut planner = planner(4);
     assert_eq!(
         planner.plan(&mem, GuestVirt(0x2000), false).breakpoints,

@@ -446,6 +446,21 @@ fn policy_from_costs(path: &Path) -> anyhow::Result<guest_monitor::policy::Polic
         .with_context(|| format!("the costs in {}", path.display()))
 }
 
+/// `btvmm plan`'s output: the report as JSON or as text.
+fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    text: impl FnOnce(&R) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        let encoded = serde_json::to_string_pretty(report).context("encoding the report")?;
+        println!("{encoded}");
+    } else {
+        print!("{}", text(report));
+    }
+    Ok(())
+}
+
 fn parse_exec(text: &str) -> Result<btvmm_core::ExecMode, String> {
     btvmm_core::ExecMode::from_name(text)
         .ok_or_else(|| format!("{text:?} is not one of auto, native, interpret"))
@@ -707,7 +722,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plan {
             kernel,
-            arch: ArchArg::Arm,
+            arch,
             at,
             symbol,
             system_map,
@@ -720,69 +735,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             all_functions,
             json,
         } => {
-            if system_map.is_some() || cpuid_faults || virtualize_tsc {
-                anyhow::bail!(
-                    "--system-map, --cpuid-faults and --virtualize-tsc are x86 options (not with --arch arm)"
-                );
+            let max_breakpoints = usize::from(breakpoints);
+            let explore_limit = usize::from(explore_limit);
+            let all_functions = all_functions.map(usize::from);
+            match arch {
+                ArchArg::Arm => {
+                    if system_map.is_some() || cpuid_faults || virtualize_tsc {
+                        anyhow::bail!(
+                            "--system-map, --cpuid-faults and --virtualize-tsc are x86 options (not with --arch arm)"
+                        );
+                    }
+                    let request = host_loader::report_arm::ArmPlanRequest {
+                        kernel,
+                        at,
+                        symbol,
+                        max_breakpoints,
+                        explore_limit,
+                        top,
+                        show_nodes,
+                        all_functions,
+                    };
+                    let report = host_loader::report_arm::build_arm_report(&request)?;
+                    print_report(&report, json, host_loader::report_arm::render_arm_text)
+                }
+                ArchArg::X86 => {
+                    let request = PlanRequest {
+                        kernel,
+                        at,
+                        symbol,
+                        system_map,
+                        max_breakpoints,
+                        explore_limit,
+                        top,
+                        show_nodes,
+                        classify: ClassifyConfig {
+                            cpuid_faults,
+                            virtualize_timestamp: virtualize_tsc,
+                            ..ClassifyConfig::default()
+                        },
+                        all_functions,
+                    };
+                    print_report(&build_report(&request)?, json, render_text)
+                }
             }
-            let request = host_loader::report_arm::ArmPlanRequest {
-                kernel,
-                at,
-                symbol,
-                max_breakpoints: usize::from(breakpoints),
-                explore_limit: usize::from(explore_limit),
-                top,
-                show_nodes,
-                all_functions: all_functions.map(usize::from),
-            };
-            let report = host_loader::report_arm::build_arm_report(&request)?;
-            if json {
-                let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-                println!("{text}");
-            } else {
-                print!("{}", host_loader::report_arm::render_arm_text(&report));
-            }
-            Ok(())
-        }
-        Command::Plan {
-            kernel,
-            arch: ArchArg::X86,
-            at,
-            symbol,
-            system_map,
-            breakpoints,
-            explore_limit,
-            top,
-            show_nodes,
-            cpuid_faults,
-            virtualize_tsc,
-            all_functions,
-            json,
-        } => {
-            let request = PlanRequest {
-                kernel,
-                at,
-                symbol,
-                system_map,
-                max_breakpoints: usize::from(breakpoints),
-                explore_limit: usize::from(explore_limit),
-                top,
-                show_nodes,
-                classify: ClassifyConfig {
-                    cpuid_faults,
-                    virtualize_timestamp: virtualize_tsc,
-                    ..ClassifyConfig::default()
-                },
-                all_functions: all_functions.map(usize::from),
-            };
-            let report = build_report(&request)?;
-            if json {
-                let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-                println!("{text}");
-            } else {
-                print!("{}", render_text(&report));
-            }
-            Ok(())
         }
     }
 }
