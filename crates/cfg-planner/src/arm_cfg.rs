@@ -105,6 +105,7 @@ impl Isa for Armv7 {
     type Config = ();
     type Decoder = ArmClassifier;
     const BREAKPOINTS: usize = 6;
+    const LONGEST_INSTRUCTION: u32 = 4;
 
     fn decoder((): &()) -> Result<ArmClassifier, PlannerError> {
         Ok(ArmClassifier::new()?)

@@ -21,7 +21,8 @@ use btvmm_core::{GuestMemory, GuestVirt, MemFault};
 
 use crate::arm::{ArmInstruction, ArmMode, ArmPoiKind, ArmPointerKind, ItState};
 use crate::arm_cfg::{ArmStart, Armv7};
-use crate::decode::BlockEnd;
+use crate::decode::{BlockEnd, fetch_fault};
+use crate::isa::Isa;
 use crate::planner::{Planner, Step};
 
 /// The guest CPU state the ARM step decision reads.
@@ -183,7 +184,7 @@ pub fn pointer_target(
                 let before = word & (1 << 24) != 0;
                 let up = word & (1 << 23) != 0;
                 load(match (before, up) {
-                    (false, true) => base.wrapping_add(4 * (count - 1)),
+                    (false, true) => base.wrapping_add(4 * count.saturating_sub(1)),
                     (true, true) => base.wrapping_add(4 * count),
                     (false, false) => base,
                     (true, false) => base.wrapping_sub(4),
@@ -246,7 +247,7 @@ pub fn pointer_target(
                 return None;
             }
             let count = (word & 0x1ff).count_ones();
-            load(cpu.register(13).wrapping_add(4 * (count - 1)))
+            load(cpu.register(13).wrapping_add(4 * count.saturating_sub(1)))
         }
         (ArmMode::Thumb, ArmPointerKind::LoadPc | ArmPointerKind::LoadMultiplePc) => {
             let first = word >> 16;
@@ -256,7 +257,7 @@ pub fn pointer_target(
             match first & 0xfff0 {
                 // LDM.W / POP.W (IA, 1110 1000 10W1) and LDMDB (1110 1001
                 // 00W1), W masked.
-                0xe890 | 0xe8b0 => load(base.wrapping_add(4 * (count - 1))),
+                0xe890 | 0xe8b0 => load(base.wrapping_add(4 * count.saturating_sub(1))),
                 0xe910 | 0xe930 => load(base.wrapping_sub(4)),
                 // LDR (literal): 1111 1000 U101 1111, Align(PC, 4) +/- imm12.
                 0xf850 | 0xf8d0 if rn == 15 => {
@@ -320,18 +321,6 @@ pub fn pointer_target(
     }
 }
 
-/// The first byte of the instruction at `at` that cannot be read (an ARM
-/// or Thumb instruction is at most 4 bytes).
-fn fetch_fault(mem: &dyn GuestMemory, at: GuestVirt) -> MemFault {
-    let mut byte = [0u8; 1];
-    for offset in 0..4 {
-        if let Err(fault) = mem.read_virt(at.offset(offset), &mut byte) {
-            return fault;
-        }
-    }
-    MemFault::NotMapped(at)
-}
-
 impl Planner<Armv7> {
     /// Decides what to do with the guest stopped at its program counter:
     /// call it on every entry into the monitor in guest kernel mode (a
@@ -356,7 +345,7 @@ impl Planner<Armv7> {
         let block = self.block(mem, start);
         let poi = match &block.end {
             BlockEnd::Unfetchable(bad) if *bad == start => {
-                return Step::Fault(fetch_fault(mem, start.at));
+                return Step::Fault(fetch_fault(mem, start.at, Armv7::LONGEST_INSTRUCTION));
             }
             BlockEnd::Poi(poi) if ArmStart::of(poi) == start => poi.clone(),
             BlockEnd::Breakpoint(stop) if *stop == start => return Step::SingleStep,

@@ -237,14 +237,14 @@ pub(crate) fn note_page(pages: &mut Vec<CodePage>, virt: GuestVirt, phys: Option
 }
 
 /// Why the code at an address could not be decoded, for callers that need
-/// an error rather than a block end: the first of the (up to 15) bytes of
-/// the instruction that cannot be read.
+/// an error rather than a block end: the first of the (up to `longest`,
+/// the architecture's longest instruction) bytes of the instruction that
+/// cannot be read.
 #[must_use]
-pub fn fetch_fault(mem: &dyn GuestMemory, at: GuestVirt) -> MemFault {
+pub fn fetch_fault(mem: &dyn GuestMemory, at: GuestVirt, longest: u32) -> MemFault {
     let mut byte = [0u8; 1];
-    for offset in 0..MAX_INSTRUCTION_LEN {
-        #[allow(clippy::cast_possible_truncation)] // < 15
-        let probe = at.offset(offset as u32);
+    for offset in 0..longest {
+        let probe = at.offset(offset);
         if let Err(fault) = mem.read_virt(probe, &mut byte) {
             return fault;
         }
@@ -509,7 +509,7 @@ mod tests {
         ));
         assert_eq!(block.instructions, 0);
         assert_eq!(
-            fetch_fault(&mem, GuestVirt(0x5000)),
+            fetch_fault(&mem, GuestVirt(0x5000), 15),
             MemFault::NotMapped(GuestVirt(0x5000))
         );
     }

@@ -39,6 +39,8 @@ pub trait Isa: Sized + 'static {
     /// Hardware breakpoints of the architecture's CPUs (x86: 4; a
     /// Cortex-A9: 6).
     const BREAKPOINTS: usize;
+    /// Bytes in the longest instruction (x86: 15; ARM and Thumb-2: 4).
+    const LONGEST_INSTRUCTION: u32;
 
     /// The decoder for a configuration.
     ///
@@ -84,6 +86,7 @@ impl Isa for X86 {
     type Config = ClassifyConfig;
     type Decoder = ClassifyConfig;
     const BREAKPOINTS: usize = 4;
+    const LONGEST_INSTRUCTION: u32 = 15;
 
     fn decoder(config: &ClassifyConfig) -> Result<ClassifyConfig, PlannerError> {
         Ok(*config)

@@ -420,7 +420,7 @@ impl Planner<X86> {
         let block = self.block(mem, at);
         let poi = match block.end {
             BlockEnd::Unfetchable(bad) if bad == at => {
-                return Step::Fault(fetch_fault(mem, at));
+                return Step::Fault(fetch_fault(mem, at, X86::LONGEST_INSTRUCTION));
             }
             BlockEnd::Poi(poi) if poi.at == at => poi,
             // The monitor passes a debugger's breakpoint itself before it
